@@ -1,0 +1,253 @@
+//! Protobuf <-> domain: validation of what clients send, and encoding of what
+//! the session layer emits. The only place besides `pb` where prost types meet
+//! domain types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{Config, MAX_ID_LEN};
+use crate::error::Error;
+use crate::pb;
+use crate::session::{
+    EndReason, Event, Input, NewPlayer, PlayerId, PlayerInfo, PresenceKind, Private, RelayInput, SessionInfo,
+    SessionFilter,
+};
+
+/// Longest label or metadata key, in bytes.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label or metadata value, in bytes.
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Longest EndSession message, in bytes.
+pub const MAX_END_MESSAGE_LEN: usize = 1024;
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Largest session config, in bytes.
+pub const MAX_CONFIG_LEN: usize = 64 * 1024;
+
+/// The request limits the API enforces, from the [`Config`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_targets: usize,
+    pub max_labels: usize,
+}
+
+impl Limits {
+    /// The limits of `config`.
+    pub fn new(config: &Config) -> Self {
+        Limits { max_payload_bytes: config.max_payload_bytes, max_targets: config.max_targets, max_labels: config.max_labels }
+    }
+}
+
+/// A session or player id: 1-64 characters of `[A-Za-z0-9._:-]`.
+pub fn check_id(field: &str, id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::invalid(field, format!("longer than {MAX_ID_LEN} characters")));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return Err(Error::invalid(field, format!("character {c:?} not allowed; use [A-Za-z0-9._:-]")));
+    }
+    Ok(())
+}
+
+/// Labels or metadata: at most `max` entries, keys 1-63 characters of
+/// `[A-Za-z0-9._/-]`, values at most 255 bytes.
+pub fn check_labels(field: &str, labels: HashMap<String, String>, max: usize) -> Result<BTreeMap<String, String>, Error> {
+    if labels.len() > max {
+        return Err(Error::invalid(field, format!("{} entries; at most {max} allowed", labels.len())));
+    }
+    for (key, value) in &labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN {
+            return Err(Error::invalid(field, format!("key {key:?} must be 1-{MAX_LABEL_KEY_LEN} characters")));
+        }
+        if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))) {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!("character {c:?} not allowed in a key; use [A-Za-z0-9._/-]"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!("value of {} bytes; at most {MAX_LABEL_VALUE_LEN} allowed", value.len()),
+            ));
+        }
+    }
+    Ok(labels.into_iter().collect())
+}
+
+/// A payload within the size limit.
+pub fn check_payload(field: &str, payload: &Bytes, limits: &Limits) -> Result<(), Error> {
+    if payload.len() > limits.max_payload_bytes {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes exceeds the limit of {} bytes", payload.len(), limits.max_payload_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// Target ids: each valid, at most `max_targets`, duplicates removed.
+pub fn check_targets(field: &str, targets: Vec<String>, limits: &Limits) -> Result<Vec<PlayerId>, Error> {
+    if targets.len() > limits.max_targets {
+        return Err(Error::invalid(field, format!("{} targets; at most {} allowed", targets.len(), limits.max_targets)));
+    }
+    let mut ids: Vec<PlayerId> = Vec::with_capacity(targets.len());
+    for (i, target) in targets.into_iter().enumerate() {
+        check_id(&format!("{field}[{i}]"), &target)?;
+        if !ids.iter().any(|id| **id == *target) {
+            ids.push(target.into());
+        }
+    }
+    Ok(ids)
+}
+
+/// A join's player fields.
+pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
+    if !join.player_id.is_empty() {
+        check_id("join.player_id", &join.player_id)?;
+    }
+    if join.display_name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(Error::invalid("join.display_name", format!("longer than {MAX_DISPLAY_NAME_CHARS} characters")));
+    }
+    let metadata = check_labels("join.metadata", join.metadata, limits.max_labels)?;
+    Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata })
+}
+
+/// One message of a joined player's stream. A malformed one becomes
+/// [`Input::Invalid`]: a non-fatal error for the player alone.
+pub fn input(message: pb::ClientMessage, limits: &Limits) -> Input {
+    use pb::client_message::Kind;
+    match message.kind {
+        Some(Kind::Relay(relay)) => match relay_input(relay, limits) {
+            Ok(relay) => Input::Relay(relay),
+            Err(err) => Input::Invalid(err),
+        },
+        Some(Kind::Ping(ping)) => Input::Ping { client_time: ping.client_time },
+        Some(Kind::Leave(_)) => Input::Leave,
+        Some(Kind::Join(_)) => Input::Invalid(Error::FailedPrecondition("join: this stream has already joined".into())),
+        None => Input::Invalid(Error::invalid("kind", "empty message: set one of relay, ping or leave")),
+    }
+}
+
+fn relay_input(relay: pb::Relay, limits: &Limits) -> Result<RelayInput, Error> {
+    check_payload("relay.payload", &relay.payload, limits)?;
+    let targets = check_targets("relay.targets", relay.targets, limits)?;
+    Ok(RelayInput { payload: relay.payload, targets, droppable: relay.droppable })
+}
+
+/// A ListSessions / WatchSessions filter.
+pub fn filter(filter: Option<pb::SessionFilter>, limits: &Limits) -> Result<SessionFilter, Error> {
+    let Some(filter) = filter else { return Ok(SessionFilter::default()) };
+    Ok(SessionFilter {
+        mode: (!filter.mode.is_empty()).then_some(filter.mode),
+        labels: check_labels("filter.labels", filter.labels, limits.max_labels)?,
+        has_open_seats: filter.has_open_seats,
+    })
+}
+
+/// A player, for the wire.
+pub fn player(player: &PlayerInfo) -> pb::PlayerInfo {
+    pb::PlayerInfo {
+        player_id: player.id.to_string(),
+        display_name: player.display_name.clone(),
+        metadata: player.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn players(players: &[Arc<PlayerInfo>]) -> Vec<pb::PlayerInfo> {
+    players.iter().map(|p| player(p)).collect()
+}
+
+/// A session, for the wire.
+pub fn session(session: &SessionInfo) -> pb::SessionInfo {
+    pb::SessionInfo {
+        session_id: session.id.to_string(),
+        mode: session.mode.to_string(),
+        max_players: session.max_players,
+        player_count: session.player_count,
+        labels: session.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        open_to_join_or_create: session.open_to_join_or_create,
+        created_unix_micros: session.created_unix_micros,
+        sequence: session.sequence,
+        players: players(&session.players),
+    }
+}
+
+/// An end reason, for the wire.
+pub fn end_reason(reason: EndReason) -> pb::SessionEndReason {
+    match reason {
+        EndReason::EndedByBackend => pb::SessionEndReason::EndedByBackend,
+        EndReason::Idle => pb::SessionEndReason::Idle,
+        EndReason::ServerShutdown => pb::SessionEndReason::ServerShutdown,
+    }
+}
+
+/// A history event, for the wire.
+pub fn event(event: &Event) -> pb::ServerMessage {
+    use pb::server_message::Kind;
+    let kind = match event {
+        Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable } => Kind::Relayed(pb::Relayed {
+            sequence: *sequence,
+            sender_id: sender.to_string(),
+            payload: payload.clone(),
+            server_time_unix_micros: *server_time_unix_micros,
+            droppable: *droppable,
+        }),
+        Event::Presence { sequence, player: who, kind, detail } => Kind::Presence(pb::Presence {
+            sequence: *sequence,
+            player: Some(player(who)),
+            kind: match kind {
+                PresenceKind::Joined => pb::PresenceKind::Joined,
+                PresenceKind::Left => pb::PresenceKind::Left,
+                PresenceKind::Disconnected => pb::PresenceKind::Disconnected,
+                PresenceKind::Removed => pb::PresenceKind::Removed,
+            } as i32,
+            detail: detail.clone(),
+        }),
+        Event::Backend { sequence, payload, server_time_unix_micros } => Kind::Backend(pb::BackendMessage {
+            sequence: *sequence,
+            payload: payload.clone(),
+            server_time_unix_micros: *server_time_unix_micros,
+        }),
+        Event::Ended { sequence, reason, message } => Kind::SessionEnded(pb::SessionEnded {
+            sequence: *sequence,
+            reason: end_reason(*reason) as i32,
+            message: message.clone(),
+        }),
+    };
+    pb::ServerMessage { kind: Some(kind) }
+}
+
+/// A message for one player, for the wire.
+pub fn private(message: &Private) -> pb::ServerMessage {
+    use pb::server_message::Kind;
+    let kind = match message {
+        Private::Welcome(welcome) => Kind::Welcome(pb::Welcome {
+            session_id: welcome.session_id.to_string(),
+            player: Some(player(&welcome.player)),
+            players: players(&welcome.players),
+            sequence: welcome.sequence,
+            mode: welcome.mode.to_string(),
+        }),
+        Private::Pong { client_time, server_time_unix_micros } => {
+            Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })
+        }
+        Private::Error(err) => Kind::Error(pb::Error {
+            code: err.code() as i32,
+            message: err.to_string(),
+            field: err.field().to_owned(),
+        }),
+        Private::Dropped { count, last_sequence } => {
+            Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })
+        }
+    };
+    pb::ServerMessage { kind: Some(kind) }
+}

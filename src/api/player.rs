@@ -1,0 +1,145 @@
+//! `PlayerService`: the Play stream of each game client.
+//!
+//! The handler reads and validates the join, hands the rest of the inbound
+//! stream to the session actor (which polls it itself), and answers with a
+//! stream over the player's outbound queue that writes each message's
+//! encoding.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Span, instrument};
+
+use super::codec::{self, Outbound};
+use super::convert::{self, Limits};
+use crate::error::Error;
+use crate::pb;
+use crate::pb::play_server::player_service_server::PlayerService;
+use crate::session::{Delivery, InboundError, Input, JoinTarget, OutboundRx, SessionManager};
+
+/// The PlayerService implementation.
+#[derive(Clone)]
+pub struct PlayerApi {
+    manager: SessionManager,
+    limits: Arc<Limits>,
+    join_timeout: Duration,
+}
+
+impl PlayerApi {
+    /// Serves players of `manager`'s sessions.
+    pub fn new(manager: SessionManager, limits: Limits, join_timeout: Duration) -> Self {
+        PlayerApi { manager, limits: Arc::new(limits), join_timeout }
+    }
+}
+
+#[tonic::async_trait]
+impl PlayerService for PlayerApi {
+    type PlayStream = PlayStream;
+
+    #[instrument(name = "gamesession.v1.PlayerService/Play", skip_all, fields(session.id, player.id))]
+    async fn play(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
+            Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Error::FailedPrecondition("the stream closed before its join".into()).into()),
+            Ok(Ok(Some(message))) => message,
+        };
+        let join = match first.kind {
+            Some(pb::client_message::Kind::Join(join)) => join,
+            Some(_) | None => {
+                return Err(Error::FailedPrecondition(
+                    "join: the first message on a Play stream must be a join".into(),
+                )
+                .into());
+            }
+        };
+        let target = match join.target.clone() {
+            Some(pb::join::Target::SessionId(id)) => {
+                convert::check_id("join.session_id", &id)?;
+                JoinTarget::Session(id)
+            }
+            Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => JoinTarget::Mode(mode),
+            Some(pb::join::Target::Mode(_)) | None => {
+                return Err(Error::invalid("join.target", "set session_id or mode").into());
+            }
+        };
+        let player = convert::new_player(join, &self.limits)?;
+        let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
+        let joined = self.manager.join(target, player, inputs).await?;
+        let span = Span::current();
+        span.record("session.id", &*joined.session_id);
+        span.record("player.id", &*joined.player_id);
+        Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
+    }
+}
+
+/// A joined player's inbound stream, decoded and validated, for the actor.
+struct Inputs {
+    inner: Streaming<pb::ClientMessage>,
+    limits: Arc<Limits>,
+}
+
+impl Stream for Inputs {
+    type Item = Result<Input, InboundError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_next(cx).map(|item| {
+            item.map(|result| match result {
+                Ok(message) => Ok(convert::input(message, &this.limits)),
+                Err(status) => Err(inbound_error(status)),
+            })
+        })
+    }
+}
+
+/// Tells a broken connection (the status has a transport error as its
+/// source) from a client that broke the protocol (tonic's decoder made the
+/// status itself, e.g. for a frame over the size limit).
+fn inbound_error(status: Status) -> InboundError {
+    if std::error::Error::source(&status).is_some() {
+        InboundError::Transport(format!("{}: {}", status.code(), status.message()))
+    } else {
+        InboundError::Protocol(Error::Protocol { code: status.code(), message: status.message().to_owned() })
+    }
+}
+
+/// The server half of a Play stream: the player's outbound queue, encoded.
+pub struct PlayStream {
+    outbound: OutboundRx,
+    done: bool,
+}
+
+impl Stream for PlayStream {
+    type Item = Result<Outbound, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let delivery = match self.outbound.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(delivery) => delivery,
+        };
+        Poll::Ready(match delivery {
+            Some(Delivery::Event(event)) => {
+                Some(Ok(Outbound(event.encoded(|event| codec::encode(&convert::event(event)).0))))
+            }
+            Some(Delivery::Private(message)) => Some(Ok(codec::encode(&convert::private(&message)))),
+            Some(Delivery::End(error)) => {
+                self.done = true;
+                error.map(|err| Err(Status::from(*err)))
+            }
+            // The seat was freed without a last word (a disconnect).
+            None => {
+                self.done = true;
+                None
+            }
+        })
+    }
+}

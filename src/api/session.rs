@@ -1,0 +1,194 @@
+//! `SessionService`: what matchmakers, lobbies and admin tools call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert::{self, Limits, MAX_CONFIG_LEN, MAX_END_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN};
+use crate::error::Error;
+use crate::pb;
+use crate::pb::session_service_server::SessionService;
+use crate::session::{CreateParams, EndReason, SessionManager, WatchEventKind};
+
+/// Sessions per ListSessions page when the request does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most sessions per ListSessions page; larger requests are capped to it.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The SessionService implementation.
+#[derive(Clone)]
+pub struct SessionApi {
+    manager: SessionManager,
+    limits: Arc<Limits>,
+}
+
+impl SessionApi {
+    /// Serves `manager`'s sessions to backend services.
+    pub fn new(manager: SessionManager, limits: Limits) -> Self {
+        SessionApi { manager, limits: Arc::new(limits) }
+    }
+}
+
+/// The stream type of WatchSessions.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSessionsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    #[instrument(name = "gamesession.v1.SessionService/CreateSession", skip_all, fields(session.id, session.mode))]
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let request = request.into_inner();
+        let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
+        if request.config.len() > MAX_CONFIG_LEN {
+            return Err(Error::invalid("config", format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len())).into());
+        }
+        let key = match request.idempotency_key {
+            key if key.is_empty() => None,
+            key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                return Err(Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into());
+            }
+            key => Some(key),
+        };
+        tracing::Span::current().record("session.mode", request.mode.as_str());
+        let params = CreateParams {
+            mode: request.mode,
+            max_players: request.max_players,
+            labels,
+            config: request.config,
+            open_to_join_or_create: request.open_to_join_or_create,
+        };
+        let created = self.manager.create(params, key)?;
+        tracing::Span::current().record("session.id", &*created.session.id);
+        Ok(Response::new(pb::CreateSessionResponse {
+            session: Some(convert::session(&created.session)),
+            created: created.created,
+        }))
+    }
+
+    #[instrument(name = "gamesession.v1.SessionService/GetSession", skip_all, fields(session.id))]
+    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let id = request.into_inner().session_id;
+        tracing::Span::current().record("session.id", id.as_str());
+        convert::check_id("session_id", &id)?;
+        let info = self.manager.get(&id)?.info().await?;
+        Ok(Response::new(pb::GetSessionResponse { session: Some(convert::session(&info)) }))
+    }
+
+    #[instrument(name = "gamesession.v1.SessionService/ListSessions", skip_all)]
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let filter = convert::filter(request.filter, &self.limits)?;
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
+        if let Some(token) = after {
+            convert::check_id("page_token", token)?;
+        }
+        let (page, more) = self.manager.list(&filter, after, page_size);
+        let next_page_token = match page.last() {
+            Some(last) if more => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: page.iter().map(convert::session).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchSessionsStream = WatchStream;
+
+    #[instrument(name = "gamesession.v1.SessionService/WatchSessions", skip_all)]
+    async fn watch_sessions(
+        &self,
+        request: Request<pb::WatchSessionsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        use pb::watch_sessions_response::Kind;
+        let filter = convert::filter(request.into_inner().filter, &self.limits)?;
+        let watch = self.manager.watch(&filter);
+        let initial = watch
+            .initial
+            .iter()
+            .map(|info| Ok(pb::WatchSessionsResponse { kind: Some(Kind::Initial(convert::session(info))) }))
+            .chain(std::iter::once(Ok(pb::WatchSessionsResponse {
+                kind: Some(Kind::Synced(pb::Synced { revision: watch.revision })),
+            })))
+            .collect::<Vec<_>>();
+        let closing = self.manager.closing();
+        let live = stream::unfold(Some((watch.events, filter, closing)), |state| async move {
+            let (mut events, filter, closing) = state?;
+            loop {
+                let received = tokio::select! {
+                    () = closing.cancelled() => {
+                        return Some((Err(Status::unavailable("the server is shutting down; watch another instance")), None));
+                    }
+                    received = events.recv() => received,
+                };
+                match received {
+                    Ok(event) if event.concerns(&filter) => {
+                        let kind = match event.kind {
+                            WatchEventKind::Created => pb::SessionEventKind::Created,
+                            WatchEventKind::Updated => pb::SessionEventKind::Updated,
+                            WatchEventKind::Ended => pb::SessionEventKind::Ended,
+                        };
+                        let message = pb::WatchSessionsResponse {
+                            kind: Some(Kind::Event(pb::SessionEvent {
+                                revision: event.revision,
+                                kind: kind as i32,
+                                session: Some(convert::session(&event.session)),
+                            })),
+                        };
+                        return Some((Ok(message), Some((events, filter, closing))));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => {
+                        let status = Status::aborted(format!(
+                            "this watch fell {missed} events behind and was ended; call WatchSessions again"
+                        ));
+                        return Some((Err(status), None));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream::iter(initial).chain(live))))
+    }
+
+    #[instrument(name = "gamesession.v1.SessionService/EndSession", skip_all, fields(session.id))]
+    async fn end_session(&self, request: Request<pb::EndSessionRequest>) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let request = request.into_inner();
+        tracing::Span::current().record("session.id", request.session_id.as_str());
+        convert::check_id("session_id", &request.session_id)?;
+        if request.message.len() > MAX_END_MESSAGE_LEN {
+            return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
+        }
+        let handle = self.manager.get(&request.session_id)?;
+        let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
+        Ok(Response::new(pb::EndSessionResponse { sequence }))
+    }
+
+    #[instrument(name = "gamesession.v1.SessionService/SendToSession", skip_all, fields(session.id))]
+    async fn send_to_session(
+        &self,
+        request: Request<pb::SendToSessionRequest>,
+    ) -> Result<Response<pb::SendToSessionResponse>, Status> {
+        let request = request.into_inner();
+        tracing::Span::current().record("session.id", request.session_id.as_str());
+        convert::check_id("session_id", &request.session_id)?;
+        convert::check_payload("payload", &request.payload, &self.limits)?;
+        let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
+        let handle = self.manager.get(&request.session_id)?;
+        let sequence = handle.send(request.payload, targets).await?;
+        Ok(Response::new(pb::SendToSessionResponse { sequence }))
+    }
+}

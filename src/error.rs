@@ -1,0 +1,98 @@
+//! Typed errors of the service and their ONE mapping to `tonic::Status`.
+//!
+//! Messages name the field at fault. Internal details are logged where they
+//! happen and never sent to clients.
+
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in a request, as the session layer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A field of the request is malformed or out of bounds.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// No such session (it never existed, or it has ended).
+    #[error("session_id: session {0:?} not found")]
+    SessionNotFound(String),
+    /// A join named a player id that holds no seat.
+    #[error("{field}: player {player:?} is not in the session")]
+    UnknownPlayer { field: String, player: String },
+    /// The session has no free seat.
+    #[error("session {0:?} is full")]
+    SessionFull(String),
+    /// The player id already holds a seat in the session.
+    #[error("player_id: player {player:?} already holds a seat in session {session:?}")]
+    PlayerAlreadyJoined { session: String, player: String },
+    /// The message is valid but not allowed now (e.g. a second join).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The mode named is not registered.
+    #[error("mode: unknown mode {mode:?}; available modes: {available}")]
+    UnknownMode { mode: String, available: String },
+    /// The server runs as many sessions as it may.
+    #[error("the server is at its limit of {0} sessions")]
+    TooManySessions(usize),
+    /// The session's command inbox is full; retry shortly.
+    #[error("session {0:?} is busy (its inbox is full); retry")]
+    SessionBusy(String),
+    /// The server is draining for shutdown and takes no new sessions or joins.
+    #[error("the server is shutting down; connect to another instance")]
+    Draining,
+    /// An idempotency key was reused with a different request.
+    #[error("idempotency_key: already used by a different request (session {0:?})")]
+    IdempotencyConflict(String),
+    /// The player could not keep up with its stream and was disconnected.
+    #[error("{0}")]
+    SlowPlayer(String),
+    /// The client broke the gRPC protocol on its stream (e.g. a frame over
+    /// the decode limit); the code is the one tonic's decoder chose.
+    #[error("{message}")]
+    Protocol { code: Code, message: String },
+    /// The client did not send its join in time.
+    #[error("no join message within {0:?}")]
+    JoinTimeout(std::time::Duration),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// The gRPC code of this error: the one mapping, also used for the
+    /// non-fatal `error` messages of a Play stream.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument { .. } | Error::UnknownMode { .. } | Error::UnknownPlayer { .. } => {
+                Code::InvalidArgument
+            }
+            Error::SessionNotFound(_) => Code::NotFound,
+            Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => {
+                Code::ResourceExhausted
+            }
+            Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
+            Error::Protocol { code, .. } => *code,
+            Error::JoinTimeout(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// The field at fault, where there is one.
+    pub fn field(&self) -> &str {
+        match self {
+            Error::InvalidArgument { field, .. } | Error::UnknownPlayer { field, .. } => field,
+            Error::SessionNotFound(_) => "session_id",
+            Error::PlayerAlreadyJoined { .. } => "player_id",
+            Error::UnknownMode { .. } => "mode",
+            Error::IdempotencyConflict(_) => "idempotency_key",
+            _ => "",
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        Status::new(err.code(), err.to_string())
+    }
+}

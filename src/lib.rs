@@ -1,0 +1,245 @@
+//! game-session: a game session microservice.
+//!
+//! Game clients open one bidirectional `Play` stream each; backend services
+//! create, list, watch, message and end sessions over unary gRPC. Each
+//! session is one task (an actor) that alone owns its players and its
+//! sequence of messages.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one [`Config`] (flags and `GAME_SESSION_*` env vars),
+//!   each setting with its default, validated once.
+//! - [`run`] (here): serves the APIs on the given listeners until the
+//!   shutdown future resolves, then drains and exits. The binary and the tests
+//!   share it.
+//! - [`api`]: the gRPC edge. Decodes and validates requests, calls the session
+//!   layer, encodes replies. `api::codec` is the Play stream's codec (pre-encoded
+//!   responses, small buffers).
+//! - [`session`]: the registry ([`session::SessionManager`]), the cloneable
+//!   [`session::SessionHandle`], the actor that owns each session, the
+//!   per-player outbound queues and their policy, and the modes.
+//! - [`error`]: typed errors and their one mapping to `tonic::Status`.
+//! - [`pb`]: the generated protobuf types, clients and servers.
+//! - [`telemetry`]: logging setup.
+//!
+//! # Glossary
+//!
+//! - *session*: one game (a match, a room), run by one actor.
+//! - *player*: one Play stream holding a seat in a session.
+//! - *join* / *leave*: taking and freeing a seat on purpose. A *disconnect* is
+//!   a seat freed because the connection broke.
+//! - *relay*: a player's opaque payload, forwarded in the session's order.
+//! - *sequence*: the session's strictly increasing message number.
+//! - *mode*: the named logic a session runs (`relay` is built in).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod pb;
+pub mod session;
+pub mod telemetry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use session::Modes;
+
+use api::convert::Limits;
+use pb::play_server::player_service_server::PlayerServiceServer;
+use pb::session_service_server::SessionServiceServer;
+use session::{EndReason, ManagerConfig, SessionConfig, SessionManager};
+
+/// Any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The health service name that stays SERVING while the server drains, for
+/// Kubernetes liveness probes. Readiness probes check the overall status
+/// (`""`), which turns NOT_SERVING on drain.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// The message players receive when their session ends at shutdown.
+pub const SHUTDOWN_MESSAGE: &str = "server shutting down";
+
+/// The sockets the server serves on.
+pub struct Listeners {
+    /// Serves PlayerService, and SessionService too unless `backend` is set.
+    pub main: TcpListener,
+    /// Serves SessionService apart from players.
+    pub backend: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully:
+///
+/// 1. health turns NOT_SERVING (overall and per service; `liveness` stays
+///    SERVING), and new sessions and joins are refused;
+/// 2. running sessions go on for up to the drain period, and the server moves
+///    on as soon as none is left;
+/// 3. every remaining session ends with reason SERVER_SHUTDOWN;
+/// 4. players' queued messages are flushed while connections close, for up
+///    to the shutdown grace;
+/// 5. returns `Ok`.
+pub async fn run(
+    config: Config,
+    modes: Modes,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    config.validate()?;
+    let manager = SessionManager::new(manager_config(&config), modes);
+    let limits = Limits::new(&config);
+    let decode_limit = config.max_decoding_message_size();
+
+    let player_api = PlayerServiceServer::new(api::PlayerApi::new(manager.clone(), limits.clone(), config.join_timeout))
+        .max_decoding_message_size(decode_limit);
+    let session_api =
+        SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits)).max_decoding_message_size(decode_limit);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let services = [
+        "",
+        LIVENESS_SERVICE,
+        <PlayerServiceServer<api::PlayerApi> as NamedService>::NAME,
+        <SessionServiceServer<api::SessionApi> as NamedService>::NAME,
+    ];
+    for name in services {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+
+    let stop = CancellationToken::new();
+    let builder = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+    };
+    let reflection = || -> Result<_, BoxError> {
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok((v1, v1alpha))
+    };
+
+    let main_addr = listeners.main.local_addr()?;
+    let (v1, v1alpha) = reflection()?;
+    let mut main_router = builder()
+        .add_service(health_service.clone())
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(player_api);
+    if listeners.backend.is_none() {
+        main_router = main_router.add_service(session_api.clone());
+    }
+    let mut servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>> = vec![tokio::spawn(
+        main_router.serve_with_incoming_shutdown(incoming(listeners.main), stop.clone().cancelled_owned()),
+    )];
+    info!(address = %main_addr, backend_api = listeners.backend.is_none(), "serving players");
+    if let Some(backend) = listeners.backend {
+        let backend_addr = backend.local_addr()?;
+        let (v1, v1alpha) = reflection()?;
+        let router = builder().add_service(health_service).add_service(v1).add_service(v1alpha).add_service(session_api);
+        servers.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming(backend), stop.clone().cancelled_owned()),
+        ));
+        info!(address = %backend_addr, "serving the backend API");
+    }
+
+    // Run until told to stop, or until a server fails.
+    let failed = tokio::select! {
+        () = shutdown => None,
+        (result, _, _) = futures_util::future::select_all(servers.iter_mut()) => Some(result),
+    };
+    if let Some(result) = failed {
+        stop.cancel();
+        return match result {
+            Ok(Ok(())) => Err("a server stopped unexpectedly".into()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(err) => Err(err.into()),
+        };
+    }
+
+    // 1. Readiness off, no new sessions or joins.
+    info!(sessions = manager.len(), drain_period = ?config.drain_period, "shutting down: draining");
+    for name in services.into_iter().filter(|name| *name != LIVENESS_SERVICE) {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    manager.start_drain();
+    // 2. Let running sessions finish, up to the drain period.
+    if tokio::time::timeout(config.drain_period, manager.wait_empty()).await.is_err() {
+        info!(sessions = manager.len(), "drain period over; ending the remaining sessions");
+    }
+    // 3. End what is left; each actor queues its players' last messages.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    let ended = tokio::time::timeout_at(deadline, manager.end_all(EndReason::ServerShutdown, SHUTDOWN_MESSAGE)).await;
+    // 4. Close the servers gracefully: streams finish writing their queues.
+    stop.cancel();
+    let flushed = tokio::time::timeout_at(deadline, futures_util::future::join_all(servers)).await;
+    if ended.is_err() || flushed.is_err() {
+        warn!(grace = ?config.shutdown_grace, "shutdown grace over; closing the remaining connections");
+    }
+    info!("shut down");
+    Ok(())
+}
+
+/// Accepted connections with `TCP_NODELAY`: a game's small messages must not
+/// wait for Nagle's algorithm.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+fn manager_config(config: &Config) -> ManagerConfig {
+    ManagerConfig {
+        max_sessions: config.max_sessions,
+        default_max_players: config.default_max_players,
+        max_players_limit: config.max_players_limit,
+        watch_buffer: config.watch_buffer,
+        session: SessionConfig {
+            outbound_queue: config.outbound_queue,
+            slow_player_grace: config.slow_player_grace,
+            inbox: config.session_inbox,
+            idle_timeout: config.idle_timeout,
+        },
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => info!("received SIGINT"),
+            _ = terminate.recv() => info!("received SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// A duration for logs and messages.
+pub fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

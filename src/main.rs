@@ -1,0 +1,32 @@
+//! The game-session server: parse the config, set up logging, bind, and run
+//! until SIGTERM or SIGINT.
+
+use clap::Parser;
+use game_session::{Config, Listeners, Modes, telemetry};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    telemetry::init(&config.log);
+    if let Err(err) = config.validate() {
+        tracing::error!(error = %err, "invalid configuration");
+        return std::process::ExitCode::from(2);
+    }
+    match serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), game_session::BoxError> {
+    let main = TcpListener::bind(config.listen).await?;
+    let backend = match config.backend_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    game_session::run(config, Modes::default(), Listeners { main, backend }, game_session::shutdown_signal()).await
+}

@@ -1,0 +1,547 @@
+//! The session actor: one task per session that alone owns the session's
+//! players, its sequence counter and its state.
+//!
+//! The actor polls its players' inbound streams itself (a `SelectAll`, which
+//! polls only the streams that woke it) instead of running one reader task
+//! per player that forwards into an inbox. A relayed message therefore costs
+//! no task hop on the way in: the connection task wakes the actor directly.
+//! On the way out, each recipient's queue wakes that player's response
+//! stream, which writes the event's bytes, encoded once for all recipients.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{SelectAll, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info, info_span, warn};
+
+use super::handle::{Command, JoinRequest, Joined};
+use super::outbound::{self, Delivery, OutboundTx, Private, Welcome};
+use super::{
+    Departure, EndReason, Event, InboundError, InboundStream, Input, PlayerId, PlayerInfo, PresenceKind, RelayInput,
+    SessionConfig, SessionInfo, SessionManager, SharedEvent,
+};
+use crate::error::Error;
+
+/// A player holding a seat.
+struct Player {
+    info: Arc<PlayerInfo>,
+    /// Tells this seat's inbound stream apart from an earlier seat of the same
+    /// player id.
+    slot: u64,
+    /// The player's outbound queue.
+    out: OutboundTx,
+    /// Dropped with the player: ends its inbound stream in `inbound`.
+    _kick: oneshot::Sender<()>,
+    /// Droppable messages dropped since the last notice to the player.
+    dropped: u64,
+    /// The sequence of the last of them.
+    last_dropped: u64,
+    /// Since when the player's queue has been at least half full.
+    behind_since: Option<Instant>,
+}
+
+/// What one inbound stream yields: the player, its seat, and a message or
+/// `None` for a clean half-close.
+type InboundItem = (PlayerId, u64, Option<Result<Input, InboundError>>);
+
+/// A player's inbound stream, tagged with its seat. Ends when the stream
+/// does, or as soon as the player's seat is freed (its `kick` sender dropped).
+struct PlayerInbound {
+    id: PlayerId,
+    slot: u64,
+    stream: InboundStream,
+    kicked: oneshot::Receiver<()>,
+    done: bool,
+}
+
+impl Stream for PlayerInbound {
+    type Item = InboundItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InboundItem>> {
+        let this = &mut *self;
+        if this.done || Pin::new(&mut this.kicked).poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        match this.stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some((this.id.clone(), this.slot, Some(item)))),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(Some((this.id.clone(), this.slot, None)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// One session. Built by the manager, which spawns [`Actor::run`].
+pub(super) struct Actor {
+    /// The session's fixed description; `player_count` and `sequence` are
+    /// kept current here.
+    info: SessionInfo,
+    config: SessionConfig,
+    inbox: mpsc::Receiver<Command>,
+    /// The sequence number, published for ListSessions.
+    shared_sequence: Arc<AtomicU64>,
+    manager: SessionManager,
+    players: HashMap<PlayerId, Player>,
+    inbound: SelectAll<PlayerInbound>,
+    next_slot: u64,
+    /// Seats freed while handling the current message, processed after it.
+    departures: Vec<(PlayerId, Departure)>,
+    /// Fires when the session has been empty for the idle timeout.
+    idle_timer: Pin<Box<Sleep>>,
+    idle_armed: bool,
+    /// Fires when the earliest behind player's grace period runs out.
+    sweep_timer: Pin<Box<Sleep>>,
+    sweep_armed: bool,
+}
+
+impl Actor {
+    pub(super) fn new(
+        info: SessionInfo,
+        config: SessionConfig,
+        inbox: mpsc::Receiver<Command>,
+        shared_sequence: Arc<AtomicU64>,
+        manager: SessionManager,
+    ) -> Self {
+        let idle_timer = Box::pin(tokio::time::sleep(config.idle_timeout));
+        let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
+        Actor {
+            info,
+            config,
+            inbox,
+            shared_sequence,
+            manager,
+            players: HashMap::new(),
+            inbound: SelectAll::new(),
+            next_slot: 0,
+            departures: Vec::new(),
+            idle_timer,
+            idle_armed: true,
+            sweep_timer,
+            sweep_armed: false,
+        }
+    }
+
+    /// Runs the session until it ends.
+    pub(super) async fn run(mut self) {
+        let (reason, message, reply) = loop {
+            tokio::select! {
+                biased;
+                command = self.inbox.recv() => match command {
+                    Some(Command::End { reason, message, reply }) => break (reason, message, reply),
+                    Some(command) => self.handle(command),
+                    // Every handle is gone: the registry itself was dropped.
+                    None => break (EndReason::ServerShutdown, "the registry is gone".to_owned(), None),
+                },
+                Some((id, slot, item)) = self.inbound.next() => self.on_input(id, slot, item),
+                () = &mut self.idle_timer, if self.idle_armed => {
+                    break (EndReason::Idle, format!("empty for {:?}", self.config.idle_timeout), None);
+                }
+                () = &mut self.sweep_timer, if self.sweep_armed => self.sweep(),
+            }
+            self.process_departures();
+        };
+        self.finish(reason, message, reply);
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join { request, reply } => self.join(request, reply),
+            Command::Send { payload, targets, reply } => {
+                let result = self.check_targets(&targets, "player_ids").map(|()| {
+                    let sequence = self.next_sequence();
+                    let event = SharedEvent::new(Event::Backend {
+                        sequence,
+                        payload,
+                        server_time_unix_micros: super::unix_micros(),
+                    });
+                    self.fan_out(&event, &targets, None, false, sequence);
+                    sequence
+                });
+                // The caller may have given up; the message was sent anyway.
+                let _ = reply.send(result);
+            }
+            Command::Info { reply } => {
+                let mut info = self.info.clone();
+                info.players = self.players.values().map(|p| p.info.clone()).collect();
+                info.players.sort_by(|a, b| a.id.cmp(&b.id));
+                let _ = reply.send(info);
+            }
+            Command::End { .. } => unreachable!("handled by the run loop"),
+        }
+    }
+
+    fn join(&mut self, request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, super::handle::JoinRejected>>) {
+        let session_id = self.info.id.clone();
+        if self.players.len() >= self.info.max_players as usize {
+            let _ = reply.send(Err((Error::SessionFull(session_id.to_string()), Some(request))));
+            return;
+        }
+        let JoinRequest { player, inbound } = *request;
+        let id: PlayerId = if player.id.is_empty() { super::new_id() } else { player.id.into() };
+        if self.players.contains_key(&id) {
+            let err = Error::PlayerAlreadyJoined { session: session_id.to_string(), player: id.to_string() };
+            let request = JoinRequest { player: super::NewPlayer { id: id.to_string(), ..player }, inbound };
+            let _ = reply.send(Err((err, Some(Box::new(request)))));
+            return;
+        }
+        let _span = info_span!("player.join", session.id = %session_id, player.id = %id).entered();
+        let info = Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
+        let sequence = self.next_sequence();
+
+        // Tell everyone else first, so the joiner does not see its own join:
+        // the welcome's sequence stands for it.
+        let event = SharedEvent::new(Event::Presence {
+            sequence,
+            player: info.clone(),
+            kind: PresenceKind::Joined,
+            detail: String::new(),
+        });
+        self.fan_out(&event, &[], None, false, sequence);
+
+        let (out, outbound) = outbound::channel();
+        let mut players: Vec<_> = self.players.values().map(|p| p.info.clone()).collect();
+        players.sort_by(|a, b| a.id.cmp(&b.id));
+        let welcome = Welcome { session_id: session_id.clone(), mode: self.info.mode.clone(), player: info.clone(), players, sequence };
+        // A fresh queue cannot be closed yet; a failure shows at the next push.
+        let _ = out.push(Delivery::Private(Box::new(Private::Welcome(welcome))));
+        let (kick, kicked) = oneshot::channel();
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.inbound.push(PlayerInbound { id: id.clone(), slot, stream: inbound, kicked, done: false });
+        self.players.insert(
+            id.clone(),
+            Player { info, slot, out, _kick: kick, dropped: 0, last_dropped: 0, behind_since: None },
+        );
+        self.idle_armed = false;
+        self.players_changed();
+        info!(session.sequence = sequence, "player joined");
+
+        let joined = Joined { session_id, player_id: id.clone(), outbound };
+        if reply.send(Ok(joined)).is_err() {
+            self.departures.push((id, Departure::Disconnected("the client went away while joining".into())));
+        }
+    }
+
+    fn on_input(&mut self, id: PlayerId, slot: u64, item: Option<Result<Input, InboundError>>) {
+        match self.players.get(&id) {
+            Some(player) if player.slot == slot => {}
+            // A message from a seat already freed.
+            _ => return,
+        }
+        match item {
+            Some(Ok(Input::Relay(relay))) => self.relay(&id, slot, relay),
+            Some(Ok(Input::Ping { client_time })) => {
+                let pong = Private::Pong { client_time, server_time_unix_micros: super::unix_micros() };
+                // A pong is as droppable as it gets: a behind player skips it.
+                self.send_private(&id, pong, true);
+            }
+            Some(Ok(Input::Invalid(err))) => {
+                debug!(session.id = %self.info.id, player.id = %id, error = %err, "rejected a player message");
+                self.send_private(&id, Private::Error(err), false);
+            }
+            Some(Ok(Input::Leave)) | None => self.departures.push((id, Departure::Left)),
+            Some(Err(InboundError::Transport(reason))) => self.departures.push((id, Departure::Disconnected(reason))),
+            Some(Err(InboundError::Protocol(err))) => self.departures.push((id, Departure::Removed(err))),
+        }
+    }
+
+    fn relay(&mut self, from: &PlayerId, from_slot: u64, relay: RelayInput) {
+        if let Err(err) = self.check_targets(&relay.targets, "relay.targets") {
+            self.send_private(from, Private::Error(err), false);
+            return;
+        }
+        let sequence = self.next_sequence();
+        let event = SharedEvent::new(Event::Relayed {
+            sequence,
+            sender: from.clone(),
+            payload: relay.payload,
+            server_time_unix_micros: super::unix_micros(),
+            droppable: relay.droppable,
+        });
+        self.fan_out(&event, &relay.targets, Some(from_slot), relay.droppable, sequence);
+    }
+
+    /// Every target must hold a seat; the error names the first that does not.
+    fn check_targets(&self, targets: &[PlayerId], field: &str) -> Result<(), Error> {
+        match targets.iter().enumerate().find(|(_, t)| !self.players.contains_key(*t)) {
+            Some((i, t)) => Err(Error::UnknownPlayer { field: format!("{field}[{i}]"), player: t.to_string() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers a shared event to `targets`, or with none to every player but
+    /// the one in seat `except`. Takes no lock: each delivery is an atomic
+    /// length check and a push onto the player's queue.
+    fn fan_out(&mut self, event: &Arc<SharedEvent>, targets: &[PlayerId], except: Option<u64>, droppable: bool, sequence: u64) {
+        let policy = Policy::new(&self.config);
+        let mut sweep_at = None;
+        if targets.is_empty() {
+            for (id, player) in &mut self.players {
+                if Some(player.slot) == except {
+                    continue;
+                }
+                let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
+                record(id, outcome, &mut self.departures, &mut sweep_at, &policy);
+            }
+        } else {
+            for target in targets {
+                let Some(player) = self.players.get_mut(target) else { continue };
+                let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
+                record(target, outcome, &mut self.departures, &mut sweep_at, &policy);
+            }
+        }
+        if let Some(at) = sweep_at {
+            self.arm_sweep(at);
+        }
+    }
+
+    fn send_private(&mut self, id: &PlayerId, message: Private, droppable: bool) {
+        let policy = Policy::new(&self.config);
+        let mut sweep_at = None;
+        if let Some(player) = self.players.get_mut(id) {
+            let outcome = deliver(player, Delivery::Private(Box::new(message)), droppable, 0, &policy);
+            record(id, outcome, &mut self.departures, &mut sweep_at, &policy);
+        }
+        if let Some(at) = sweep_at {
+            self.arm_sweep(at);
+        }
+    }
+
+    /// Makes the sweep timer fire at `at` at the latest.
+    fn arm_sweep(&mut self, at: Instant) {
+        if !self.sweep_armed || at < self.sweep_timer.deadline() {
+            self.sweep_timer.as_mut().reset(at);
+            self.sweep_armed = true;
+        }
+    }
+
+    /// Checks every behind player: caught up (send its dropped notice) or
+    /// past its grace period (disconnect it).
+    fn sweep(&mut self) {
+        self.sweep_armed = false;
+        let now = Instant::now();
+        let policy = Policy::new(&self.config);
+        let mut next: Option<Instant> = None;
+        for (id, player) in &mut self.players {
+            let Some(since) = player.behind_since else { continue };
+            if player.out.len() < policy.soft_limit {
+                player.behind_since = None;
+                if let Err(departure) = flush_dropped_notice(player) {
+                    self.departures.push((id.clone(), departure));
+                }
+            } else if now.duration_since(since) >= policy.grace {
+                self.departures.push((id.clone(), slow(&policy, player.out.len())));
+            } else {
+                let at = since + policy.grace;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        if let Some(at) = next {
+            self.arm_sweep(at);
+        }
+    }
+
+    fn process_departures(&mut self) {
+        while !self.departures.is_empty() {
+            for (id, departure) in std::mem::take(&mut self.departures) {
+                self.remove_player(id, departure);
+            }
+        }
+    }
+
+    fn remove_player(&mut self, id: PlayerId, departure: Departure) {
+        let Some(player) = self.players.remove(&id) else { return };
+        let _span = info_span!("player.leave", session.id = %self.info.id, player.id = %id).entered();
+        let (kind, detail) = match &departure {
+            Departure::Left => {
+                let _ = player.out.push(Delivery::End(None));
+                (PresenceKind::Left, String::new())
+            }
+            Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
+            Departure::Removed(err) => {
+                let _ = player.out.push(Delivery::End(Some(Box::new(err.clone()))));
+                (PresenceKind::Removed, err.to_string())
+            }
+        };
+        let sequence = self.next_sequence();
+        match &departure {
+            Departure::Left => info!(session.sequence = sequence, "player left"),
+            Departure::Disconnected(reason) => info!(session.sequence = sequence, reason = %reason, "player disconnected"),
+            Departure::Removed(err) => warn!(session.sequence = sequence, reason = %err, "player removed"),
+        }
+        let event = SharedEvent::new(Event::Presence { sequence, player: player.info.clone(), kind, detail });
+        drop(player);
+        self.fan_out(&event, &[], None, false, sequence);
+        self.players_changed();
+        if self.players.is_empty() {
+            self.idle_timer.as_mut().reset(Instant::now() + self.config.idle_timeout);
+            self.idle_armed = true;
+        }
+    }
+
+    fn finish(mut self, reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>) {
+        let session_id = self.info.id.clone();
+        let _span = info_span!("session.end", session.id = %session_id).entered();
+        // Refuse new commands first, so that nothing is queued after the
+        // drain below.
+        self.inbox.close();
+        let sequence = self.next_sequence();
+        let event = SharedEvent::new(Event::Ended { sequence, reason, message: message.clone() });
+        for player in self.players.values() {
+            // The last two items go in regardless of the queue's bound: a
+            // player is always told that its session ended.
+            let _ = player.out.push(Delivery::Event(event.clone()));
+            let _ = player.out.push(Delivery::End(None));
+        }
+        let players = self.players.len();
+        self.players.clear();
+        self.inbound = SelectAll::new();
+        self.manager.remove(&session_id);
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Join { request, reply } => {
+                    let _ = reply.send(Err((Error::SessionNotFound(session_id.to_string()), Some(request))));
+                }
+                Command::Send { reply, .. } => {
+                    let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
+                }
+                Command::End { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(sequence);
+                    }
+                }
+                Command::Info { .. } => {}
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(sequence);
+        }
+        info!(session.end_reason = ?reason, session.sequence = sequence, players, message = %message, "session ended");
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.info.sequence += 1;
+        self.shared_sequence.store(self.info.sequence, Ordering::Relaxed);
+        self.info.sequence
+    }
+
+    fn players_changed(&mut self) {
+        self.info.player_count = self.players.len() as u32;
+        self.manager.player_count_changed(&self.info.id, self.info.player_count);
+    }
+}
+
+/// The outbound queue policy, from the session config.
+struct Policy {
+    /// From this length on the player is behind and droppable messages drop.
+    soft_limit: usize,
+    /// The queue's capacity.
+    capacity: usize,
+    /// How long a player may stay behind.
+    grace: Duration,
+}
+
+impl Policy {
+    fn new(config: &SessionConfig) -> Self {
+        Policy { soft_limit: config.outbound_queue / 2, capacity: config.outbound_queue, grace: config.slow_player_grace }
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug)]
+enum Outcome {
+    Queued,
+    /// Dropped (droppable, player behind since `since`) and counted.
+    Dropped { since: Instant },
+    /// Queued, and the player is behind since `since`.
+    Behind { since: Instant },
+    /// The player must go.
+    Depart(Departure),
+}
+
+/// Applies the queue policy to one delivery (see `outbound.rs`).
+fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u64, policy: &Policy) -> Outcome {
+    let len = player.out.len();
+    if len < policy.soft_limit {
+        player.behind_since = None;
+        if let Err(departure) = flush_dropped_notice(player) {
+            return Outcome::Depart(departure);
+        }
+        return match player.out.push(delivery) {
+            Ok(()) => Outcome::Queued,
+            Err(_) => Outcome::Depart(gone()),
+        };
+    }
+    let now = Instant::now();
+    let since = *player.behind_since.get_or_insert(now);
+    if now.duration_since(since) >= policy.grace {
+        return Outcome::Depart(slow(policy, len));
+    }
+    if droppable {
+        if sequence != 0 {
+            player.dropped += 1;
+            player.last_dropped = sequence;
+        }
+        return Outcome::Dropped { since };
+    }
+    if len >= policy.capacity {
+        return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
+            "outbound queue overflowed: {} messages were waiting for this player",
+            policy.capacity
+        ))));
+    }
+    match player.out.push(delivery) {
+        Ok(()) => Outcome::Behind { since },
+        Err(_) => Outcome::Depart(gone()),
+    }
+}
+
+/// Notes what a delivery's outcome asks of the actor: a departure, or the
+/// earliest time a behind player's grace period runs out.
+fn record(
+    id: &PlayerId,
+    outcome: Outcome,
+    departures: &mut Vec<(PlayerId, Departure)>,
+    sweep_at: &mut Option<Instant>,
+    policy: &Policy,
+) {
+    match outcome {
+        Outcome::Queued => {}
+        Outcome::Behind { since } | Outcome::Dropped { since } => {
+            let at = since + policy.grace;
+            *sweep_at = Some(sweep_at.map_or(at, |t: Instant| t.min(at)));
+        }
+        Outcome::Depart(departure) => departures.push((id.clone(), departure)),
+    }
+}
+
+/// Tells the player how many droppable messages it missed, if any.
+fn flush_dropped_notice(player: &mut Player) -> Result<(), Departure> {
+    if player.dropped == 0 {
+        return Ok(());
+    }
+    let notice = Private::Dropped { count: player.dropped, last_sequence: player.last_dropped };
+    player.dropped = 0;
+    player.out.push(Delivery::Private(Box::new(notice))).map_err(|_| gone())
+}
+
+fn slow(policy: &Policy, len: usize) -> Departure {
+    Departure::Removed(Error::SlowPlayer(format!(
+        "fell behind reading the stream for more than {:?} ({len} messages waiting)",
+        policy.grace
+    )))
+}
+
+fn gone() -> Departure {
+    Departure::Disconnected("the response stream was closed".into())
+}

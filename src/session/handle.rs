@@ -1,0 +1,124 @@
+//! The cloneable address of a session. Every request to a session goes
+//! through its bounded inbox to the actor, the session's single writer.
+//!
+//! Inbox policy: a full inbox fails the call at once with
+//! [`Error::SessionBusy`] (UNAVAILABLE, retryable) rather than queueing
+//! without bound or blocking the caller. Only control traffic (joins, backend
+//! messages, EndSession, GetSession) uses the inbox; players' relay traffic
+//! reaches the actor through their own streams, under HTTP/2 flow control.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{EndReason, InboundStream, NewPlayer, OutboundRx, PlayerId, SessionId, SessionInfo};
+use crate::error::Error;
+
+/// A join on its way to the actor. Handed back on failure, so that
+/// join-or-create can try another session with the same stream.
+pub struct JoinRequest {
+    pub player: NewPlayer,
+    pub inbound: InboundStream,
+}
+
+/// What a successful join returns: the player's queue, whose first item is
+/// the welcome.
+#[derive(Debug)]
+pub struct Joined {
+    pub session_id: SessionId,
+    pub player_id: PlayerId,
+    pub outbound: OutboundRx,
+}
+
+/// A failed join, with the request handed back where it could be (not when
+/// the actor died with the request).
+pub type JoinRejected = (Error, Option<Box<JoinRequest>>);
+
+/// A request to the actor.
+pub(super) enum Command {
+    Join { request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>> },
+    Send { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
+    End { reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>> },
+    Info { reply: oneshot::Sender<SessionInfo> },
+}
+
+/// The address of one session. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    id: SessionId,
+    tx: mpsc::Sender<Command>,
+}
+
+impl SessionHandle {
+    pub(super) fn new(id: SessionId, tx: mpsc::Sender<Command>) -> Self {
+        SessionHandle { id, tx }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Seats a player. The reply's queue starts with the welcome.
+    pub async fn join(&self, request: JoinRequest) -> Result<Joined, JoinRejected> {
+        let (reply, answer) = oneshot::channel();
+        let request = Box::new(request);
+        if let Err(err) = self.tx.try_send(Command::Join { request, reply }) {
+            let (error, command) = match err {
+                mpsc::error::TrySendError::Full(c) => (Error::SessionBusy(self.id.to_string()), c),
+                mpsc::error::TrySendError::Closed(c) => (Error::SessionNotFound(self.id.to_string()), c),
+            };
+            let request = match command {
+                Command::Join { request, .. } => Some(request),
+                _ => None,
+            };
+            return Err((error, request));
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The actor is gone and took the request with it (it hands back
+            // the joins it finds queued when it ends, so only a crash gets here).
+            Err(_) => Err((self.gone(), None)),
+        }
+    }
+
+    /// Pushes a backend payload to `targets` (empty: every player) and
+    /// returns the sequence number it got.
+    pub async fn send(&self, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Send { payload, targets, reply })?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    /// Ends the session; every player receives `message`. Returns the
+    /// sequence number of the `session_ended` event.
+    pub async fn end(&self, reason: EndReason, message: String) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::End { reason, message, reply: Some(reply) })?;
+        answer.await.map_err(|_| self.gone())
+    }
+
+    /// Asks the session to end without waiting for it, and without failing
+    /// when its inbox is full: used at shutdown, where every session must
+    /// end. Returns false if the session had already ended.
+    pub(super) async fn end_now(&self, reason: EndReason, message: String) -> bool {
+        self.tx.send(Command::End { reason, message, reply: None }).await.is_ok()
+    }
+
+    /// The session's summary with its players.
+    pub async fn info(&self) -> Result<SessionInfo, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Info { reply })?;
+        answer.await.map_err(|_| self.gone())
+    }
+
+    fn command(&self, command: Command) -> Result<(), Error> {
+        self.tx.try_send(command).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => Error::SessionBusy(self.id.to_string()),
+            mpsc::error::TrySendError::Closed(_) => self.gone(),
+        })
+    }
+
+    fn gone(&self) -> Error {
+        Error::SessionNotFound(self.id.to_string())
+    }
+}

@@ -1,0 +1,215 @@
+//! The session layer: the registry ([`SessionManager`]), the cloneable
+//! address of a session ([`SessionHandle`]), the actor that owns each
+//! session, the per-player outbound queues, and the modes.
+//!
+//! Nothing here knows about prost or gRPC transport: the API layer turns
+//! protobuf into these types and back.
+
+mod actor;
+mod handle;
+mod manager;
+mod mode;
+mod outbound;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::error::Error;
+
+pub use handle::SessionHandle;
+pub use handle::{JoinRequest, Joined};
+pub use manager::{
+    CreateParams, Created, JoinTarget, ManagerConfig, SessionFilter, SessionManager, Watch, WatchEvent, WatchEventKind,
+};
+pub use mode::{Mode, Modes, ModesBuilder, Relay};
+pub use outbound::{Delivery, OutboundRx, Private, Welcome};
+
+/// A session's id. Shared, never copied, by every message that names it.
+pub type SessionId = Arc<str>;
+/// A player's id. Shared, never copied, by every message that names it.
+pub type PlayerId = Arc<str>;
+
+/// A player as other players see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayerInfo {
+    /// Stable id, unique within the session.
+    pub id: PlayerId,
+    /// Human-readable name; may be empty.
+    pub display_name: String,
+    /// Small key/value data given at join.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A join as the API layer validated it; the id may still be empty, in which
+/// case the session assigns one.
+#[derive(Debug, Clone)]
+pub struct NewPlayer {
+    /// Requested id; empty lets the server assign one.
+    pub id: String,
+    /// Human-readable name; may be empty.
+    pub display_name: String,
+    /// Small key/value data given at join.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One validated message from a joined player.
+#[derive(Debug)]
+pub enum Input {
+    /// Relay `payload` to `targets` (empty: every other player).
+    Relay(RelayInput),
+    /// Answer with a pong echoing `client_time`.
+    Ping { client_time: i64 },
+    /// Leave the session on purpose.
+    Leave,
+    /// A malformed message: answer with a non-fatal error, change nothing.
+    Invalid(Error),
+}
+
+/// A relay message from a player.
+#[derive(Debug)]
+pub struct RelayInput {
+    /// The opaque payload, shared by all its recipients.
+    pub payload: Bytes,
+    /// Who gets it; empty means every other player.
+    pub targets: Vec<PlayerId>,
+    /// Whether a newer message replaces it (may be dropped for slow players).
+    pub droppable: bool,
+}
+
+/// Why a player's inbound stream failed.
+#[derive(Debug)]
+pub enum InboundError {
+    /// The connection broke: a reset, a transport error, a keepalive timeout.
+    /// The player is disconnected (not a leave).
+    Transport(String),
+    /// The client broke the protocol (e.g. a frame over the size limit). The
+    /// player's stream ends with this error.
+    Protocol(Error),
+}
+
+/// A joined player's inbound messages, already decoded and validated by the
+/// API layer. The session actor polls it directly: no reader task per player.
+/// It ends (`None`) on a clean half-close, which is a leave.
+pub type InboundStream = Pin<Box<dyn Stream<Item = Result<Input, InboundError>> + Send>>;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// A backend service called EndSession.
+    EndedByBackend,
+    /// It stayed empty longer than the idle timeout.
+    Idle,
+    /// The server shut down.
+    ServerShutdown,
+}
+
+/// How a player's seat was freed. Kept apart in code, presence events and
+/// logs: a later issue holds the seat on disconnect for resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Departure {
+    /// A leave message or a clean half-close.
+    Left,
+    /// The connection broke (reset, transport error, keepalive timeout).
+    Disconnected(String),
+    /// The server removed the player; its stream ends with this error.
+    Removed(Error),
+}
+
+/// What a presence event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    Joined,
+    Left,
+    Disconnected,
+    Removed,
+}
+
+/// A message that belongs to the session's history: it carries a sequence
+/// number and is the same for every recipient.
+#[derive(Debug)]
+pub enum Event {
+    /// A player's relay message.
+    Relayed {
+        sequence: u64,
+        sender: PlayerId,
+        payload: Bytes,
+        server_time_unix_micros: i64,
+        droppable: bool,
+    },
+    /// A player joined or left.
+    Presence {
+        sequence: u64,
+        player: Arc<PlayerInfo>,
+        kind: PresenceKind,
+        detail: String,
+    },
+    /// A backend service's message.
+    Backend { sequence: u64, payload: Bytes, server_time_unix_micros: i64 },
+    /// The session ended.
+    Ended { sequence: u64, reason: EndReason, message: String },
+}
+
+/// An [`Event`] shared by all its recipients, with a slot where the API layer
+/// caches its encoding: a fan-out to P players encodes once.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The event itself.
+    pub event: Event,
+    /// The event's wire encoding, filled by the first recipient's stream.
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps an event for sharing.
+    pub fn new(event: Event) -> Arc<Self> {
+        Arc::new(SharedEvent { event, encoded: OnceLock::new() })
+    }
+
+    /// The cached encoding, made by `encode` on first use.
+    pub fn encoded(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+/// A summary of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub mode: Arc<str>,
+    pub max_players: u32,
+    pub player_count: u32,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub open_to_join_or_create: bool,
+    pub created_unix_micros: i64,
+    pub sequence: u64,
+    /// Filled only by [`SessionHandle::info`].
+    pub players: Vec<Arc<PlayerInfo>>,
+}
+
+/// Limits and timings every session runs with.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Capacity of each player's outbound queue, in messages.
+    pub outbound_queue: usize,
+    /// How long a player may stay behind before it is disconnected.
+    pub slow_player_grace: Duration,
+    /// Capacity of the session's command inbox.
+    pub inbox: usize,
+    /// How long the session may stay empty.
+    pub idle_timeout: Duration,
+}
+
+/// The wall clock in microseconds since the Unix epoch.
+pub fn unix_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A fresh random id (32 hex digits), for sessions and unnamed players.
+pub fn new_id() -> Arc<str> {
+    uuid::Uuid::new_v4().simple().to_string().into()
+}
