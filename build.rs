@@ -14,19 +14,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler
-        .include_imports(true)
-        .include_source_info(true)
-        .open_files([
-            "gamesession/v1/common.proto",
-            "gamesession/v1/player.proto",
-            "gamesession/v1/session.proto",
-        ])?;
+    compiler.include_imports(true).include_source_info(true).open_files([
+        "gamesession/v1/common.proto",
+        "gamesession/v1/player.proto",
+        "gamesession/v1/session.proto",
+    ])?;
     // Source info keeps the proto comments, so `grpcurl describe` shows them.
-    fs::write(
-        out_dir.join("gamesession_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    fs::write(out_dir.join("gamesession_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
@@ -52,8 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build(),
         )
         .build();
-    tonic_build::manual::Builder::new()
-        .build_client(false)
-        .compile(&[play]);
+    tonic_build::manual::Builder::new().build_client(false).compile(&[play]);
     Ok(())
 }

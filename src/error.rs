@@ -67,9 +67,7 @@ impl Error {
                 Code::InvalidArgument
             }
             Error::SessionNotFound(_) => Code::NotFound,
-            Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => {
-                Code::ResourceExhausted
-            }
+            Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => Code::ResourceExhausted,
             Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::SessionBusy(_) | Error::Draining => Code::Unavailable,

@@ -99,10 +99,11 @@ pub async fn run(
     let limits = Limits::new(&config);
     let decode_limit = config.max_decoding_message_size();
 
-    let player_api = PlayerServiceServer::new(api::PlayerApi::new(manager.clone(), limits.clone(), config.join_timeout))
+    let player_api =
+        PlayerServiceServer::new(api::PlayerApi::new(manager.clone(), limits.clone(), config.join_timeout))
+            .max_decoding_message_size(decode_limit);
+    let session_api = SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits))
         .max_decoding_message_size(decode_limit);
-    let session_api =
-        SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits)).max_decoding_message_size(decode_limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let services = [
@@ -135,11 +136,8 @@ pub async fn run(
 
     let main_addr = listeners.main.local_addr()?;
     let (v1, v1alpha) = reflection()?;
-    let mut main_router = builder()
-        .add_service(health_service.clone())
-        .add_service(v1)
-        .add_service(v1alpha)
-        .add_service(player_api);
+    let mut main_router =
+        builder().add_service(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(player_api);
     if listeners.backend.is_none() {
         main_router = main_router.add_service(session_api.clone());
     }
@@ -150,10 +148,10 @@ pub async fn run(
     if let Some(backend) = listeners.backend {
         let backend_addr = backend.local_addr()?;
         let (v1, v1alpha) = reflection()?;
-        let router = builder().add_service(health_service).add_service(v1).add_service(v1alpha).add_service(session_api);
-        servers.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming(backend), stop.clone().cancelled_owned()),
-        ));
+        let router =
+            builder().add_service(health_service).add_service(v1).add_service(v1alpha).add_service(session_api);
+        servers
+            .push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(backend), stop.clone().cancelled_owned())));
         info!(address = %backend_addr, "serving the backend API");
     }
 

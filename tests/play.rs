@@ -150,10 +150,7 @@ async fn targeted_messages_leave_gaps_for_others() {
         }
         v
     };
-    assert_eq!(
-        seen_b,
-        vec![(4, b"to everyone".to_vec()), (6, b"to b and c".to_vec()), (8, b"after".to_vec())]
-    );
+    assert_eq!(seen_b, vec![(4, b"to everyone".to_vec()), (6, b"to b and c".to_vec()), (8, b"after".to_vec())]);
     let mut seen_c = Vec::new();
     for _ in 0..4 {
         seen_c.push(c.next_relayed().await.sequence);

@@ -11,8 +11,8 @@ use crate::config::{Config, MAX_ID_LEN};
 use crate::error::Error;
 use crate::pb;
 use crate::session::{
-    EndReason, Event, Input, NewPlayer, PlayerId, PlayerInfo, PresenceKind, Private, RelayInput, SessionInfo,
-    SessionFilter,
+    EndReason, Event, Input, NewPlayer, PlayerId, PlayerInfo, PresenceKind, Private, RelayInput, SessionFilter,
+    SessionInfo,
 };
 
 /// Longest label or metadata key, in bytes.
@@ -39,7 +39,11 @@ pub struct Limits {
 impl Limits {
     /// The limits of `config`.
     pub fn new(config: &Config) -> Self {
-        Limits { max_payload_bytes: config.max_payload_bytes, max_targets: config.max_targets, max_labels: config.max_labels }
+        Limits {
+            max_payload_bytes: config.max_payload_bytes,
+            max_targets: config.max_targets,
+            max_labels: config.max_labels,
+        }
     }
 }
 
@@ -59,7 +63,11 @@ pub fn check_id(field: &str, id: &str) -> Result<(), Error> {
 
 /// Labels or metadata: at most `max` entries, keys 1-63 characters of
 /// `[A-Za-z0-9._/-]`, values at most 255 bytes.
-pub fn check_labels(field: &str, labels: HashMap<String, String>, max: usize) -> Result<BTreeMap<String, String>, Error> {
+pub fn check_labels(
+    field: &str,
+    labels: HashMap<String, String>,
+    max: usize,
+) -> Result<BTreeMap<String, String>, Error> {
     if labels.len() > max {
         return Err(Error::invalid(field, format!("{} entries; at most {max} allowed", labels.len())));
     }
@@ -97,7 +105,10 @@ pub fn check_payload(field: &str, payload: &Bytes, limits: &Limits) -> Result<()
 /// Target ids: each valid, at most `max_targets`, duplicates removed.
 pub fn check_targets(field: &str, targets: Vec<String>, limits: &Limits) -> Result<Vec<PlayerId>, Error> {
     if targets.len() > limits.max_targets {
-        return Err(Error::invalid(field, format!("{} targets; at most {} allowed", targets.len(), limits.max_targets)));
+        return Err(Error::invalid(
+            field,
+            format!("{} targets; at most {} allowed", targets.len(), limits.max_targets),
+        ));
     }
     let mut ids: Vec<PlayerId> = Vec::with_capacity(targets.len());
     for (i, target) in targets.into_iter().enumerate() {
@@ -194,13 +205,15 @@ pub fn end_reason(reason: EndReason) -> pb::SessionEndReason {
 pub fn event(event: &Event) -> pb::ServerMessage {
     use pb::server_message::Kind;
     let kind = match event {
-        Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable } => Kind::Relayed(pb::Relayed {
-            sequence: *sequence,
-            sender_id: sender.to_string(),
-            payload: payload.clone(),
-            server_time_unix_micros: *server_time_unix_micros,
-            droppable: *droppable,
-        }),
+        Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable } => {
+            Kind::Relayed(pb::Relayed {
+                sequence: *sequence,
+                sender_id: sender.to_string(),
+                payload: payload.clone(),
+                server_time_unix_micros: *server_time_unix_micros,
+                droppable: *droppable,
+            })
+        }
         Event::Presence { sequence, player: who, kind, detail } => Kind::Presence(pb::Presence {
             sequence: *sequence,
             player: Some(player(who)),
@@ -240,11 +253,9 @@ pub fn private(message: &Private) -> pb::ServerMessage {
         Private::Pong { client_time, server_time_unix_micros } => {
             Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })
         }
-        Private::Error(err) => Kind::Error(pb::Error {
-            code: err.code() as i32,
-            message: err.to_string(),
-            field: err.field().to_owned(),
-        }),
+        Private::Error(err) => {
+            Kind::Error(pb::Error { code: err.code() as i32, message: err.to_string(), field: err.field().to_owned() })
+        }
         Private::Dropped { count, last_sequence } => {
             Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })
         }

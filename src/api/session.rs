@@ -46,12 +46,18 @@ impl SessionService for SessionApi {
         let request = request.into_inner();
         let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
         if request.config.len() > MAX_CONFIG_LEN {
-            return Err(Error::invalid("config", format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len())).into());
+            return Err(Error::invalid(
+                "config",
+                format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len()),
+            )
+            .into());
         }
         let key = match request.idempotency_key {
             key if key.is_empty() => None,
             key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return Err(Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into());
+                return Err(
+                    Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into()
+                );
             }
             key => Some(key),
         };
@@ -72,7 +78,10 @@ impl SessionService for SessionApi {
     }
 
     #[instrument(name = "gamesession.v1.SessionService/GetSession", skip_all, fields(session.id))]
-    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Result<Response<pb::GetSessionResponse>, Status> {
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let id = request.into_inner().session_id;
         tracing::Span::current().record("session.id", id.as_str());
         convert::check_id("session_id", &id)?;
@@ -165,7 +174,10 @@ impl SessionService for SessionApi {
     }
 
     #[instrument(name = "gamesession.v1.SessionService/EndSession", skip_all, fields(session.id))]
-    async fn end_session(&self, request: Request<pb::EndSessionRequest>) -> Result<Response<pb::EndSessionResponse>, Status> {
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let request = request.into_inner();
         tracing::Span::current().record("session.id", request.session_id.as_str());
         convert::check_id("session_id", &request.session_id)?;

@@ -195,7 +195,8 @@ impl Actor {
             return;
         }
         let _span = info_span!("player.join", session.id = %session_id, player.id = %id).entered();
-        let info = Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
+        let info =
+            Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
         let sequence = self.next_sequence();
 
         // Tell everyone else first, so the joiner does not see its own join:
@@ -211,7 +212,13 @@ impl Actor {
         let (out, outbound) = outbound::channel();
         let mut players: Vec<_> = self.players.values().map(|p| p.info.clone()).collect();
         players.sort_by(|a, b| a.id.cmp(&b.id));
-        let welcome = Welcome { session_id: session_id.clone(), mode: self.info.mode.clone(), player: info.clone(), players, sequence };
+        let welcome = Welcome {
+            session_id: session_id.clone(),
+            mode: self.info.mode.clone(),
+            player: info.clone(),
+            players,
+            sequence,
+        };
         // A fresh queue cannot be closed yet; a failure shows at the next push.
         let _ = out.push(Delivery::Private(Box::new(Private::Welcome(welcome))));
         let (kick, kicked) = oneshot::channel();
@@ -282,7 +289,14 @@ impl Actor {
     /// Delivers a shared event to `targets`, or with none to every player but
     /// the one in seat `except`. Takes no lock: each delivery is an atomic
     /// length check and a push onto the player's queue.
-    fn fan_out(&mut self, event: &Arc<SharedEvent>, targets: &[PlayerId], except: Option<u64>, droppable: bool, sequence: u64) {
+    fn fan_out(
+        &mut self,
+        event: &Arc<SharedEvent>,
+        targets: &[PlayerId],
+        except: Option<u64>,
+        droppable: bool,
+        sequence: u64,
+    ) {
         let policy = Policy::new(&self.config);
         let mut sweep_at = None;
         if targets.is_empty() {
@@ -376,7 +390,9 @@ impl Actor {
         let sequence = self.next_sequence();
         match &departure {
             Departure::Left => info!(session.sequence = sequence, "player left"),
-            Departure::Disconnected(reason) => info!(session.sequence = sequence, reason = %reason, "player disconnected"),
+            Departure::Disconnected(reason) => {
+                info!(session.sequence = sequence, reason = %reason, "player disconnected")
+            }
             Departure::Removed(err) => warn!(session.sequence = sequence, reason = %err, "player removed"),
         }
         let event = SharedEvent::new(Event::Presence { sequence, player: player.info.clone(), kind, detail });
@@ -453,7 +469,11 @@ struct Policy {
 
 impl Policy {
     fn new(config: &SessionConfig) -> Self {
-        Policy { soft_limit: config.outbound_queue / 2, capacity: config.outbound_queue, grace: config.slow_player_grace }
+        Policy {
+            soft_limit: config.outbound_queue / 2,
+            capacity: config.outbound_queue,
+            grace: config.slow_player_grace,
+        }
     }
 }
 
@@ -462,9 +482,13 @@ impl Policy {
 enum Outcome {
     Queued,
     /// Dropped (droppable, player behind since `since`) and counted.
-    Dropped { since: Instant },
+    Dropped {
+        since: Instant,
+    },
     /// Queued, and the player is behind since `since`.
-    Behind { since: Instant },
+    Behind {
+        since: Instant,
+    },
     /// The player must go.
     Depart(Departure),
 }

@@ -263,7 +263,12 @@ impl SessionManager {
         }
         state.sessions.insert(
             id.clone(),
-            Entry { handle: handle.clone(), info: info.clone(), sequence, idempotency: idempotency_key.map(|k| (k, params)) },
+            Entry {
+                handle: handle.clone(),
+                info: info.clone(),
+                sequence,
+                idempotency: idempotency_key.map(|k| (k, params)),
+            },
         );
         self.publish(&mut state, WatchEventKind::Created, info.clone(), None);
         self.inner.count.send_replace(state.sessions.len());

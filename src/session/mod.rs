@@ -134,20 +134,9 @@ pub enum PresenceKind {
 #[derive(Debug)]
 pub enum Event {
     /// A player's relay message.
-    Relayed {
-        sequence: u64,
-        sender: PlayerId,
-        payload: Bytes,
-        server_time_unix_micros: i64,
-        droppable: bool,
-    },
+    Relayed { sequence: u64, sender: PlayerId, payload: Bytes, server_time_unix_micros: i64, droppable: bool },
     /// A player joined or left.
-    Presence {
-        sequence: u64,
-        player: Arc<PlayerInfo>,
-        kind: PresenceKind,
-        detail: String,
-    },
+    Presence { sequence: u64, player: Arc<PlayerInfo>, kind: PresenceKind, detail: String },
     /// A backend service's message.
     Backend { sequence: u64, payload: Bytes, server_time_unix_micros: i64 },
     /// The session ended.

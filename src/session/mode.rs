@@ -96,10 +96,7 @@ mod tests {
     fn unknown_mode_lists_available() {
         let modes = Modes::builder().register("relay", Relay).register("arena", Relay).build();
         let err = modes.get("chess").err();
-        assert_eq!(
-            err,
-            Some(Error::UnknownMode { mode: "chess".into(), available: "arena, relay".into() })
-        );
+        assert_eq!(err, Some(Error::UnknownMode { mode: "chess".into(), available: "arena, relay".into() }));
         assert_eq!(&*modes.get("relay").map(|(name, _)| name).unwrap_or_else(|_| "".into()), "relay");
     }
 }

@@ -64,8 +64,7 @@ impl TestServer {
     /// A SessionService client (on the backend address if there is one).
     pub async fn sessions(&self) -> SessionServiceClient<Channel> {
         let addr = self.backend_addr.unwrap_or(self.addr);
-        let channel =
-            Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        let channel = Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
         SessionServiceClient::new(channel)
     }
 

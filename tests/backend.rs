@@ -1,0 +1,391 @@
+//! SessionService: create (idempotent), get, list (filters, pages), watch,
+//! send-to-session, end, and the separate backend address.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::{Player, TestServer, WAIT, assert_status};
+use game_session::pb::{self, SessionEndReason, SessionEventKind, server_message::Kind, watch_sessions_response};
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+fn create(mode: &str, labels: &[(&str, &str)]) -> pb::CreateSessionRequest {
+    pb::CreateSessionRequest {
+        mode: mode.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+/// Catches a CreateSession that ignores its parameters, and a GetSession
+/// that does not list the players present.
+#[tokio::test]
+async fn create_then_get_with_players() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let created = api
+        .create_session(pb::CreateSessionRequest {
+            mode: "relay".into(),
+            max_players: 3,
+            labels: HashMap::from([("region".into(), "eu".into())]),
+            config: b"opaque".to_vec().into(),
+            open_to_join_or_create: true,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(created.created);
+    let session = created.session.expect("session");
+    assert_eq!((session.mode.as_str(), session.max_players, session.player_count), ("relay", 3, 0));
+    assert!(session.open_to_join_or_create);
+    assert_eq!(session.labels.get("region").map(String::as_str), Some("eu"));
+
+    let _a = Player::join_as(server.addr, &session.session_id, "a").await;
+    let _b = Player::join_as(server.addr, &session.session_id, "b").await;
+    let got = api
+        .get_session(pb::GetSessionRequest { session_id: session.session_id.clone() })
+        .await
+        .expect("get")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(got.player_count, 2);
+    assert_eq!(got.sequence, 2);
+    let ids: Vec<_> = got.players.iter().map(|p| p.player_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    // Defaults: max_players 0 takes the server default (8).
+    let default = api.create_session(create("relay", &[])).await.expect("create").into_inner();
+    assert_eq!(default.session.map(|s| s.max_players), Some(8));
+    server.shutdown().await;
+}
+
+/// Catches a retried CreateSession that creates a twin, and a reused key
+/// with different parameters that silently returns the wrong session.
+#[tokio::test]
+async fn create_is_idempotent_by_key() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let mut request = create("relay", &[("match", "42")]);
+    request.idempotency_key = "matchmaker-ticket-42".into();
+
+    let first = api.create_session(request.clone()).await.expect("first").into_inner();
+    let retry = api.create_session(request.clone()).await.expect("retry").into_inner();
+    assert!(first.created);
+    assert!(!retry.created);
+    assert_eq!(first.session.map(|s| s.session_id), retry.session.map(|s| s.session_id));
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions.len(), 1, "a retry created a twin");
+
+    request.max_players = 4;
+    assert_status(api.create_session(request).await, Code::AlreadyExists, "idempotency_key");
+    server.shutdown().await;
+}
+
+/// Catches list filters that do not filter (mode, every label, open seats),
+/// and pagination that repeats or skips sessions.
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let mut ids = HashMap::new();
+    for (name, labels) in [
+        ("eu-ranked", vec![("region", "eu"), ("queue", "ranked")]),
+        ("eu-casual", vec![("region", "eu"), ("queue", "casual")]),
+        ("us-ranked", vec![("region", "us"), ("queue", "ranked")]),
+    ] {
+        let mut request = create("relay", &labels);
+        request.max_players = 1;
+        let session = api.create_session(request).await.expect("create").into_inner().session.expect("session");
+        ids.insert(name, session.session_id);
+    }
+    // Fill one session so that it has no open seat.
+    let _p = Player::join_as(server.addr, &ids["eu-casual"], "p").await;
+
+    let list = |filter: pb::SessionFilter| {
+        let mut api = api.clone();
+        async move {
+            let response = api
+                .list_sessions(pb::ListSessionsRequest { filter: Some(filter), ..Default::default() })
+                .await
+                .expect("list")
+                .into_inner();
+            response.sessions.into_iter().map(|s| s.session_id).collect::<BTreeSet<_>>()
+        }
+    };
+    let set = |names: &[&str]| names.iter().map(|n| ids[n].clone()).collect::<BTreeSet<_>>();
+
+    assert_eq!(list(pb::SessionFilter::default()).await, set(&["eu-ranked", "eu-casual", "us-ranked"]));
+    let eu = pb::SessionFilter { labels: HashMap::from([("region".into(), "eu".into())]), ..Default::default() };
+    assert_eq!(list(eu.clone()).await, set(&["eu-ranked", "eu-casual"]));
+    let eu_ranked = pb::SessionFilter {
+        labels: HashMap::from([("region".into(), "eu".into()), ("queue".into(), "ranked".into())]),
+        ..Default::default()
+    };
+    assert_eq!(list(eu_ranked).await, set(&["eu-ranked"]));
+    assert_eq!(list(pb::SessionFilter { has_open_seats: true, ..eu }).await, set(&["eu-ranked"]));
+    assert_eq!(list(pb::SessionFilter { mode: "other".into(), ..Default::default() }).await, set(&[]));
+    assert_eq!(list(pb::SessionFilter { mode: "relay".into(), ..Default::default() }).await.len(), 3);
+
+    // Pages of 2 over 3 sessions: 2 + 1, in id order, no repeats.
+    let first = api.list_sessions(pb::ListSessionsRequest { page_size: 2, ..Default::default() }).await;
+    let first = first.expect("page 1").into_inner();
+    assert_eq!(first.sessions.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = api
+        .list_sessions(pb::ListSessionsRequest { page_size: 2, page_token: first.next_page_token, filter: None })
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert_eq!(second.sessions.len(), 1);
+    assert!(second.next_page_token.is_empty(), "the last page has no token");
+    let mut paged: Vec<_> = first.sessions.iter().chain(&second.sessions).map(|s| s.session_id.clone()).collect();
+    let sorted = {
+        let mut v = paged.clone();
+        v.sort();
+        v
+    };
+    assert_eq!(paged, sorted, "pages are in id order");
+    paged.dedup();
+    assert_eq!(paged.len(), 3);
+    server.shutdown().await;
+}
+
+/// Catches a watch without its initial listing or synced marker, events
+/// that are missing, out of order or unfiltered, and a session leaving the
+/// filter without the watcher being told.
+#[tokio::test]
+async fn watch_sends_listing_synced_then_events() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let existing =
+        api.create_session(create("relay", &[("region", "eu")])).await.expect("create").into_inner().session.unwrap();
+    let _other = api.create_session(create("relay", &[("region", "us")])).await.expect("create");
+
+    let filter = pb::SessionFilter { labels: HashMap::from([("region".into(), "eu".into())]), ..Default::default() };
+    let mut watch =
+        api.watch_sessions(pb::WatchSessionsRequest { filter: Some(filter) }).await.expect("watch").into_inner();
+    let mut next = async || {
+        tokio::time::timeout(WAIT, watch.message()).await.expect("in time").expect("ok").expect("open").kind.unwrap()
+    };
+    use watch_sessions_response::Kind as W;
+    match next().await {
+        W::Initial(s) => assert_eq!(s.session_id, existing.session_id),
+        other => panic!("expected the initial session, got {other:?}"),
+    }
+    let synced_revision = match next().await {
+        W::Synced(s) => s.revision,
+        other => panic!("expected synced, got {other:?}"),
+    };
+
+    // An unmatching session makes no event; a matching one does.
+    api.create_session(create("relay", &[("region", "us")])).await.expect("create");
+    let mut request = create("relay", &[("region", "eu")]);
+    request.max_players = 1;
+    let new = api.create_session(request).await.expect("create").into_inner().session.unwrap();
+    let mut revisions = vec![synced_revision];
+    let mut expect_event = async |kind: SessionEventKind, id: &str, players: u32| {
+        let event = match next().await {
+            W::Event(event) => event,
+            other => panic!("expected an event, got {other:?}"),
+        };
+        assert_eq!(event.kind, kind as i32, "{event:?}");
+        let session = event.session.expect("session");
+        assert_eq!((session.session_id.as_str(), session.player_count), (id, players));
+        event.revision
+    };
+    revisions.push(expect_event(SessionEventKind::Created, &new.session_id, 0).await);
+    let mut player = Player::join_as(server.addr, &new.session_id, "p").await;
+    revisions.push(expect_event(SessionEventKind::Updated, &new.session_id, 1).await);
+    player.leave().await;
+    player.expect_ended_ok().await;
+    revisions.push(expect_event(SessionEventKind::Updated, &new.session_id, 0).await);
+    api.end_session(pb::EndSessionRequest { session_id: new.session_id.clone(), message: "bye".into() })
+        .await
+        .expect("end");
+    revisions.push(expect_event(SessionEventKind::Ended, &new.session_id, 0).await);
+    // The unmatching session's creation is skipped, so revisions may jump,
+    // but they only grow.
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "revisions {revisions:?}");
+    server.shutdown().await;
+}
+
+/// Catches a watch filtered on open seats that never hears that a session
+/// filled up (it matched before the change, not after).
+#[tokio::test]
+async fn watch_reports_sessions_leaving_the_filter() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let mut request = create("relay", &[]);
+    request.max_players = 1;
+    let session = api.create_session(request).await.expect("create").into_inner().session.unwrap();
+    let filter = pb::SessionFilter { has_open_seats: true, ..Default::default() };
+    let mut watch = api.watch_sessions(pb::WatchSessionsRequest { filter: Some(filter) }).await.expect("watch");
+    let watch = watch.get_mut();
+    assert!(matches!(watch.message().await.unwrap().unwrap().kind, Some(watch_sessions_response::Kind::Initial(_))));
+    assert!(matches!(watch.message().await.unwrap().unwrap().kind, Some(watch_sessions_response::Kind::Synced(_))));
+    let _p = Player::join_as(server.addr, &session.session_id, "p").await;
+    let event = match tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap().kind {
+        Some(watch_sessions_response::Kind::Event(event)) => event,
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_eq!(event.kind, SessionEventKind::Updated as i32);
+    assert_eq!(event.session.map(|s| s.player_count), Some(1), "the now-full session is reported");
+    server.shutdown().await;
+}
+
+/// Catches a watcher that falls behind and is silently served a stream with
+/// holes: its stream must end with ABORTED, telling it to watch again.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_to_watch_again() {
+    let mut config = common::config();
+    config.watch_buffer = 2;
+    let server = TestServer::start_with(config).await;
+    // A tiny HTTP/2 window: the watcher stops taking events almost at once.
+    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(256)
+        .initial_connection_window_size(256)
+        .connect()
+        .await
+        .unwrap();
+    let mut watcher = pb::session_service_client::SessionServiceClient::new(channel);
+    let mut watch = watcher.watch_sessions(pb::WatchSessionsRequest::default()).await.expect("watch").into_inner();
+
+    let mut api = server.sessions().await;
+    for _ in 0..200 {
+        api.create_session(create("relay", &[("pad", &"x".repeat(200))])).await.expect("create");
+    }
+    let mut events = 0;
+    let end = loop {
+        match tokio::time::timeout(WAIT, watch.message()).await.expect("in time") {
+            Ok(Some(_)) => events += 1,
+            Ok(None) => panic!("the watch ended without a status after {events} messages"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    assert!(end.message().contains("watch"), "{end:?}");
+    assert!(events < 200, "the watcher got all {events} events, so it never fell behind");
+    server.shutdown().await;
+}
+
+/// Catches backend messages that skip the session's order, reach players
+/// not listed, or report a sequence other than the one players see.
+#[tokio::test]
+async fn send_to_session_is_ordered_with_relays() {
+    let server = TestServer::start().await;
+    let session = server.create_session(3).await;
+    let mut a = Player::join_as(server.addr, &session, "a").await;
+    let mut b = Player::join_as(server.addr, &session, "b").await;
+    a.next_presence().await;
+    let mut api = server.sessions().await;
+
+    b.relay(b"from b", &[]).await;
+    a.next_relayed().await; // seq 3: relays and backend messages share the order
+    let all = api
+        .send_to_session(pb::SendToSessionRequest {
+            session_id: session.clone(),
+            payload: b"tournament starts".to_vec().into(),
+            player_ids: vec![],
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(all.sequence, 4);
+    let only_b = api
+        .send_to_session(pb::SendToSessionRequest {
+            session_id: session.clone(),
+            payload: b"warning".to_vec().into(),
+            player_ids: vec!["b".into()],
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(only_b.sequence, 5);
+    a.relay(b"from a", &[]).await; // seq 6
+
+    for (player, expected) in [(&mut a, vec![4]), (&mut b, vec![4, 5, 6])] {
+        let mut seen = Vec::new();
+        for _ in 0..expected.len() {
+            match player.next().await {
+                Kind::Backend(m) => {
+                    seen.push(m.sequence);
+                    let want: &[u8] = if m.sequence == 4 { b"tournament starts" } else { b"warning" };
+                    assert_eq!(&m.payload[..], want);
+                }
+                Kind::Relayed(m) => seen.push(m.sequence),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, expected);
+    }
+    assert_status(
+        api.send_to_session(pb::SendToSessionRequest {
+            session_id: session.clone(),
+            payload: b"x".to_vec().into(),
+            player_ids: vec!["nobody".into()],
+        })
+        .await,
+        Code::InvalidArgument,
+        "player_ids[0]",
+    );
+    server.shutdown().await;
+}
+
+/// Catches an EndSession whose reason players never receive, whose stream
+/// does not end, or after which the session lingers.
+#[tokio::test]
+async fn end_session_tells_every_player() {
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let mut a = Player::join_as(server.addr, &session, "a").await;
+    let mut b = Player::join_as(server.addr, &session, "b").await;
+    a.next_presence().await;
+    let mut api = server.sessions().await;
+    let ended = api
+        .end_session(pb::EndSessionRequest { session_id: session.clone(), message: "match over: red wins".into() })
+        .await
+        .expect("end")
+        .into_inner();
+    assert_eq!(ended.sequence, 3);
+    for player in [&mut a, &mut b] {
+        let (seen, end) = player.until_end().await;
+        assert!(end.is_ok(), "{end:?}");
+        match seen.as_slice() {
+            [Kind::SessionEnded(e)] => {
+                assert_eq!(e.sequence, 3);
+                assert_eq!(e.reason, SessionEndReason::EndedByBackend as i32);
+                assert_eq!(e.message, "match over: red wins");
+            }
+            other => panic!("expected only session_ended, got {other:?}"),
+        }
+    }
+    assert_status(api.get_session(pb::GetSessionRequest { session_id: session.clone() }).await, Code::NotFound, "");
+    assert_status(
+        api.end_session(pb::EndSessionRequest { session_id: session, message: String::new() }).await,
+        Code::NotFound,
+        "not found",
+    );
+    server.shutdown().await;
+}
+
+/// Catches a backend address that is not separate: with one configured,
+/// SessionService is served there and not on the player address.
+#[tokio::test]
+async fn backend_api_can_have_its_own_address() {
+    let mut config = common::config();
+    config.backend_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = TestServer::start_with(config).await;
+    let backend = server.backend_addr.expect("backend address");
+    assert_ne!(backend, server.addr);
+    let session = server.create_session(2).await; // through the backend address
+    let _p = Player::join_as(server.addr, &session, "p").await;
+
+    let channel = server.channel().await;
+    let mut on_player_port = pb::session_service_client::SessionServiceClient::new(channel);
+    assert_status(on_player_port.list_sessions(pb::ListSessionsRequest::default()).await, Code::Unimplemented, "");
+    server.shutdown().await;
+}
