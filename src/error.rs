@@ -24,8 +24,8 @@ pub enum Error {
     #[error("player_id: player {player:?} already holds a seat in session {session:?}")]
     PlayerAlreadyJoined { session: String, player: String },
     /// The message is valid but not allowed now (e.g. a second join).
-    #[error("{0}")]
-    FailedPrecondition(String),
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: String, reason: String },
     /// The mode named is not registered.
     #[error("mode: unknown mode {mode:?}; available modes: {available}")]
     UnknownMode { mode: String, available: String },
@@ -54,6 +54,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Shorthand for [`Error::FailedPrecondition`].
+    pub fn precondition(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::FailedPrecondition { field: field.into(), reason: reason.into() }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
@@ -69,7 +74,7 @@ impl Error {
             Error::SessionNotFound(_) => Code::NotFound,
             Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => Code::ResourceExhausted,
             Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
             Error::Protocol { code, .. } => *code,
             Error::JoinTimeout(_) => Code::DeadlineExceeded,
@@ -79,7 +84,9 @@ impl Error {
     /// The field at fault, where there is one.
     pub fn field(&self) -> &str {
         match self {
-            Error::InvalidArgument { field, .. } | Error::UnknownPlayer { field, .. } => field,
+            Error::InvalidArgument { field, .. }
+            | Error::UnknownPlayer { field, .. }
+            | Error::FailedPrecondition { field, .. } => field,
             Error::SessionNotFound(_) => "session_id",
             Error::PlayerAlreadyJoined { .. } => "player_id",
             Error::UnknownMode { .. } => "mode",

@@ -143,7 +143,7 @@ pub fn input(message: pb::ClientMessage, limits: &Limits) -> Input {
         },
         Some(Kind::Ping(ping)) => Input::Ping { client_time: ping.client_time },
         Some(Kind::Leave(_)) => Input::Leave,
-        Some(Kind::Join(_)) => Input::Invalid(Error::FailedPrecondition("join: this stream has already joined".into())),
+        Some(Kind::Join(_)) => Input::Invalid(Error::precondition("join", "this stream has already joined")),
         None => Input::Invalid(Error::invalid("kind", "empty message: set one of relay, ping or leave")),
     }
 }

@@ -46,16 +46,13 @@ impl PlayerService for PlayerApi {
         let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
             Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
             Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Error::FailedPrecondition("the stream closed before its join".into()).into()),
+            Ok(Ok(None)) => return Err(Error::precondition("join", "the stream closed before its join").into()),
             Ok(Ok(Some(message))) => message,
         };
         let join = match first.kind {
             Some(pb::client_message::Kind::Join(join)) => join,
             Some(_) | None => {
-                return Err(Error::FailedPrecondition(
-                    "join: the first message on a Play stream must be a join".into(),
-                )
-                .into());
+                return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
             }
         };
         let target = match join.target.clone() {

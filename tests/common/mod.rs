@@ -214,6 +214,11 @@ impl Player {
         self.tx.as_ref().expect("not half-closed").send(pb::ClientMessage { kind: Some(kind) }).await.expect("send");
     }
 
+    /// Sends one message as given (even an empty one).
+    pub async fn send_raw(&self, message: pb::ClientMessage) {
+        self.tx.as_ref().expect("not half-closed").send(message).await.expect("send");
+    }
+
     /// Relays `payload` to `targets` (empty: everyone else).
     pub async fn relay(&self, payload: &[u8], targets: &[&str]) {
         self.relay_with(payload, targets, false).await;
