@@ -332,7 +332,11 @@ impl Actor {
     }
 
     /// Makes the sweep timer fire at `at` at the latest.
-    fn arm_sweep(&mut self, at: Instant) {
+    /// While a player is behind, the sweep also runs every quarter grace
+    /// period, so that a player who caught up hears of its dropped messages
+    /// soon even when nothing else is sent to it.
+    fn arm_sweep(&mut self, grace_ends: Instant) {
+        let at = grace_ends.min(Instant::now() + self.config.slow_player_grace / 4);
         if !self.sweep_armed || at < self.sweep_timer.deadline() {
             self.sweep_timer.as_mut().reset(at);
             self.sweep_armed = true;

@@ -10,6 +10,8 @@ mod handle;
 mod manager;
 mod mode;
 mod outbound;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
