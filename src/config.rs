@@ -123,9 +123,7 @@ impl Config {
     /// A config for tests: every default, listening on `127.0.0.1:0`, and
     /// untouched by the environment.
     pub fn for_tests() -> Self {
-        let mut config = Config::default();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config
+        Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() }
     }
 
     /// Checks the settings against each other; called once at start.

@@ -14,6 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 /// `PlayerService` with pre-encoded responses (built by `build.rs` with
 /// tonic-build's `manual` module).
+#[allow(clippy::default_constructed_unit_structs)]
 pub mod play_server {
     include!(concat!(env!("OUT_DIR"), "/gamesession.v1.PlayerService.rs"));
 }

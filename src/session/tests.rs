@@ -214,7 +214,7 @@ async fn staying_behind_past_the_grace_period_disconnects() {
     tokio::time::sleep(GRACE - Duration::from_millis(10)).await;
     assert_eq!(stalled.len(), QUEUE / 2 + 1, "still within the grace period");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    match drain(&mut stalled).iter().map(seen).last() {
+    match drain(&mut stalled).iter().map(seen).next_back() {
         Some(Seen::End(Some(Error::SlowPlayer(why)))) => assert!(why.contains("fell behind"), "{why}"),
         other => panic!("expected a RESOURCE_EXHAUSTED end, got {other:?}"),
     }

@@ -1,0 +1,169 @@
+//! Graceful shutdown: readiness off (liveness on), no new sessions or
+//! joins, a drain period, sessions ended with a reason, queues flushed, and
+//! a clean exit, in process and for the real binary on SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Connect, Player, TestServer, WAIT, assert_status, join_session};
+use game_session::pb::{self, SessionEndReason, server_message::Kind};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response};
+
+async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: service.into() })
+        .await
+        .expect("health check");
+    health_check_response::ServingStatus::try_from(response.into_inner().status).expect("known status")
+}
+
+/// Catches a drain that keeps readiness on, turns liveness off, still takes
+/// new sessions or joins, cuts running sessions short, ends them without
+/// telling players why, loses queued messages, or overruns its deadline.
+#[tokio::test]
+async fn shutdown_drains_then_ends_sessions_with_a_reason() {
+    let mut config = common::config();
+    config.drain_period = Duration::from_millis(800);
+    config.shutdown_grace = Duration::from_secs(5);
+    let mut server = TestServer::start_with(config).await;
+    let channel = server.channel().await;
+    for service in ["", "liveness", "gamesession.v1.PlayerService", "gamesession.v1.SessionService"] {
+        assert_eq!(health(&channel, service).await, ServingStatus::Serving, "{service:?} before shutdown");
+    }
+    let session = server.create_session(2).await;
+    let sender = Player::join_as(server.addr, &session, "sender").await;
+    let mut receiver = Player::join_as(server.addr, &session, "receiver").await;
+    let mut api = server.sessions().await;
+
+    let started = Instant::now();
+    let run = server.begin_shutdown();
+    let deadline = Instant::now() + WAIT;
+    while health(&channel, "").await != ServingStatus::NotServing {
+        assert!(Instant::now() < deadline, "readiness never turned off");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(health(&channel, "liveness").await, ServingStatus::Serving, "liveness must stay on while draining");
+    assert_eq!(health(&channel, "gamesession.v1.PlayerService").await, ServingStatus::NotServing);
+    assert_status(
+        api.create_session(pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() }).await,
+        Code::Unavailable,
+        "shutting down",
+    );
+    assert_status(
+        Player::try_join(server.addr, join_session(&session, "late"), Connect::default()).await.map(|p| p.welcome),
+        Code::Unavailable,
+        "shutting down",
+    );
+
+    // The running session goes on during the drain, and what is sent before
+    // the end is delivered before the end.
+    for i in 0..100u32 {
+        sender.relay(&i.to_be_bytes(), &[]).await;
+    }
+    let (seen, end) = receiver.until_end().await;
+    assert!(end.is_ok(), "{end:?}");
+    let relays: Vec<u32> = seen
+        .iter()
+        .filter_map(|k| match k {
+            Kind::Relayed(m) => Some(u32::from_be_bytes(m.payload[..].try_into().expect("4 bytes"))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relays, (0..100).collect::<Vec<_>>(), "queued messages were lost");
+    match seen.last() {
+        Some(Kind::SessionEnded(ended)) => {
+            assert_eq!(ended.reason, SessionEndReason::ServerShutdown as i32);
+            assert_eq!(ended.message, "server shutting down");
+            assert_eq!(ended.sequence, 103, "two joins, 100 relays, then the end");
+        }
+        other => panic!("expected session_ended last, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800), "the session was cut before the drain period");
+
+    tokio::time::timeout(Duration::from_secs(7), run)
+        .await
+        .expect("run returns within drain + grace")
+        .expect("task")
+        .expect("Ok");
+}
+
+/// Catches a server that waits out its whole drain period although no
+/// session is left.
+#[tokio::test]
+async fn shutdown_finishes_early_once_no_session_is_left() {
+    let mut config = common::config();
+    config.drain_period = Duration::from_secs(60);
+    let mut server = TestServer::start_with(config).await;
+    let session = server.create_session(2).await;
+    let mut player = Player::join_as(server.addr, &session, "p").await;
+    let mut api = server.sessions().await;
+
+    let started = Instant::now();
+    let run = server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    player.leave().await;
+    player.expect_ended_ok().await;
+    api.end_session(pb::EndSessionRequest { session_id: session, message: "done".into() }).await.expect("end");
+    tokio::time::timeout(Duration::from_secs(10), run).await.expect("returns early").expect("task").expect("Ok");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Catches the real binary not serving, not reporting health, or not
+/// exiting 0 after the shutdown sequence on SIGTERM.
+#[tokio::test]
+async fn the_binary_exits_zero_on_sigterm() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("GAME_SESSION_DRAIN_PERIOD", "300ms")
+        .env("GAME_SESSION_SHUTDOWN_GRACE", "2s")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("log in time").expect("read");
+        let line = line.unwrap_or_else(|| panic!("the server exited early: {log:?}"));
+        log.push(line.clone());
+        if line.contains("serving players")
+            && let Some(rest) = line.split("address=").nth(1)
+        {
+            break rest.split_whitespace().next().expect("address").to_owned();
+        }
+    };
+    let channel = Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+    let session = {
+        let mut api = pb::session_service_client::SessionServiceClient::new(channel.clone());
+        let created = api.create_session(pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() });
+        created.await.expect("create").into_inner().session.expect("session").session_id
+    };
+    let mut player = Player::join(addr.parse().expect("addr"), join_session(&session, "p")).await;
+
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: sends SIGTERM to the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let (seen, end) = player.until_end().await;
+    assert!(end.is_ok(), "{end:?}");
+    assert!(matches!(seen.last(), Some(Kind::SessionEnded(e)) if e.reason == SessionEndReason::ServerShutdown as i32));
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits in time").expect("wait");
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+        log.push(line);
+    }
+    assert_eq!(status.code(), Some(0), "log: {log:#?}");
+    let log = log.join("\n");
+    for step in ["received SIGTERM", "shutting down: draining", "session ended", "shut down"] {
+        assert!(log.contains(step), "the log lacks {step:?}:\n{log}");
+    }
+}
