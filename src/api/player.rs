@@ -132,6 +132,12 @@ impl Stream for PlayStream {
                 self.done = true;
                 error.map(|err| Err(Status::from(*err)))
             }
+            Some(Delivery::EndAcked(ack)) => {
+                self.done = true;
+                // The session may have ended meanwhile; nobody to tell then.
+                let _ = ack.send(());
+                None
+            }
             // The seat was freed without a last word (a disconnect).
             None => {
                 self.done = true;

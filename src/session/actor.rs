@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SelectAll, Stream, StreamExt};
+use futures_util::stream::{FuturesUnordered, SelectAll, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, info_span, warn};
@@ -45,6 +45,9 @@ struct Player {
     last_dropped: u64,
     /// Since when the player's queue has been at least half full.
     behind_since: Option<Instant>,
+    /// The player's stream got its end (a half-close is being confirmed):
+    /// nothing more is sent to it.
+    ended: bool,
 }
 
 /// What one inbound stream yields: the player, its seat, and a message or
@@ -81,6 +84,10 @@ impl Stream for PlayerInbound {
     }
 }
 
+/// Resolves to a half-closed player's seat and whether its response stream
+/// took its end.
+type CloseVerdict = Pin<Box<dyn Future<Output = (PlayerId, u64, bool)> + Send>>;
+
 /// One session. Built by the manager, which spawns [`Actor::run`].
 pub(super) struct Actor {
     /// The session's fixed description; `player_count` and `sequence` are
@@ -102,6 +109,10 @@ pub(super) struct Actor {
     /// Fires when the earliest behind player's grace period runs out.
     sweep_timer: Pin<Box<Sleep>>,
     sweep_armed: bool,
+    /// Players whose inbound stream ended cleanly, waiting to learn whether
+    /// their response stream took its end (a leave) or was dropped first (a
+    /// disconnect; see `on_input`).
+    closing: FuturesUnordered<CloseVerdict>,
 }
 
 impl Actor {
@@ -128,6 +139,7 @@ impl Actor {
             idle_armed: true,
             sweep_timer,
             sweep_armed: false,
+            closing: FuturesUnordered::new(),
         }
     }
 
@@ -147,6 +159,7 @@ impl Actor {
                     break (EndReason::Idle, format!("empty for {:?}", self.config.idle_timeout), None);
                 }
                 () = &mut self.sweep_timer, if self.sweep_armed => self.sweep(),
+                Some((id, slot, took_end)) = self.closing.next() => self.confirm_close(id, slot, took_end),
             }
             self.process_departures();
         };
@@ -227,7 +240,7 @@ impl Actor {
         self.inbound.push(PlayerInbound { id: id.clone(), slot, stream: inbound, kicked, done: false });
         self.players.insert(
             id.clone(),
-            Player { info, slot, out, _kick: kick, dropped: 0, last_dropped: 0, behind_since: None },
+            Player { info, slot, out, _kick: kick, dropped: 0, last_dropped: 0, behind_since: None, ended: false },
         );
         self.idle_armed = false;
         self.players_changed();
@@ -256,9 +269,39 @@ impl Actor {
                 debug!(session.id = %self.info.id, player.id = %id, error = %err, "rejected a player message");
                 self.send_private(&id, Private::Error(err), false);
             }
-            Some(Ok(Input::Leave)) | None => self.departures.push((id, Departure::Left)),
+            Some(Ok(Input::Leave)) => self.departures.push((id, Departure::Left)),
+            None => self.half_closed(id),
             Some(Err(InboundError::Transport(reason))) => self.departures.push((id, Departure::Disconnected(reason))),
             Some(Err(InboundError::Protocol(err))) => self.departures.push((id, Departure::Removed(err))),
+        }
+    }
+
+    /// The inbound stream ended without an error. That is a clean half-close
+    /// (a leave), unless the connection went down: hyper reports a
+    /// connection it shut down with NO_ERROR, as on a keepalive timeout, as a
+    /// clean end of the request body too. The response stream tells the two
+    /// apart: a live client takes its end, a dead one's is dropped first. The
+    /// seat is held until then, so the presence event says which it was.
+    fn half_closed(&mut self, id: PlayerId) {
+        let Some(player) = self.players.get_mut(&id) else { return };
+        let (ack, took_end) = oneshot::channel();
+        if player.out.push(Delivery::EndAcked(ack)).is_err() {
+            self.departures.push((id, gone()));
+            return;
+        }
+        player.ended = true;
+        let slot = player.slot;
+        self.closing.push(Box::pin(async move { (id, slot, took_end.await.is_ok()) }));
+    }
+
+    fn confirm_close(&mut self, id: PlayerId, slot: u64, took_end: bool) {
+        if self.players.get(&id).is_some_and(|p| p.slot == slot) {
+            let departure = if took_end {
+                Departure::Left
+            } else {
+                Departure::Disconnected("the connection closed before the stream's end was sent".into())
+            };
+            self.departures.push((id, departure));
         }
     }
 
@@ -301,7 +344,7 @@ impl Actor {
         let mut sweep_at = None;
         if targets.is_empty() {
             for (id, player) in &mut self.players {
-                if Some(player.slot) == except {
+                if Some(player.slot) == except || player.ended {
                     continue;
                 }
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
@@ -309,7 +352,7 @@ impl Actor {
             }
         } else {
             for target in targets {
-                let Some(player) = self.players.get_mut(target) else { continue };
+                let Some(player) = self.players.get_mut(target).filter(|p| !p.ended) else { continue };
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
                 record(target, outcome, &mut self.departures, &mut sweep_at, &policy);
             }
@@ -322,7 +365,7 @@ impl Actor {
     fn send_private(&mut self, id: &PlayerId, message: Private, droppable: bool) {
         let policy = Policy::new(&self.config);
         let mut sweep_at = None;
-        if let Some(player) = self.players.get_mut(id) {
+        if let Some(player) = self.players.get_mut(id).filter(|p| !p.ended) {
             let outcome = deliver(player, Delivery::Private(Box::new(message)), droppable, 0, &policy);
             record(id, outcome, &mut self.departures, &mut sweep_at, &policy);
         }
@@ -382,12 +425,16 @@ impl Actor {
         let _span = info_span!("player.leave", session.id = %self.info.id, player.id = %id).entered();
         let (kind, detail) = match &departure {
             Departure::Left => {
-                let _ = player.out.push(Delivery::End(None));
+                if !player.ended {
+                    let _ = player.out.push(Delivery::End(None));
+                }
                 (PresenceKind::Left, String::new())
             }
             Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
             Departure::Removed(err) => {
-                let _ = player.out.push(Delivery::End(Some(Box::new(err.clone()))));
+                if !player.ended {
+                    let _ = player.out.push(Delivery::End(Some(Box::new(err.clone()))));
+                }
                 (PresenceKind::Removed, err.to_string())
             }
         };
@@ -417,7 +464,7 @@ impl Actor {
         self.inbox.close();
         let sequence = self.next_sequence();
         let event = SharedEvent::new(Event::Ended { sequence, reason, message: message.clone() });
-        for player in self.players.values() {
+        for player in self.players.values().filter(|p| !p.ended) {
             // The last two items go in regardless of the queue's bound: a
             // player is always told that its session ended.
             let _ = player.out.push(Delivery::Event(event.clone()));

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{PlayerInfo, SharedEvent};
 use crate::error::Error;
@@ -35,6 +35,9 @@ pub enum Delivery {
     Private(Box<Private>),
     /// The last item: the stream ends with OK (`None`) or with the error.
     End(Option<Box<Error>>),
+    /// The last item: the stream ends with OK, and says so on `ack` once it
+    /// takes this item (a stream dropped before then drops `ack` instead).
+    EndAcked(oneshot::Sender<()>),
 }
 
 /// A message for one player alone; none of these carry a sequence number

@@ -86,6 +86,7 @@ enum Seen {
     Presence(PresenceKind, String),
     Dropped { count: u64, last: u64 },
     End(Option<Error>),
+    EndAcked,
     Other,
 }
 
@@ -102,6 +103,7 @@ fn seen(item: &Delivery) -> Seen {
             _ => Seen::Other,
         },
         Delivery::End(err) => Seen::End(err.as_deref().cloned()),
+        Delivery::EndAcked(_) => Seen::EndAcked,
     }
 }
 
@@ -269,4 +271,42 @@ async fn only_empty_sessions_end_when_idle() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(manager.get(&occupied).is_err());
     assert!(manager.is_empty());
+}
+
+/// Catches a connection that died (hyper reports a keepalive timeout as a
+/// clean end of the request body) being announced as a leave, and a real
+/// half-close being announced as a disconnect: the response stream decides.
+#[tokio::test(start_paused = true)]
+async fn a_half_close_is_a_leave_only_if_the_response_stream_takes_its_end() {
+    let manager = manager(16);
+    let session = create(&manager);
+    let (_watcher_in, mut watcher) = join(&manager, &session, "watcher").await;
+    let (leaver_in, mut leaver) = join(&manager, &session, "leaver").await;
+    let (vanished_in, vanished) = join(&manager, &session, "vanished").await;
+    settle().await;
+    assert_eq!(drain(&mut watcher).len(), 2);
+    assert_eq!(drain(&mut leaver).len(), 1);
+
+    drop(leaver_in);
+    settle().await;
+    let mut items = drain(&mut leaver);
+    assert_eq!(items.iter().map(seen).collect::<Vec<_>>(), [Seen::EndAcked]);
+    assert!(drain(&mut watcher).is_empty(), "the seat is held until the end is taken");
+    match items.pop() {
+        Some(Delivery::EndAcked(ack)) => ack.send(()).unwrap_or_else(|_| panic!("the actor stopped waiting")),
+        other => panic!("expected the acked end, got {other:?}"),
+    }
+    settle().await;
+    assert_eq!(
+        drain(&mut watcher).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Presence(PresenceKind::Left, "leaver".into())]
+    );
+
+    drop(vanished_in);
+    drop(vanished);
+    settle().await;
+    assert_eq!(
+        drain(&mut watcher).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Presence(PresenceKind::Disconnected, "vanished".into())]
+    );
 }

@@ -1,0 +1,75 @@
+//! Connections: HTTP/2 keepalive turns a dead peer into a disconnect within
+//! a bounded time.
+
+mod common;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{Player, TestServer, WAIT, join_session};
+use game_session::pb::{self, PresenceKind, client_message};
+use prost::Message;
+use tokio::net::TcpStream;
+
+/// Catches a peer that vanished without closing its connection (no FIN, no
+/// reset, no answer to pings) holding its seat forever: the server's
+/// keepalive must end it as a disconnect within interval + timeout.
+#[tokio::test]
+async fn a_silent_peer_is_disconnected_by_keepalive() {
+    let mut config = common::config();
+    config.keepalive_interval = Duration::from_millis(200);
+    config.keepalive_timeout = Duration::from_millis(200);
+    let server = TestServer::start_with(config).await;
+    let session = server.create_session(2).await;
+    let mut watcher = Player::join_as(server.addr, &session, "watcher").await;
+
+    // A raw HTTP/2 client whose connection we can freeze: once frozen, it
+    // reads nothing and answers no ping, but its socket stays open.
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let frozen = Arc::new(AtomicBool::new(false));
+    let freeze = frozen.clone();
+    let mut connection = Box::pin(connection);
+    let driver = tokio::spawn(async move {
+        poll_fn(|cx| if freeze.load(Ordering::SeqCst) { Poll::Pending } else { connection.as_mut().poll(cx) }).await
+    });
+
+    let request = http::Request::post(format!("http://{}/gamesession.v1.PlayerService/Play", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send request");
+    let join = pb::ClientMessage { kind: Some(client_message::Kind::Join(join_session(&session, "silent"))) };
+    body.send_data(grpc_frame(&join), false).expect("send join");
+    let response = tokio::time::timeout(WAIT, response).await.expect("headers in time").expect("response");
+    assert_eq!(response.status(), 200);
+    let mut response_body = response.into_body();
+    let welcome = tokio::time::timeout(WAIT, response_body.data()).await.expect("welcome in time");
+    assert!(welcome.is_some_and(|data| data.is_ok()), "no welcome");
+    assert_eq!(watcher.next_presence().await.kind, PresenceKind::Joined as i32);
+
+    frozen.store(true, Ordering::SeqCst);
+    let frozen_at = Instant::now();
+    let gone = watcher.next_presence().await;
+    assert_eq!(gone.kind, PresenceKind::Disconnected as i32, "{gone:?}");
+    assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some("silent"));
+    assert!(!gone.detail.is_empty());
+    assert!(frozen_at.elapsed() < Duration::from_secs(5), "took {:?}", frozen_at.elapsed());
+    driver.abort();
+    server.shutdown().await;
+}
+
+/// One gRPC length-prefixed message.
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = BytesMut::with_capacity(5 + encoded.len());
+    frame.put_u8(0);
+    frame.put_u32(encoded.len() as u32);
+    frame.put_slice(&encoded);
+    frame.freeze()
+}
