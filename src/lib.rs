@@ -40,7 +40,6 @@ pub mod session;
 pub mod telemetry;
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -236,9 +235,4 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
-}
-
-/// A duration for logs and messages.
-pub fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }

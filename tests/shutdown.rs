@@ -94,23 +94,35 @@ async fn shutdown_drains_then_ends_sessions_with_a_reason() {
         .expect("Ok");
 }
 
-/// Catches a server that waits out its whole drain period although no
-/// session is left.
+/// Catches a server that waits out its whole drain period although no game
+/// is left: sessions empty at the start of the drain end at once (nobody can
+/// join them any more), and so does a session when its last player leaves
+/// or when a backend ends it.
 #[tokio::test]
-async fn shutdown_finishes_early_once_no_session_is_left() {
+async fn shutdown_finishes_early_once_no_game_is_left() {
     let mut config = common::config();
     config.drain_period = Duration::from_secs(60);
     let mut server = TestServer::start_with(config).await;
-    let session = server.create_session(2).await;
-    let mut player = Player::join_as(server.addr, &session, "p").await;
+    let _empty = server.create_session(2).await;
+    let emptied = server.create_session(2).await;
+    let ended = server.create_session(2).await;
+    let mut leaver = Player::join_as(server.addr, &emptied, "leaver").await;
+    let _stayer = Player::join_as(server.addr, &ended, "stayer").await;
     let mut api = server.sessions().await;
 
     let started = Instant::now();
     let run = server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    player.leave().await;
-    player.expect_ended_ok().await;
-    api.end_session(pb::EndSessionRequest { session_id: session, message: "done".into() }).await.expect("end");
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner().sessions;
+    let mut ids: Vec<_> = listed.into_iter().map(|s| s.session_id).collect();
+    ids.sort();
+    let mut running = vec![emptied.clone(), ended.clone()];
+    running.sort();
+    assert_eq!(ids, running, "the empty session should have ended when the drain began");
+
+    leaver.leave().await;
+    leaver.expect_ended_ok().await;
+    api.end_session(pb::EndSessionRequest { session_id: ended, message: "done".into() }).await.expect("end");
     tokio::time::timeout(Duration::from_secs(10), run).await.expect("returns early").expect("task").expect("Ok");
     assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -113,6 +113,8 @@ pub(super) struct Actor {
     /// their response stream took its end (a leave) or was dropped first (a
     /// disconnect; see `on_input`).
     closing: FuturesUnordered<CloseVerdict>,
+    /// The server drains and the last player left: end after this message.
+    drained: bool,
 }
 
 impl Actor {
@@ -140,6 +142,7 @@ impl Actor {
             sweep_timer,
             sweep_armed: false,
             closing: FuturesUnordered::new(),
+            drained: false,
         }
     }
 
@@ -162,6 +165,9 @@ impl Actor {
                 Some((id, slot, took_end)) = self.closing.next() => self.confirm_close(id, slot, took_end),
             }
             self.process_departures();
+            if self.drained {
+                break (EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned(), None);
+            }
         };
         self.finish(reason, message, reply);
     }
@@ -453,6 +459,9 @@ impl Actor {
         if self.players.is_empty() {
             self.idle_timer.as_mut().reset(Instant::now() + self.config.idle_timeout);
             self.idle_armed = true;
+            // While the server drains nobody can join, so an empty session is
+            // over.
+            self.drained = self.manager.is_draining();
         }
     }
 

@@ -104,6 +104,11 @@ impl SessionHandle {
         self.tx.send(Command::End { reason, message, reply: None }).await.is_ok()
     }
 
+    /// Asks the session to end if its inbox has room, without waiting.
+    pub(super) fn end_soon(&self, reason: EndReason, message: String) {
+        let _ = self.tx.try_send(Command::End { reason, message, reply: None });
+    }
+
     /// The session's summary with its players.
     pub async fn info(&self) -> Result<SessionInfo, Error> {
         let (reply, answer) = oneshot::channel();

@@ -366,8 +366,16 @@ impl SessionManager {
     }
 
     /// Stops taking new sessions and joins.
+    /// Sessions that are empty now end at once (nobody can join them any
+    /// more); the others end when their last player leaves.
     pub fn start_drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
+        let empty: Vec<SessionHandle> =
+            self.state().sessions.values().filter(|e| e.info.player_count == 0).map(|e| e.handle.clone()).collect();
+        for handle in empty {
+            // A full inbox means a busy session; it ends when it empties.
+            handle.end_soon(EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned());
+        }
     }
 
     /// Whether the server is draining.
