@@ -88,6 +88,12 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_WATCH_BUFFER", default_value_t = 1024)]
     pub watch_buffer: usize,
 
+    /// Most streams (Play streams and calls) open at once on one HTTP/2
+    /// connection; a client that multiplexes many players on one connection
+    /// needs this many.
+    #[arg(long, env = "GAME_SESSION_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000)]
+    pub max_streams_per_connection: u32,
+
     /// Interval of HTTP/2 keepalive pings on every connection.
     #[arg(long, env = "GAME_SESSION_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -136,6 +142,7 @@ impl Config {
             ("max-targets", self.max_targets),
             ("session-inbox", self.session_inbox),
             ("watch-buffer", self.watch_buffer),
+            ("max-streams-per-connection", self.max_streams_per_connection as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -176,5 +183,39 @@ impl Config {
     /// the envelope (targets, ids, flags).
     pub fn max_decoding_message_size(&self) -> usize {
         self.max_payload_bytes + self.max_targets * (MAX_ID_LEN + 4) + 4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches a default that moves the server off the documented port, or
+    /// a default config that fails its own validation.
+    #[test]
+    fn defaults_serve_on_50051_and_validate() {
+        let config = Config::try_parse_from(["game-session"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 50051)));
+        assert_eq!(config.backend_listen, None);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    /// Catches settings that contradict each other being accepted.
+    #[test]
+    fn validation_rejects_contradictions() {
+        let bad = |args: &[&str]| {
+            let mut argv = vec!["game-session"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).validate()
+        };
+        assert_eq!(
+            bad(&["--default-max-players", "300"]),
+            Err("--default-max-players (300) exceeds --max-players-limit (256)".into())
+        );
+        assert_eq!(bad(&["--outbound-queue", "1"]), Err("--outbound-queue must be at least 2".into()));
+        assert_eq!(bad(&["--max-sessions", "0"]), Err("--max-sessions must be at least 1".into()));
+        assert_eq!(bad(&["--idle-timeout", "0s"]), Err("--idle-timeout must be positive".into()));
+        assert!(bad(&["--listen", "127.0.0.1:7000", "--backend-listen", "127.0.0.1:7000"]).is_err());
+        assert!(Config::try_parse_from(["game-session", "--drain-period", "soon"]).is_err());
     }
 }

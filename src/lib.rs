@@ -118,6 +118,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let builder = || {
         Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
     };
