@@ -41,6 +41,7 @@ async fn shutdown_drains_then_ends_sessions_with_a_reason() {
     let sender = Player::join_as(server.addr, &session, "sender").await;
     let mut receiver = Player::join_as(server.addr, &session, "receiver").await;
     let mut api = server.sessions().await;
+    let mut watch = api.watch_sessions(pb::WatchSessionsRequest::default()).await.expect("watch").into_inner();
 
     let started = Instant::now();
     let run = server.begin_shutdown();
@@ -86,6 +87,22 @@ async fn shutdown_drains_then_ends_sessions_with_a_reason() {
         other => panic!("expected session_ended last, got {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(800), "the session was cut before the drain period");
+
+    // A watcher sees the session end, then its stream ends telling it to go
+    // elsewhere.
+    let mut ended_event = false;
+    let end = loop {
+        match tokio::time::timeout(WAIT, watch.message()).await.expect("in time") {
+            Ok(Some(pb::WatchSessionsResponse { kind: Some(pb::watch_sessions_response::Kind::Event(event)) })) => {
+                ended_event |= event.kind == pb::SessionEventKind::Ended as i32;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert!(ended_event, "the watcher never saw the session end");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
 
     tokio::time::timeout(Duration::from_secs(7), run)
         .await
