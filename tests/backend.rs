@@ -44,13 +44,7 @@ async fn create_then_get_with_players() {
 
     let _a = Player::join_as(server.addr, &session.session_id, "a").await;
     let _b = Player::join_as(server.addr, &session.session_id, "b").await;
-    let got = api
-        .get_session(pb::GetSessionRequest { session_id: session.session_id.clone() })
-        .await
-        .expect("get")
-        .into_inner()
-        .session
-        .expect("session");
+    let got = server.session_info(&session.session_id).await;
     assert_eq!(got.player_count, 2);
     assert_eq!(got.sequence, 2);
     let ids: Vec<_> = got.players.iter().map(|p| p.player_id.as_str()).collect();

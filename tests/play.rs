@@ -219,15 +219,7 @@ async fn leave_half_close_and_disconnect_are_told_apart() {
     for id in ["leaver", "closer", "dropper"] {
         back.push(Player::join_as(server.addr, &session, id).await);
     }
-    let session = server
-        .sessions()
-        .await
-        .get_session(pb::GetSessionRequest { session_id: session })
-        .await
-        .expect("get")
-        .into_inner()
-        .session
-        .expect("session");
+    let session = server.session_info(&session).await;
     assert_eq!(session.player_count, 4);
     server.shutdown().await;
 }
@@ -270,15 +262,7 @@ async fn join_or_create_skips_closed_sessions_and_fills_open_ones() {
     let fifth = Player::join(server.addr, join_mode("relay", "m5")).await;
     assert_eq!(fifth.welcome.session_id, open);
 
-    let closed_info = server
-        .sessions()
-        .await
-        .get_session(pb::GetSessionRequest { session_id: closed })
-        .await
-        .expect("get")
-        .into_inner()
-        .session
-        .expect("session");
+    let closed_info = server.session_info(&closed).await;
     assert_eq!(closed_info.player_count, 0);
     server.shutdown().await;
 }

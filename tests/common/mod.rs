@@ -79,6 +79,12 @@ impl TestServer {
         response.into_inner().session.expect("session").session_id
     }
 
+    /// GetSession's answer for a session that must exist.
+    pub async fn session_info(&self, session_id: &str) -> pb::SessionInfo {
+        let response = self.sessions().await.get_session(pb::GetSessionRequest { session_id: session_id.into() }).await;
+        response.expect("get session").into_inner().session.expect("session")
+    }
+
     /// Starts the shutdown sequence and returns the server's task result.
     pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), BoxError>> {
         if let Some(shutdown) = self.shutdown.take() {
