@@ -380,13 +380,17 @@ impl Actor {
         }
     }
 
-    /// Makes the sweep timer fire at `at` at the latest.
-    /// While a player is behind, the sweep also runs every quarter grace
-    /// period, so that a player who caught up hears of its dropped messages
+    /// Arms the sweep for when `grace_ends`, or in a quarter grace period if
+    /// that is sooner: while a player is behind the sweep runs at least that
+    /// often, so that a player who caught up hears of its dropped messages
     /// soon even when nothing else is sent to it.
+    ///
+    /// An armed sweep is left alone: it is due within a quarter grace period,
+    /// before any newly behind player's grace can end, and it re-arms itself
+    /// for the earliest grace end it finds.
     fn arm_sweep(&mut self, grace_ends: Instant) {
-        let at = grace_ends.min(Instant::now() + self.config.slow_player_grace / 4);
-        if !self.sweep_armed || at < self.sweep_timer.deadline() {
+        if !self.sweep_armed {
+            let at = grace_ends.min(Instant::now() + self.config.slow_player_grace / 4);
             self.sweep_timer.as_mut().reset(at);
             self.sweep_armed = true;
         }
