@@ -434,12 +434,9 @@ impl Actor {
         let Some(player) = self.players.remove(&id) else { return };
         let _span = info_span!("player.leave", session.id = %self.info.id, player.id = %id).entered();
         let (kind, detail) = match &departure {
-            Departure::Left => {
-                if !player.ended {
-                    let _ = player.out.push(Delivery::End(None));
-                }
-                (PresenceKind::Left, String::new())
-            }
+            // Dropping the player drops its queue's sender: its stream ends
+            // with OK once it has sent what is queued.
+            Departure::Left => (PresenceKind::Left, String::new()),
             Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
             Departure::Removed(err) => {
                 if !player.ended {

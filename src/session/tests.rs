@@ -209,12 +209,15 @@ async fn staying_behind_past_the_grace_period_disconnects() {
     let session = create(&manager);
     let (sender, _sender_rx) = join(&manager, &session, "sender").await;
     let (_stalled_in, mut stalled) = join(&manager, &session, "stalled").await;
-    for _ in 0..QUEUE / 2 + 1 {
+    // Exactly half full, and behind since the droppable message found it so:
+    // the boundary counts as behind.
+    for _ in 0..QUEUE / 2 {
         relay(&sender, false);
     }
+    relay(&sender, true);
     settle().await;
     tokio::time::sleep(GRACE - Duration::from_millis(10)).await;
-    assert_eq!(stalled.len(), QUEUE / 2 + 1, "still within the grace period");
+    assert_eq!(stalled.len(), QUEUE / 2, "still within the grace period");
     tokio::time::sleep(Duration::from_millis(20)).await;
     match drain(&mut stalled).iter().map(seen).next_back() {
         Some(Seen::End(Some(Error::SlowPlayer(why)))) => assert!(why.contains("fell behind"), "{why}"),
