@@ -208,7 +208,7 @@ pub fn event(event: &Event) -> pb::ServerMessage {
         Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable } => {
             Kind::Relayed(pb::Relayed {
                 sequence: *sequence,
-                sender_id: sender.to_string(),
+                sender_id: String::from(&**sender),
                 payload: payload.clone(),
                 server_time_unix_micros: *server_time_unix_micros,
                 droppable: *droppable,
