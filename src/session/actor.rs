@@ -347,51 +347,51 @@ impl Actor {
         sequence: u64,
     ) {
         let policy = Policy::new(&self.config);
-        let mut sweep_at = None;
+        let mut behind = false;
         if targets.is_empty() {
             for (id, player) in &mut self.players {
                 if Some(player.slot) == except || player.ended {
                     continue;
                 }
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
-                record(id, outcome, &mut self.departures, &mut sweep_at, &policy);
+                behind |= record(id, outcome, &mut self.departures);
             }
         } else {
             for target in targets {
                 let Some(player) = self.players.get_mut(target).filter(|p| !p.ended) else { continue };
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
-                record(target, outcome, &mut self.departures, &mut sweep_at, &policy);
+                behind |= record(target, outcome, &mut self.departures);
             }
         }
-        if let Some(at) = sweep_at {
-            self.arm_sweep(at);
+        if behind {
+            self.arm_sweep(None);
         }
     }
 
     fn send_private(&mut self, id: &PlayerId, message: Private, droppable: bool) {
         let policy = Policy::new(&self.config);
-        let mut sweep_at = None;
+        let mut behind = false;
         if let Some(player) = self.players.get_mut(id).filter(|p| !p.ended) {
             let outcome = deliver(player, Delivery::Private(Box::new(message)), droppable, 0, &policy);
-            record(id, outcome, &mut self.departures, &mut sweep_at, &policy);
+            behind = record(id, outcome, &mut self.departures);
         }
-        if let Some(at) = sweep_at {
-            self.arm_sweep(at);
+        if behind {
+            self.arm_sweep(None);
         }
     }
 
-    /// Arms the sweep for when `grace_ends`, or in a quarter grace period if
-    /// that is sooner: while a player is behind the sweep runs at least that
+    /// Arms the sweep for a quarter grace period from now, or for
+    /// `grace_ends` if that is sooner: while a player is behind the sweep runs at least that
     /// often, so that a player who caught up hears of its dropped messages
     /// soon even when nothing else is sent to it.
     ///
     /// An armed sweep is left alone: it is due within a quarter grace period,
     /// before any newly behind player's grace can end, and it re-arms itself
     /// for the earliest grace end it finds.
-    fn arm_sweep(&mut self, grace_ends: Instant) {
+    fn arm_sweep(&mut self, grace_ends: Option<Instant>) {
         if !self.sweep_armed {
-            let at = grace_ends.min(Instant::now() + self.config.slow_player_grace / 4);
-            self.sweep_timer.as_mut().reset(at);
+            let soon = Instant::now() + self.config.slow_player_grace / 4;
+            self.sweep_timer.as_mut().reset(grace_ends.map_or(soon, |end| end.min(soon)));
             self.sweep_armed = true;
         }
     }
@@ -417,8 +417,8 @@ impl Actor {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        if let Some(at) = next {
-            self.arm_sweep(at);
+        if next.is_some() {
+            self.arm_sweep(next);
         }
     }
 
@@ -542,14 +542,10 @@ impl Policy {
 #[derive(Debug)]
 enum Outcome {
     Queued,
-    /// Dropped (droppable, player behind since `since`) and counted.
-    Dropped {
-        since: Instant,
-    },
-    /// Queued, and the player is behind since `since`.
-    Behind {
-        since: Instant,
-    },
+    /// Dropped (droppable, player behind) and counted.
+    Dropped,
+    /// Queued, and the player is behind.
+    Behind,
     /// The player must go.
     Depart(Departure),
 }
@@ -577,7 +573,7 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
             player.dropped += 1;
             player.last_dropped = sequence;
         }
-        return Outcome::Dropped { since };
+        return Outcome::Dropped;
     }
     if len >= policy.capacity {
         return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
@@ -586,27 +582,21 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
         ))));
     }
     match player.out.push(delivery) {
-        Ok(()) => Outcome::Behind { since },
+        Ok(()) => Outcome::Behind,
         Err(_) => Outcome::Depart(gone()),
     }
 }
 
-/// Notes what a delivery's outcome asks of the actor: a departure, or the
-/// earliest time a behind player's grace period runs out.
-fn record(
-    id: &PlayerId,
-    outcome: Outcome,
-    departures: &mut Vec<(PlayerId, Departure)>,
-    sweep_at: &mut Option<Instant>,
-    policy: &Policy,
-) {
+/// Notes a departure the delivery asks for; returns whether the player is
+/// behind (so that the sweep must run).
+fn record(id: &PlayerId, outcome: Outcome, departures: &mut Vec<(PlayerId, Departure)>) -> bool {
     match outcome {
-        Outcome::Queued => {}
-        Outcome::Behind { since } | Outcome::Dropped { since } => {
-            let at = since + policy.grace;
-            *sweep_at = Some(sweep_at.map_or(at, |t: Instant| t.min(at)));
+        Outcome::Queued => false,
+        Outcome::Behind | Outcome::Dropped => true,
+        Outcome::Depart(departure) => {
+            departures.push((id.clone(), departure));
+            false
         }
-        Outcome::Depart(departure) => departures.push((id.clone(), departure)),
     }
 }
 

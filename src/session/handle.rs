@@ -53,11 +53,6 @@ impl SessionHandle {
         SessionHandle { id, tx }
     }
 
-    /// The session's id.
-    pub fn id(&self) -> &SessionId {
-        &self.id
-    }
-
     /// Seats a player. The reply's queue starts with the welcome.
     pub async fn join(&self, request: JoinRequest) -> Result<Joined, JoinRejected> {
         let (reply, answer) = oneshot::channel();
