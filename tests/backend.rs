@@ -316,6 +316,9 @@ async fn send_to_session_is_ordered_with_relays() {
         }
         assert_eq!(seen, expected);
     }
+    // ListSessions reports the session's current sequence too.
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions.iter().map(|s| s.sequence).collect::<Vec<_>>(), [6]);
     assert_status(
         api.send_to_session(pb::SendToSessionRequest {
             session_id: session.clone(),

@@ -185,11 +185,6 @@ impl SessionManager {
         }
     }
 
-    /// The modes this registry runs.
-    pub fn modes(&self) -> &Modes {
-        &self.inner.modes
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-changed
         // (each critical section is a few map operations), so keep serving.
