@@ -20,7 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gamesession/v1/session.proto",
     ])?;
     // Source info keeps the proto comments, so `grpcurl describe` shows them.
-    fs::write(out_dir.join("gamesession_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    let descriptor_set = compiler.encode_file_descriptor_set();
+    fs::write(out_dir.join("gamesession_descriptor.bin"), &descriptor_set)?;
+    // Canonical proto3 JSON (serde) for the messages, as grpcurl prints them.
+    pbjson_build::Builder::new().register_descriptors(&descriptor_set)?.build(&[".gamesession.v1"])?;
     let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()

@@ -8,6 +8,8 @@
 #![allow(missing_docs)]
 
 tonic::include_proto!("gamesession.v1");
+// serde for every message, in the canonical proto3 JSON mapping.
+include!(concat!(env!("OUT_DIR"), "/gamesession.v1.serde.rs"));
 
 /// The encoded descriptor set of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gamesession_descriptor.bin"));

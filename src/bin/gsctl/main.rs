@@ -1,0 +1,317 @@
+//! gsctl: a command-line client for game-session.
+//!
+//! Backend calls (`create`, `get`, `list`, `end`, `send`, `watch`), a health
+//! check for probes and scripts (`health`), and an interactive player
+//! (`play`). Output is a readable table by default, and JSON (the canonical
+//! proto3 mapping, one object per line for streams) with `--json`.
+
+mod render;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use game_session::pb::player_service_client::PlayerServiceClient;
+use game_session::pb::session_service_client::SessionServiceClient;
+use game_session::pb::{self, client_message, server_message};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A command-line client for game-session.
+#[derive(Debug, Parser)]
+#[command(name = "gsctl", version, about)]
+struct Cli {
+    /// The server's address.
+    #[arg(long, env = "GSCTL_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    addr: String,
+
+    /// Timeout of connecting, and of each unary call.
+    #[arg(long, env = "GSCTL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+
+    /// Print JSON (one object per line for streams) instead of tables.
+    #[arg(long, env = "GSCTL_JSON", global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a session (SessionService.CreateSession).
+    Create {
+        /// The session's mode.
+        #[arg(long, default_value = "relay")]
+        mode: String,
+        /// Seats; 0 takes the server's default.
+        #[arg(long, default_value_t = 0)]
+        max_players: u32,
+        /// A label, as key=value; repeat for more.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Let join-or-create place players in it.
+        #[arg(long)]
+        open: bool,
+        /// Makes retries return the first call's session.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// A file whose bytes are the session's opaque config.
+        #[arg(long)]
+        config_file: Option<PathBuf>,
+    },
+    /// Show one session and its players (SessionService.GetSession).
+    Get {
+        /// The session's id.
+        session_id: String,
+    },
+    /// List sessions, every page (SessionService.ListSessions).
+    List(Filter),
+    /// End a session; its players receive the message (SessionService.EndSession).
+    End {
+        /// The session's id.
+        session_id: String,
+        /// What the players are told.
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Push a payload into a session (SessionService.SendToSession).
+    Send {
+        /// The session's id.
+        session_id: String,
+        /// The payload, as text.
+        payload: String,
+        /// A player to send to; repeat for more. None: every player.
+        #[arg(long = "to")]
+        players: Vec<String>,
+    },
+    /// Follow sessions live: the current ones, then every change (SessionService.WatchSessions).
+    Watch(Filter),
+    /// Check grpc.health.v1; exits 0 only when SERVING.
+    Health {
+        /// The health service name: "" for overall readiness, "liveness", or a gRPC service.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Join a session and relay the lines typed on stdin; prints what arrives.
+    ///
+    /// Lines starting with `/` are commands: `/ping`, `/leave`, and
+    /// `/to ID[,ID...] TEXT` to relay to some players only. End of input
+    /// leaves the session.
+    Play {
+        /// Join this session.
+        #[arg(long, required_unless_present = "mode", conflicts_with = "mode")]
+        session: Option<String>,
+        /// Join-or-create a session of this mode.
+        #[arg(long)]
+        mode: Option<String>,
+        /// The player's id; the server assigns one if not given.
+        #[arg(long, default_value = "")]
+        player_id: String,
+        /// The name shown to other players.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+/// Which sessions `list` and `watch` show.
+#[derive(Debug, Args)]
+struct Filter {
+    /// Only this mode.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Only sessions with this label (key=value); repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Only sessions with a free seat.
+    #[arg(long)]
+    open_seats: bool,
+}
+
+impl Filter {
+    fn to_pb(&self) -> pb::SessionFilter {
+        pb::SessionFilter {
+            mode: self.mode.clone().unwrap_or_default(),
+            labels: self.labels.iter().cloned().collect(),
+            has_open_seats: self.open_seats,
+        }
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+/// What went wrong, for the exit message.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            match err.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("error: {err}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let channel = connect(&cli).await?;
+    let out = render::Output { json: cli.json };
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    match cli.command {
+        Command::Create { mode, max_players, labels, open, idempotency_key, config_file } => {
+            let config = match config_file {
+                Some(path) => std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                None => Vec::new(),
+            };
+            let request = pb::CreateSessionRequest {
+                mode,
+                max_players,
+                labels: labels.into_iter().collect::<HashMap<_, _>>(),
+                config: config.into(),
+                open_to_join_or_create: open,
+                idempotency_key: idempotency_key.unwrap_or_default(),
+            };
+            let response = sessions.create_session(request).await?.into_inner();
+            out.created(&response)?;
+        }
+        Command::Get { session_id } => {
+            let response = sessions.get_session(pb::GetSessionRequest { session_id }).await?.into_inner();
+            out.session(&response.session.unwrap_or_default())?;
+        }
+        Command::List(filter) => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListSessionsRequest { filter: Some(filter.to_pb()), page_size: 1000, page_token };
+                let page = sessions.list_sessions(request).await?.into_inner();
+                all.extend(page.sessions);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.sessions(&all)?;
+        }
+        Command::End { session_id, message } => {
+            let response = sessions.end_session(pb::EndSessionRequest { session_id, message }).await?.into_inner();
+            out.sequence("ended", &response, response.sequence)?;
+        }
+        Command::Send { session_id, payload, players } => {
+            let request =
+                pb::SendToSessionRequest { session_id, payload: payload.into_bytes().into(), player_ids: players };
+            let response = sessions.send_to_session(request).await?.into_inner();
+            out.sequence("sent", &response, response.sequence)?;
+        }
+        Command::Watch(filter) => {
+            let mut stream = sessions.watch_sessions(pb::WatchSessionsRequest { filter: Some(filter.to_pb()) }).await?;
+            out.watch_header();
+            while let Some(message) = stream.get_mut().message().await? {
+                out.watch(&message)?;
+            }
+        }
+        Command::Health { service } => {
+            let response =
+                HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service }).await?.into_inner();
+            let status = ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown);
+            println!("{}", status.as_str_name());
+            return Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Play { session, mode, player_id, name } => {
+            let target = match (session, mode) {
+                (Some(id), _) => pb::join::Target::SessionId(id),
+                (None, Some(mode)) => pb::join::Target::Mode(mode),
+                (None, None) => return Err("give --session or --mode".into()),
+            };
+            let join = pb::Join { target: Some(target), player_id, display_name: name, metadata: HashMap::new() };
+            return play(PlayerServiceClient::new(channel), join, out).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(cli: &Cli) -> Result<Channel, Failure> {
+    let endpoint = Endpoint::from_shared(cli.addr.clone()).map_err(|e| format!("--addr {:?}: {e}", cli.addr))?;
+    let endpoint = endpoint.connect_timeout(cli.timeout).timeout(cli.timeout);
+    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", cli.addr))?)
+}
+
+/// Plays until the stream ends: stdin lines go out, arrivals are printed.
+async fn play(
+    mut client: PlayerServiceClient<Channel>,
+    join: pb::Join,
+    out: render::Output,
+) -> Result<ExitCode, Failure> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(pb::ClientMessage { kind: Some(client_message::Kind::Join(join)) }).await?;
+    // The stream is long-lived: no per-call timeout.
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.set_timeout(Duration::from_secs(365 * 24 * 3600));
+    let mut inbound = client.play(request).await?.into_inner();
+
+    let sender = tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let kind = match parse_input(&line) {
+                Ok(Some(kind)) => kind,
+                Ok(None) => continue,
+                Err(err) => {
+                    eprintln!("{err}");
+                    continue;
+                }
+            };
+            let leave = matches!(kind, client_message::Kind::Leave(_));
+            if tx.send(pb::ClientMessage { kind: Some(kind) }).await.is_err() || leave {
+                return;
+            }
+        }
+        // End of input: dropping `tx` half-closes the stream, a leave.
+    });
+    let result = async {
+        while let Some(message) = inbound.message().await? {
+            out.play(&message)?;
+            if matches!(message.kind, Some(server_message::Kind::SessionEnded(_))) {
+                break;
+            }
+        }
+        Ok::<_, Failure>(())
+    }
+    .await;
+    sender.abort();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// One stdin line as a client message; `None` for a blank line.
+fn parse_input(line: &str) -> Result<Option<client_message::Kind>, String> {
+    let Some(command) = line.strip_prefix('/') else {
+        if line.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(relay(line, Vec::new())));
+    };
+    let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+    match name {
+        "ping" => Ok(Some(client_message::Kind::Ping(pb::Ping { client_time: render::unix_micros() }))),
+        "leave" => Ok(Some(client_message::Kind::Leave(pb::Leave {}))),
+        "to" => {
+            let (targets, text) = rest.split_once(' ').ok_or("usage: /to ID[,ID...] TEXT")?;
+            Ok(Some(relay(text, targets.split(',').map(str::to_owned).collect())))
+        }
+        other => Err(format!("unknown command /{other}; use /ping, /leave or /to ID[,ID...] TEXT")),
+    }
+}
+
+fn relay(text: &str, targets: Vec<String>) -> client_message::Kind {
+    client_message::Kind::Relay(pb::Relay { payload: text.as_bytes().to_vec().into(), targets, droppable: false })
+}
