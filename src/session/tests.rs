@@ -267,6 +267,7 @@ async fn only_empty_sessions_end_when_idle() {
     tokio::time::sleep(IDLE + Duration::from_millis(1)).await;
     assert!(manager.get(&empty).is_err(), "the empty session outlived its idle timeout");
     assert!(manager.get(&occupied).is_ok(), "a session with a player ended");
+    assert_eq!((manager.len(), manager.is_empty()), (1, false));
 
     leaver_in.send(Ok(Input::Leave)).unwrap_or_else(|_| panic!("send"));
     tokio::time::sleep(IDLE - Duration::from_millis(10)).await;
