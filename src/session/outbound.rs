@@ -120,12 +120,8 @@ impl OutboundRx {
     }
 
     /// Items queued and not yet taken.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
