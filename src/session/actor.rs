@@ -152,8 +152,9 @@ impl Actor {
             tokio::select! {
                 biased;
                 command = self.inbox.recv() => match command {
-                    Some(Command::End { reason, message, reply }) => break (reason, message, reply),
-                    Some(command) => self.handle(command),
+                    Some(command) => if let Some(end) = self.handle(command) {
+                        break end;
+                    },
                     // Every handle is gone: the registry itself was dropped.
                     None => break (EndReason::ServerShutdown, "the registry is gone".to_owned(), None),
                 },
@@ -172,7 +173,8 @@ impl Actor {
         self.finish(reason, message, reply);
     }
 
-    fn handle(&mut self, command: Command) {
+    /// Carries out a command; an `End` is handed back for the run loop.
+    fn handle(&mut self, command: Command) -> Option<(EndReason, String, Option<oneshot::Sender<u64>>)> {
         match command {
             Command::Join { request, reply } => self.join(request, reply),
             Command::Send { payload, targets, reply } => {
@@ -195,8 +197,9 @@ impl Actor {
                 info.players.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(info);
             }
-            Command::End { .. } => unreachable!("handled by the run loop"),
+            Command::End { reason, message, reply } => return Some((reason, message, reply)),
         }
+        None
     }
 
     fn join(&mut self, request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, super::handle::JoinRejected>>) {
