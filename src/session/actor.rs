@@ -384,9 +384,9 @@ impl Actor {
     }
 
     /// Arms the sweep for a quarter grace period from now, or for
-    /// `grace_ends` if that is sooner: while a player is behind the sweep runs at least that
-    /// often, so that a player who caught up hears of its dropped messages
-    /// soon even when nothing else is sent to it.
+    /// `grace_ends` if that is sooner: while a player is behind, the sweep
+    /// runs at least that often, so that a player who caught up hears of its
+    /// dropped messages soon even when nothing else is sent to it.
     ///
     /// An armed sweep is left alone: it is due within a quarter grace period,
     /// before any newly behind player's grace can end, and it re-arms itself
