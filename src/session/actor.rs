@@ -148,6 +148,9 @@ impl Actor {
 
     /// Runs the session until it ends.
     pub(super) async fn run(mut self) {
+        // Should the actor panic, the registry still forgets the session
+        // (after a normal end, `finish` has done so and this does nothing).
+        let _deregister = Deregister { manager: self.manager.clone(), id: self.info.id.clone() };
         let (reason, message, reply) = loop {
             tokio::select! {
                 biased;
@@ -158,12 +161,14 @@ impl Actor {
                     // Every handle is gone: the registry itself was dropped.
                     None => break (EndReason::ServerShutdown, "the registry is gone".to_owned(), None),
                 },
-                Some((id, slot, item)) = self.inbound.next() => self.on_input(id, slot, item),
+                // Confirmations and timers before player traffic, so that a
+                // busy session cannot starve them.
+                Some((id, slot, took_end)) = self.closing.next() => self.confirm_close(id, slot, took_end),
+                () = &mut self.sweep_timer, if self.sweep_armed => self.sweep(),
                 () = &mut self.idle_timer, if self.idle_armed => {
                     break (EndReason::Idle, format!("empty for {:?}", self.config.idle_timeout), None);
                 }
-                () = &mut self.sweep_timer, if self.sweep_armed => self.sweep(),
-                Some((id, slot, took_end)) = self.closing.next() => self.confirm_close(id, slot, took_end),
+                Some((id, slot, item)) = self.inbound.next() => self.on_input(id, slot, item),
             }
             self.process_departures();
             if self.drained {
@@ -300,7 +305,13 @@ impl Actor {
         }
         player.ended = true;
         let slot = player.slot;
-        self.closing.push(Box::pin(async move { (id, slot, took_end.await.is_ok()) }));
+        // A client that half-closed but stopped reading would hold its seat
+        // forever: after the grace period it counts as a disconnect.
+        let grace = self.config.slow_player_grace;
+        self.closing.push(Box::pin(async move {
+            let took_end = matches!(tokio::time::timeout(grace, took_end).await, Ok(Ok(())));
+            (id, slot, took_end)
+        }));
     }
 
     fn confirm_close(&mut self, id: PlayerId, slot: u64, took_end: bool) {
@@ -406,7 +417,8 @@ impl Actor {
         let now = Instant::now();
         let policy = Policy::new(&self.config);
         let mut next: Option<Instant> = None;
-        for (id, player) in &mut self.players {
+        // Players whose stream got its end are left to `closing`.
+        for (id, player) in self.players.iter_mut().filter(|(_, p)| !p.ended) {
             let Some(since) = player.behind_since else { continue };
             if player.out.len() < policy.soft_limit {
                 player.behind_since = None;
@@ -518,6 +530,18 @@ impl Actor {
     fn players_changed(&mut self) {
         self.info.player_count = self.players.len() as u32;
         self.manager.player_count_changed(&self.info.id, self.info.player_count);
+    }
+}
+
+/// Removes a session from the registry when dropped.
+struct Deregister {
+    manager: SessionManager,
+    id: super::SessionId,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.manager.remove(&self.id);
     }
 }
 

@@ -99,9 +99,14 @@ impl SessionHandle {
         self.tx.send(Command::End { reason, message, reply: None }).await.is_ok()
     }
 
-    /// Asks the session to end if its inbox has room, without waiting.
-    pub(super) fn end_soon(&self, reason: EndReason, message: String) {
-        let _ = self.tx.try_send(Command::End { reason, message, reply: None });
+    /// The session's id.
+    pub(super) fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Whether the session's actor is gone.
+    pub(super) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// The session's summary with its players.

@@ -159,6 +159,10 @@ struct Entry {
     sequence: Arc<AtomicU64>,
     /// The key and request that created it, if any.
     idempotency: Option<(String, CreateParams)>,
+    /// Seats promised to join-or-create joins on their way to the actor, so
+    /// that a burst of them spreads over sessions instead of all picking the
+    /// same one.
+    reserved: u32,
 }
 
 impl Entry {
@@ -263,6 +267,7 @@ impl SessionManager {
                 info: info.clone(),
                 sequence,
                 idempotency: idempotency_key.map(|k| (k, params)),
+                reserved: 0,
             },
         );
         self.publish(&mut state, WatchEventKind::Created, info.clone(), None);
@@ -317,12 +322,16 @@ impl SessionManager {
             JoinTarget::Mode(mode) => mode,
         };
         self.inner.modes.get(&mode)?;
-        // The registry's seat counts trail the actors', so a chosen session
-        // may turn out full (or just ended): try the next, a few times.
+        // Seats are reserved in the registry while a join travels to the
+        // actor, but joins by id do not reserve, so a chosen session may
+        // still turn out full (or just ended): try again, and on the last
+        // attempt start a new session rather than fail.
         const ATTEMPTS: usize = 4;
-        let mut last_error = Error::SessionBusy(mode.clone());
-        for _ in 0..ATTEMPTS {
-            let handle = match self.find_open(&mode) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let found = if attempt < ATTEMPTS { self.reserve_open_seat(&mode) } else { None };
+            let handle = match found {
                 Some(handle) => handle,
                 None => {
                     let params = CreateParams {
@@ -332,32 +341,54 @@ impl SessionManager {
                         config: Bytes::new(),
                         open_to_join_or_create: true,
                     };
-                    self.create_session(params, None)?.1
+                    let handle = self.create_session(params, None)?.1;
+                    self.reserve(handle.id());
+                    handle
                 }
             };
-            match handle.join(*request).await {
+            // Released however the join ends, even if this call is dropped.
+            let reservation = Reservation { manager: self, id: handle.id() };
+            let result = handle.join(*request).await;
+            drop(reservation);
+            match result {
                 Ok(joined) => return Ok(joined),
-                Err((err @ (Error::SessionFull(_) | Error::SessionNotFound(_)), Some(back))) => {
-                    last_error = err;
+                Err((Error::SessionFull(_) | Error::SessionNotFound(_), Some(back))) if attempt < ATTEMPTS => {
                     request = back;
                 }
                 Err((err, _)) => return Err(err),
             }
         }
-        Err(last_error)
     }
 
-    /// The open session of `mode` with a free seat that has the most players,
-    /// so that sessions fill before new ones start.
-    fn find_open(&self, mode: &str) -> Option<SessionHandle> {
-        self.state()
+    /// Reserves a seat in the open session of `mode` with a free seat that
+    /// has the most players (seated or reserved), so that sessions fill
+    /// before new ones start. Skips sessions whose actor is gone.
+    fn reserve_open_seat(&self, mode: &str) -> Option<SessionHandle> {
+        let mut state = self.state();
+        let entry = state
             .sessions
-            .values()
+            .values_mut()
             .filter(|e| {
-                e.info.open_to_join_or_create && &*e.info.mode == mode && e.info.player_count < e.info.max_players
+                e.info.open_to_join_or_create
+                    && &*e.info.mode == mode
+                    && e.info.player_count + e.reserved < e.info.max_players
+                    && !e.handle.is_closed()
             })
-            .max_by_key(|e| e.info.player_count)
-            .map(|e| e.handle.clone())
+            .max_by_key(|e| e.info.player_count + e.reserved)?;
+        entry.reserved += 1;
+        Some(entry.handle.clone())
+    }
+
+    fn reserve(&self, id: &SessionId) {
+        if let Some(entry) = self.state().sessions.get_mut(id) {
+            entry.reserved += 1;
+        }
+    }
+
+    fn unreserve(&self, id: &SessionId) {
+        if let Some(entry) = self.state().sessions.get_mut(id) {
+            entry.reserved = entry.reserved.saturating_sub(1);
+        }
     }
 
     /// Stops taking new sessions and joins.
@@ -368,8 +399,9 @@ impl SessionManager {
         let empty: Vec<SessionHandle> =
             self.state().sessions.values().filter(|e| e.info.player_count == 0).map(|e| e.handle.clone()).collect();
         for handle in empty {
-            // A full inbox means a busy session; it ends when it empties.
-            handle.end_soon(EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned());
+            tokio::spawn(
+                async move { handle.end_now(EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned()).await },
+            );
         }
     }
 
@@ -438,5 +470,17 @@ impl SessionManager {
         state.revision += 1;
         // No watcher is fine.
         let _ = self.inner.events.send(Arc::new(WatchEvent { revision: state.revision, kind, session, before }));
+    }
+}
+
+/// A seat reserved by join-or-create; released on drop.
+struct Reservation<'a> {
+    manager: &'a SessionManager,
+    id: &'a SessionId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.manager.unreserve(self.id);
     }
 }

@@ -2,6 +2,7 @@
 //! policy and the idle timeout, observed directly on the players' queues.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -313,4 +314,77 @@ async fn a_half_close_is_a_leave_only_if_the_response_stream_takes_its_end() {
         drain(&mut watcher).iter().map(seen).collect::<Vec<_>>(),
         [Seen::Presence(PresenceKind::Disconnected, "vanished".into())]
     );
+}
+
+/// Catches a half-closed player who never reads again holding its seat
+/// forever: after the grace period it is a disconnect and the seat is free.
+#[tokio::test(start_paused = true)]
+async fn a_half_closed_player_that_stops_reading_is_freed_after_the_grace_period() {
+    let manager = manager(16);
+    let session = create(&manager);
+    let (_watcher_in, mut watcher) = join(&manager, &session, "watcher").await;
+    let (silent_in, _silent_never_read) = join(&manager, &session, "silent").await;
+    settle().await;
+    drain(&mut watcher);
+    drop(silent_in);
+    tokio::time::sleep(GRACE - Duration::from_millis(10)).await;
+    assert!(drain(&mut watcher).is_empty(), "freed before the grace period");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        drain(&mut watcher).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Presence(PresenceKind::Disconnected, "silent".into())]
+    );
+}
+
+/// Catches a burst of join-or-create joins that all pick the same session
+/// and fail as "full" instead of spreading over new sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_join_or_create_spreads_over_sessions() {
+    let manager = manager(64);
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let joins: Vec<_> = (0..64)
+        .map(|i| {
+            let (manager, barrier) = (manager.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let (_tx, rx) = mpsc::unbounded_channel::<Result<Input, InboundError>>();
+                let player = NewPlayer { id: format!("p{i}"), display_name: String::new(), metadata: BTreeMap::new() };
+                barrier.wait().await;
+                let inbound = Box::pin(UnboundedReceiverStream::new(rx));
+                manager.join(JoinTarget::Mode("relay".into()), player, inbound).await.map(|j| (j, _tx))
+            })
+        })
+        .collect();
+    let mut joined = Vec::new();
+    for join in joins {
+        joined.push(join.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("join failed: {e}")));
+    }
+    assert_eq!(joined.len(), 64);
+    let (sessions, _) = manager.list(&SessionFilter::default(), None, 100);
+    assert_eq!(sessions.iter().map(|s| s.player_count).sum::<u32>(), 64);
+    assert!(sessions.iter().all(|s| s.player_count <= s.max_players));
+}
+
+/// Catches a session whose actor panicked staying in the registry, where it
+/// would count against the session limit, stall shutdown and break
+/// join-or-create for its mode.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_actor_leaves_the_registry() {
+    let manager = manager(16);
+    let session = create(&manager);
+    let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    // The actor polls a player's stream itself: a bug there panics the actor.
+    let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Input, InboundError>>> {
+        panic!("a bug in session logic")
+    }));
+    // The panic happens in the actor's task, after the join is answered.
+    let _ = manager.join(JoinTarget::Session(session.to_string()), player, inbound).await;
+    settle().await;
+    assert!(manager.get(&session).is_err());
+    assert!(manager.is_empty());
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Input, InboundError>>();
+    let player = NewPlayer { id: "q".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let joined =
+        manager.join(JoinTarget::Mode("relay".into()), player, Box::pin(UnboundedReceiverStream::new(rx))).await;
+    assert!(joined.is_ok(), "join-or-create still works: {:?}", joined.err());
+    drop(tx);
 }
