@@ -209,6 +209,11 @@ impl Actor {
 
     fn join(&mut self, request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, super::handle::JoinRejected>>) {
         let session_id = self.info.id.clone();
+        // A join that was queued when the drain began.
+        if self.manager.is_draining() {
+            let _ = reply.send(Err((Error::Draining, Some(request))));
+            return;
+        }
         if self.players.len() >= self.info.max_players as usize {
             let _ = reply.send(Err((Error::SessionFull(session_id.to_string()), Some(request))));
             return;
