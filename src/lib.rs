@@ -101,8 +101,10 @@ pub async fn run(
     let player_api =
         PlayerServiceServer::new(api::PlayerApi::new(manager.clone(), limits.clone(), config.join_timeout))
             .max_decoding_message_size(decode_limit);
+    // CreateSession carries up to 64 KiB of config whatever the payload limit.
+    let backend_decode_limit = decode_limit.max(api::convert::MAX_CONFIG_LEN + 16 * 1024);
     let session_api = SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits))
-        .max_decoding_message_size(decode_limit);
+        .max_decoding_message_size(backend_decode_limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let services = [

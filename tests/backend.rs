@@ -386,3 +386,17 @@ async fn backend_api_can_have_its_own_address() {
     assert_status(on_player_port.list_sessions(pb::ListSessionsRequest::default()).await, Code::Unimplemented, "");
     server.shutdown().await;
 }
+
+/// Catches a small payload limit that also shrinks what CreateSession may
+/// carry: its 64 KiB of config stay allowed.
+#[tokio::test]
+async fn a_full_size_config_fits_whatever_the_payload_limit() {
+    let mut config = common::config();
+    config.max_payload_bytes = 1024;
+    let server = TestServer::start_with(config).await;
+    let mut request = create("relay", &[]);
+    request.config = vec![7; 64 * 1024].into();
+    let created = server.sessions().await.create_session(request).await;
+    assert!(created.is_ok(), "{created:?}");
+    server.shutdown().await;
+}
