@@ -23,10 +23,29 @@ fn index(payload: &[u8]) -> usize {
     u64::from_be_bytes(payload[..8].try_into().expect("8 bytes")) as usize
 }
 
-/// A player whose client advertises a 1 KiB HTTP/2 window: once it stops
-/// reading, the server's queue for it fills after a few messages.
-async fn stalled(server: &TestServer, session: &str) -> Player {
-    Player::try_join(server.addr, join_session(session, "stalled"), Connect { window: Some(1024) }).await.expect("join")
+/// A session of three: a sender, a reader that reads, and a stalled player
+/// whose client advertises a 1 KiB HTTP/2 window, so that once it stops
+/// reading the server's queue for it fills after a few messages.
+struct Trio {
+    server: TestServer,
+    sender: Player,
+    reader: Player,
+    stalled: Player,
+}
+
+async fn trio(outbound_queue: usize, slow_player_grace: Duration) -> Trio {
+    let mut config = common::config();
+    config.outbound_queue = outbound_queue;
+    config.slow_player_grace = slow_player_grace;
+    let server = TestServer::start_with(config).await;
+    let session = server.create_session(3).await;
+    let sender = Player::join_as(server.addr, &session, "sender").await;
+    let mut reader = Player::join_as(server.addr, &session, "reader").await;
+    let stalled = Player::try_join(server.addr, join_session(&session, "stalled"), Connect { window: Some(1024) })
+        .await
+        .expect("join");
+    reader.next_presence().await;
+    Trio { server, sender, reader, stalled }
 }
 
 /// Catches a stalled player that slows the others, droppable data lost
@@ -36,15 +55,7 @@ async fn stalled(server: &TestServer, session: &str) -> Player {
 /// add up to exactly 300.
 #[tokio::test]
 async fn a_stalled_player_loses_only_droppable_data_and_is_told() {
-    let mut config = common::config();
-    config.outbound_queue = 32;
-    config.slow_player_grace = Duration::from_secs(3);
-    let server = TestServer::start_with(config).await;
-    let session = server.create_session(3).await;
-    let sender = Player::join_as(server.addr, &session, "sender").await;
-    let mut reader = Player::join_as(server.addr, &session, "reader").await;
-    let mut stalled = stalled(&server, &session).await;
-    reader.next_presence().await;
+    let Trio { server, sender, mut reader, mut stalled } = trio(32, Duration::from_secs(3)).await;
 
     // Bursts of 10, each read by the reader before the next: the reader is
     // never behind (its queue stays under half of 32), the stalled player
@@ -91,15 +102,7 @@ async fn a_stalled_player_loses_only_droppable_data_and_is_told() {
 /// removed and miss nothing.
 #[tokio::test]
 async fn a_player_behind_past_the_grace_period_is_disconnected() {
-    let mut config = common::config();
-    config.outbound_queue = 16;
-    config.slow_player_grace = Duration::from_millis(300);
-    let server = TestServer::start_with(config).await;
-    let session = server.create_session(3).await;
-    let sender = Player::join_as(server.addr, &session, "sender").await;
-    let mut reader = Player::join_as(server.addr, &session, "reader").await;
-    let mut stalled = stalled(&server, &session).await;
-    reader.next_presence().await;
+    let Trio { server, sender, mut reader, mut stalled } = trio(16, Duration::from_millis(300)).await;
 
     // Droppable positions for well over the grace period: they never
     // overflow the queue, so only the grace period can end the stream.
