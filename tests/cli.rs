@@ -160,3 +160,39 @@ async fn play_relays_stdin_and_prints_arrivals() {
     assert!(status.success(), "{status:?}");
     server.shutdown().await;
 }
+
+/// Catches a bench that miscounts: a small relay workload against a healthy
+/// server must report every expected delivery, none lost, duplicated or out
+/// of order, and a latency distribution.
+#[tokio::test]
+async fn bench_counts_every_delivery() {
+    let server = TestServer::start().await;
+    let args = [
+        "--json",
+        "bench",
+        "--sessions",
+        "2",
+        "--players",
+        "3",
+        "--rate",
+        "50",
+        "--warmup",
+        "200ms",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+    ];
+    let report = json(&ok(&server, &args).await);
+    // 2 sessions x 3 players x 50 Hz x 1 s = 300 sends, each to 2 players.
+    let expected = report["expected_deliveries"].as_u64().expect("expected");
+    assert!((540..=660).contains(&expected), "{report}");
+    assert_eq!(report["delivered"].as_u64(), Some(expected), "{report}");
+    assert_eq!((report["lost"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert_eq!(report["order_violations"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["offered_deliveries_per_second"].as_f64(), Some(600.0));
+    let latency = &report["latency_ms"];
+    let (p50, max) = (latency["p50"].as_f64().expect("p50"), latency["max"].as_f64().expect("max"));
+    assert!(p50 > 0.0 && p50 <= max, "{report}");
+    server.shutdown().await;
+}

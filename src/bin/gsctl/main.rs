@@ -5,6 +5,7 @@
 //! (`play`). Output is a readable table by default, and JSON (the canonical
 //! proto3 mapping, one object per line for streams) with `--json`.
 
+mod bench;
 mod render;
 
 use std::collections::HashMap;
@@ -92,6 +93,8 @@ enum Command {
     },
     /// Follow sessions live: the current ones, then every change (SessionService.WatchSessions).
     Watch(Filter),
+    /// Run the relay workload and report latency, loss and server cost.
+    Bench(bench::Bench),
     /// Check grpc.health.v1; exits 0 only when SERVING.
     Health {
         /// The health service name: "" for overall readiness, "liveness", or a gRPC service.
@@ -221,6 +224,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 out.watch(&message)?;
             }
         }
+        Command::Bench(workload) => return bench::run(&cli.addr, workload, cli.json).await.map(|()| ExitCode::SUCCESS),
         Command::Health { service } => {
             let response =
                 HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service }).await?.into_inner();
