@@ -167,23 +167,17 @@ async fn play_relays_stdin_and_prints_arrivals() {
 #[tokio::test]
 async fn bench_counts_every_delivery() {
     let server = TestServer::start().await;
-    let args = [
-        "--json",
-        "bench",
-        "--sessions",
-        "2",
-        "--players",
-        "3",
-        "--rate",
-        "50",
-        "--warmup",
-        "200ms",
-        "--duration",
-        "1s",
-        "--connections",
-        "2",
-    ];
+    let marks = std::env::temp_dir().join(format!("gsctl-bench-{}", std::process::id()));
+    let start_cmd = format!("echo start >> {}", marks.display());
+    let end_cmd = format!("echo end >> {}", marks.display());
+    let workload = "--sessions 2 --players 3 --rate 50 --warmup 200ms --duration 1s --connections 2";
+    let mut args = vec!["--json", "bench"];
+    args.extend(workload.split(' '));
+    args.extend(["--window-start-cmd", &start_cmd, "--window-end-cmd", &end_cmd]);
     let report = json(&ok(&server, &args).await);
+    let hooks = std::fs::read_to_string(&marks).expect("the window hooks ran");
+    let _ = std::fs::remove_file(&marks);
+    assert_eq!(hooks, "start\nend\n", "the hooks run once each, in order");
     // 2 sessions x 3 players x 50 Hz x 1 s = 300 sends, each to 2 players.
     let expected = report["expected_deliveries"].as_u64().expect("expected");
     assert!((540..=660).contains(&expected), "{report}");

@@ -59,6 +59,13 @@ pub struct Bench {
     /// window are reported, from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A shell command run as the window opens, e.g. `callgrind_control -z PID`
+    /// to count the server's instructions in the window only.
+    #[arg(long)]
+    window_start_cmd: Option<String>,
+    /// A shell command run as the window closes, e.g. `callgrind_control -d PID`.
+    #[arg(long)]
+    window_end_cmd: Option<String>,
 }
 
 /// The header at the start of every payload.
@@ -145,6 +152,7 @@ pub async fn run(addr: &str, bench: Bench, json_output: bool) -> Result<(), supe
 
     // The window, with the server's CPU and peak RSS.
     tokio::time::sleep_until(window_start).await;
+    run_hook(bench.window_start_cmd.as_deref()).await?;
     let server_before = bench.server_pid.and_then(process_cpu_time);
     let client_before = own_cpu_time();
     let mut peak_rss = 0;
@@ -157,6 +165,7 @@ pub async fn run(addr: &str, bench: Bench, json_output: bool) -> Result<(), supe
     let server_cpu =
         bench.server_pid.and_then(process_cpu_time).zip(server_before).map(|(after, before)| after - before);
     let client_cpu = own_cpu_time() - client_before;
+    run_hook(bench.window_end_cmd.as_deref()).await?;
 
     // The last sends and deliveries, then leave.
     let mut open_streams = Vec::new();
@@ -374,6 +383,16 @@ fn header(mut payload: Bytes) -> Option<(u64, u32, u32)> {
         return None;
     }
     Some((payload.get_u64_le(), payload.get_u32_le(), payload.get_u32_le()))
+}
+
+/// Runs `cmd` with `sh -c`, if given.
+async fn run_hook(cmd: Option<&str>) -> Result<(), super::Failure> {
+    let Some(cmd) = cmd else { return Ok(()) };
+    let status = tokio::process::Command::new("sh").arg("-c").arg(cmd).status().await?;
+    if !status.success() {
+        return Err(format!("`{cmd}` failed: {status}").into());
+    }
+    Ok(())
 }
 
 /// This process's CPU time (user + system).
