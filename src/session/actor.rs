@@ -198,8 +198,7 @@ impl Actor {
             }
             Command::Info { reply } => {
                 let mut info = self.info.clone();
-                info.players = self.players.values().map(|p| p.info.clone()).collect();
-                info.players.sort_by(|a, b| a.id.cmp(&b.id));
+                info.players = self.roster();
                 let _ = reply.send(info);
             }
             Command::End { reason, message, reply } => return Some((reason, message, reply)),
@@ -242,8 +241,7 @@ impl Actor {
         self.fan_out(&event, &[], None, false, sequence);
 
         let (out, outbound) = outbound::channel();
-        let mut players: Vec<_> = self.players.values().map(|p| p.info.clone()).collect();
-        players.sort_by(|a, b| a.id.cmp(&b.id));
+        let players = self.roster();
         let welcome = Welcome {
             session_id: session_id.clone(),
             mode: self.info.mode.clone(),
@@ -269,6 +267,13 @@ impl Actor {
         if reply.send(Ok(joined)).is_err() {
             self.departures.push((id, Departure::Disconnected("the client went away while joining".into())));
         }
+    }
+
+    /// The players holding a seat, by id.
+    fn roster(&self) -> Vec<Arc<PlayerInfo>> {
+        let mut players: Vec<_> = self.players.values().map(|p| p.info.clone()).collect();
+        players.sort_by(|a, b| a.id.cmp(&b.id));
+        players
     }
 
     fn on_input(&mut self, id: PlayerId, slot: u64, item: Option<Result<Input, InboundError>>) {
@@ -574,9 +579,8 @@ impl Policy {
 #[derive(Debug)]
 enum Outcome {
     Queued,
-    /// Dropped (droppable, player behind) and counted.
-    Dropped,
-    /// Queued, and the player is behind.
+    /// The player is behind: the delivery was queued, or (droppable) dropped
+    /// and counted.
     Behind,
     /// The player must go.
     Depart(Departure),
@@ -605,7 +609,7 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
             player.dropped += 1;
             player.last_dropped = sequence;
         }
-        return Outcome::Dropped;
+        return Outcome::Behind;
     }
     if len >= policy.capacity {
         return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
@@ -624,7 +628,7 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
 fn record(id: &PlayerId, outcome: Outcome, departures: &mut Vec<(PlayerId, Departure)>) -> bool {
     match outcome {
         Outcome::Queued => false,
-        Outcome::Behind | Outcome::Dropped => true,
+        Outcome::Behind => true,
         Outcome::Depart(departure) => {
             departures.push((id.clone(), departure));
             false
