@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::{Player, TestServer, WAIT};
-use game_session::pb::PresenceKind;
+use game_session::pb::{ListSessionsRequest, PresenceKind};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -163,30 +163,108 @@ async fn play_relays_stdin_and_prints_arrivals() {
 
 /// Catches a bench that miscounts: a small relay workload against a healthy
 /// server must report every expected delivery, none lost, duplicated or out
-/// of order, and a latency distribution.
+/// of order, and a latency distribution; the window hooks run once each.
 #[tokio::test]
-async fn bench_counts_every_delivery() {
+async fn bench_relay_counts_every_delivery() {
     let server = TestServer::start().await;
     let marks = std::env::temp_dir().join(format!("gsctl-bench-{}", std::process::id()));
     let start_cmd = format!("echo start >> {}", marks.display());
     let end_cmd = format!("echo end >> {}", marks.display());
-    let workload = "--sessions 2 --players 3 --rate 50 --warmup 200ms --duration 1s --connections 2";
-    let mut args = vec!["--json", "bench"];
-    args.extend(workload.split(' '));
+    let mut args = vec!["--json", "bench", "relay"];
+    args.extend(RELAY_WORKLOAD.split(' '));
     args.extend(["--window-start-cmd", &start_cmd, "--window-end-cmd", &end_cmd]);
     let report = json(&ok(&server, &args).await);
     let hooks = std::fs::read_to_string(&marks).expect("the window hooks ran");
     let _ = std::fs::remove_file(&marks);
     assert_eq!(hooks, "start\nend\n", "the hooks run once each, in order");
-    // 2 sessions x 3 players x 50 Hz x 1 s = 300 sends, each to 2 players.
-    let expected = report["expected_deliveries"].as_u64().expect("expected");
-    assert!((540..=660).contains(&expected), "{report}");
-    assert_eq!(report["delivered"].as_u64(), Some(expected), "{report}");
-    assert_eq!((report["lost"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(0)), "{report}");
-    assert_eq!(report["order_violations"].as_u64(), Some(0), "{report}");
-    assert_eq!(report["offered_deliveries_per_second"].as_f64(), Some(600.0));
-    let latency = &report["latency_ms"];
-    let (p50, max) = (latency["p50"].as_f64().expect("p50"), latency["max"].as_f64().expect("max"));
-    assert!(p50 > 0.0 && p50 <= max, "{report}");
+    assert_eq!(report["workload"]["sessions"], 2, "{report}");
+    assert_all_delivered(&report["servers"]["server"]);
+    // Without a pid, the server's cost is not measured (null, not zero).
+    assert_eq!(report["servers"]["server"]["server_cpu_seconds"], Value::Null, "{report}");
+    assert_eq!(report["servers"].as_object().map(|s| s.len()), Some(1), "{report}");
+    server.shutdown().await;
+}
+
+/// A small relay workload: 2 sessions x 3 players x 50 Hz x 1 s = 300
+/// sends, each to 2 players.
+const RELAY_WORKLOAD: &str = "--sessions 2 --players 3 --rate 50 --warmup 200ms --duration 1s --connections 2";
+
+fn assert_all_delivered(figures: &Value) {
+    let expected = figures["expected_deliveries"].as_f64().expect("expected");
+    assert!((540.0..=660.0).contains(&expected), "{figures}");
+    assert_eq!(figures["delivered"].as_f64(), Some(expected), "{figures}");
+    assert_eq!((figures["lost"].as_f64(), figures["duplicates"].as_f64()), (Some(0.0), Some(0.0)), "{figures}");
+    assert_eq!(figures["order_violations"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["offered_deliveries_per_second"].as_f64(), Some(600.0));
+    let (p50, max) =
+        (figures["latency_p50_ms"].as_f64().expect("p50"), figures["latency_max_ms"].as_f64().expect("max"));
+    assert!(p50 > 0.0 && p50 <= max, "{figures}");
+}
+
+/// Catches a comparison that does not run both servers on the same
+/// workload: `--compare` starts game-session and the baseline (the binaries
+/// beside gsctl), measures each with its pid, and reports the ratio.
+#[tokio::test]
+async fn bench_compare_runs_game_session_and_the_baseline() {
+    let mut args = vec!["--json", "bench", "relay", "--compare"];
+    args.extend(RELAY_WORKLOAD.split(' '));
+    let output = tokio::time::timeout(WAIT * 3, Command::new(env!("CARGO_BIN_EXE_gsctl")).args(&args).output())
+        .await
+        .expect("in time")
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = json(&String::from_utf8_lossy(&output.stdout));
+    for name in ["game-session", "baseline"] {
+        let figures = &report["servers"][name];
+        assert_all_delivered(figures);
+        assert!(figures["server_cpu_seconds"].as_f64().is_some_and(|s| s > 0.0), "{name}: {figures}");
+        assert!(figures["server_peak_rss_mib"].as_f64().is_some_and(|m| m > 1.0), "{name}: {figures}");
+    }
+    assert_eq!(report["ratio"]["offered_deliveries_per_second"].as_f64(), Some(1.0), "{report}");
+    let delivered = report["servers"]["game-session"]["delivered"].as_f64().expect("delivered")
+        / report["servers"]["baseline"]["delivered"].as_f64().expect("delivered");
+    assert_eq!(report["ratio"]["delivered"].as_f64(), Some(delivered), "{report}");
+}
+
+/// Catches a connections scenario that loses players or pings: every
+/// player joins (the warm-up's too), every ping is answered, and every
+/// stream ends cleanly.
+#[tokio::test]
+async fn bench_connections_joins_and_pings_every_player() {
+    let server = TestServer::start().await;
+    let args = "--json bench connections --players 40 --connections 2 --ping-interval 100ms --hold 300ms \
+                --settle 50ms --warmup-sessions 1";
+    let report = json(&ok(&server, &args.split_whitespace().collect::<Vec<_>>()).await);
+    let figures = &report["servers"]["server"];
+    let pings = figures["pings_sent"].as_f64().expect("pings");
+    // 48 players, each pinging first within 2 intervals of its join, then
+    // every interval: at least twice in the 350 ms of settle and hold.
+    assert!(pings >= 48.0 * 2.0, "{figures}");
+    assert_eq!(figures["pongs_received"].as_f64(), Some(pings), "{figures}");
+    assert_eq!(figures["stream_errors"].as_f64(), Some(0.0), "{figures}");
+    assert!(figures["joins_per_second"].as_f64().is_some_and(|j| j > 0.0), "{figures}");
+    let sessions =
+        server.sessions().await.list_sessions(ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(sessions.sessions.len(), 0, "the scenario ends its sessions");
+    server.shutdown().await;
+}
+
+/// Catches churn that leaks: every player joins and leaves cleanly, no
+/// player is left in the registry, and the ended pool leaves no session.
+#[tokio::test]
+async fn bench_churn_leaves_the_registry_empty() {
+    let server = TestServer::start().await;
+    let args = "--json bench churn --rate 50 --duration 1s --lifetime 200ms --connections 2";
+    let report = json(&ok(&server, &args.split_whitespace().collect::<Vec<_>>()).await);
+    let figures = &report["servers"]["server"];
+    assert_eq!((figures["joins"].as_f64(), figures["leaves"].as_f64()), (Some(50.0), Some(50.0)), "{figures}");
+    assert_eq!(figures["failures"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["players_left_in_pool"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["sessions_left_after_end"].as_f64(), Some(0.0), "{figures}");
+    // 50 joins/s x 0.2 s = 10 players at once, in 8-seat sessions, twice over.
+    assert_eq!(figures["pool_sessions"].as_f64(), Some(3.0), "{figures}");
+    let sessions =
+        server.sessions().await.list_sessions(ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(sessions.sessions.len(), 0);
     server.shutdown().await;
 }

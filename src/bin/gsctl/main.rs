@@ -93,7 +93,7 @@ enum Command {
     },
     /// Follow sessions live: the current ones, then every change (SessionService.WatchSessions).
     Watch(Filter),
-    /// Run the relay workload and report latency, loss and server cost.
+    /// Load scenarios (relay, connections, churn) and what they cost the server.
     Bench(bench::Bench),
     /// Check grpc.health.v1; exits 0 only when SERVING.
     Health {
@@ -169,6 +169,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Bench(bench) = cli.command {
+        // It opens its own connections, possibly to servers it starts.
+        return bench::run(&cli.addr, bench, cli.json).await.map(|()| ExitCode::SUCCESS);
+    }
     let channel = connect(&cli).await?;
     let out = render::Output { json: cli.json };
     let mut sessions = SessionServiceClient::new(channel.clone());
@@ -224,7 +228,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 out.watch(&message)?;
             }
         }
-        Command::Bench(workload) => return bench::run(&cli.addr, workload, cli.json).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Health { service } => {
             let response =
                 HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service }).await?.into_inner();

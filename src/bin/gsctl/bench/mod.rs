@@ -1,0 +1,374 @@
+//! `gsctl bench`: load scenarios and what they cost the server.
+//!
+//! - `relay`: S sessions × P players relaying at R Hz; latency, loss and the
+//!   server's CPU per delivery. `--find-max` raises R to the highest rate
+//!   that holds a p99 bound.
+//! - `connections`: N idle players, joined and pinging; connect time and the
+//!   server's memory per stream.
+//! - `churn`: players joining and leaving at a fixed rate; the registry
+//!   empties and the server's memory does not grow.
+//!
+//! A scenario runs against `--addr` (with `--server-pid` for the server's CPU
+//! and memory), against a game-session it starts itself (`--spawn`), or
+//! against game-session and then the baseline, a bare tonic relay with the
+//! same proto shape (`--compare`); the table then shows both and their ratio.
+
+mod churn;
+mod connections;
+mod relay;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+
+use super::Failure;
+
+/// `gsctl bench`'s scenario and the server it runs against.
+#[derive(Debug, Args)]
+pub struct Bench {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S sessions x P players relaying at R Hz: latency, loss and server cost.
+    Relay(relay::Relay),
+    /// N idle players, joined and pinging: connect time and server memory per stream.
+    Connections(connections::Connections),
+    /// Players joining and leaving at a fixed rate: the registry empties and memory stays flat.
+    Churn(churn::Churn),
+}
+
+/// Which server a scenario runs against.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The pid of the server at --addr, if it runs on this machine: its CPU
+    /// time and memory are then read from /proc.
+    #[arg(long, conflicts_with_all = ["spawn", "compare"])]
+    server_pid: Option<u32>,
+    /// Start game-session (--server-bin) on a free local port with its
+    /// defaults, run against it, and stop it afterwards.
+    #[arg(long)]
+    spawn: bool,
+    /// Run against game-session and then the baseline (--baseline-bin), both
+    /// started here one after the other, and report them side by side with
+    /// their ratio.
+    #[arg(long)]
+    compare: bool,
+    /// The game-session binary for --spawn and --compare. Default: the one
+    /// beside gsctl.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The baseline binary for --compare. Default: examples/bare_relay beside
+    /// gsctl (`cargo build --release --examples`).
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+}
+
+/// A server a scenario runs against.
+pub struct Server {
+    /// "game-session", "baseline", or "server" (the one at --addr).
+    name: &'static str,
+    addr: String,
+    /// Its pid, when its CPU and memory can be read from /proc.
+    pid: Option<u32>,
+}
+
+impl Server {
+    /// Opens `count` HTTP/2 connections to the server, at most 64 at a time.
+    async fn connect(&self, count: usize) -> Result<Vec<Channel>, Failure> {
+        use futures_util::{StreamExt, stream};
+        let endpoint = Endpoint::from_shared(self.addr.clone())?.tcp_nodelay(true);
+        // `connect` (not `connect_lazy`) opens one connection per channel.
+        let connects = (0..count.max(1)).map(|_| endpoint.connect());
+        let channels: Result<Vec<Channel>, _> =
+            stream::iter(connects).buffered(64).collect::<Vec<_>>().await.into_iter().collect();
+        Ok(channels.map_err(|e| format!("cannot connect to {}: {e}", self.addr))?)
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        self.pid.and_then(process_cpu_time)
+    }
+
+    fn rss(&self) -> Option<u64> {
+        self.pid.and_then(process_rss)
+    }
+}
+
+/// What a scenario measured on one server.
+#[derive(Default)]
+pub struct Measured {
+    metrics: Vec<Metric>,
+    /// Lines printed under the table (per server).
+    notes: Vec<String>,
+    /// Extra JSON, e.g. the steps of `--find-max`.
+    details: Map<String, Value>,
+}
+
+impl Measured {
+    /// Adds a figure; `None` when it could not be measured (e.g. no pid).
+    fn add(&mut self, key: impl Into<String>, label: impl Into<String>, value: Option<f64>, decimals: usize) {
+        self.metrics.push(Metric { key: key.into(), label: label.into(), value, decimals });
+    }
+}
+
+/// One figure of a report.
+pub struct Metric {
+    /// Its JSON key, e.g. `latency_p99_ms`.
+    key: String,
+    /// Its table label.
+    label: String,
+    value: Option<f64>,
+    /// Decimals shown in the table.
+    decimals: usize,
+}
+
+/// A load scenario.
+trait Run {
+    /// What the scenario runs, for the report.
+    fn workload(&self) -> Value;
+    /// One line saying the same for the table.
+    fn describe(&self) -> String;
+    /// Runs the scenario against `server`.
+    async fn run(&self, server: &Server) -> Result<Measured, Failure>;
+}
+
+/// Runs the scenario against the target, then prints the report.
+pub async fn run(addr: &str, bench: Bench, json_output: bool) -> Result<(), Failure> {
+    raise_open_files_limit();
+    match bench.scenario {
+        Scenario::Relay(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
+        Scenario::Connections(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
+        Scenario::Churn(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
+    }
+}
+
+async fn execute(scenario: &impl Run, addr: &str, target: &Target, json_output: bool) -> Result<(), Failure> {
+    let mut results = Vec::new();
+    if target.spawn || target.compare {
+        let bin = target.server_bin.clone().map_or_else(|| beside_gsctl("game-session"), Ok)?;
+        results.push(("game-session", on_spawned(scenario, Spawn::GameSession, &bin).await?));
+        if target.compare {
+            let bin = target.baseline_bin.clone().map_or_else(|| beside_gsctl("examples/bare_relay"), Ok)?;
+            results.push(("baseline", on_spawned(scenario, Spawn::Baseline, &bin).await?));
+        }
+    } else {
+        let server = Server { name: "server", addr: addr.to_owned(), pid: target.server_pid };
+        results.push((server.name, scenario.run(&server).await?));
+    }
+    let report = report(scenario, &results);
+    if json_output {
+        println!("{report}");
+    } else {
+        print_table(&scenario.describe(), &results);
+    }
+    Ok(())
+}
+
+/// The JSON report: the workload, each server's figures, and their ratio.
+fn report(scenario: &impl Run, results: &[(&str, Measured)]) -> Value {
+    let mut servers = Map::new();
+    for (name, measured) in results {
+        let mut figures: Map<String, Value> =
+            measured.metrics.iter().map(|m| (m.key.clone(), m.value.map_or(Value::Null, |v| json!(v)))).collect();
+        figures.insert("notes".into(), json!(measured.notes));
+        figures.extend(measured.details.clone());
+        servers.insert((*name).into(), Value::Object(figures));
+    }
+    let mut report = json!({ "workload": scenario.workload(), "servers": servers });
+    if let [(_, ours), (_, baseline)] = results {
+        let ratios: Map<String, Value> = ours
+            .metrics
+            .iter()
+            .map(|m| (m.key.clone(), ratio(m, baseline).map_or(Value::Null, |r| json!(r))))
+            .collect();
+        report["ratio"] = Value::Object(ratios);
+    }
+    report
+}
+
+/// `ours / baseline` for one figure, when both exist and the baseline's is
+/// not zero.
+fn ratio(ours: &Metric, baseline: &Measured) -> Option<f64> {
+    let theirs = baseline.metrics.iter().find(|m| m.key == ours.key)?.value?;
+    (theirs != 0.0).then_some(ours.value? / theirs)
+}
+
+fn print_table(describe: &str, results: &[(&str, Measured)]) {
+    println!("{describe}");
+    let Some((_, first)) = results.first() else { return };
+    let width = first.metrics.iter().map(|m| m.label.len()).max().unwrap_or(0);
+    let mut header = format!("{:width$}", "");
+    for (name, _) in results {
+        header.push_str(&format!("  {name:>14}"));
+    }
+    if results.len() == 2 {
+        header.push_str(&format!("  {:>8}", "ratio"));
+    }
+    println!("{header}");
+    for metric in &first.metrics {
+        let mut line = format!("{:width$}", metric.label);
+        for (_, measured) in results {
+            let value = measured.metrics.iter().find(|m| m.key == metric.key).and_then(|m| m.value);
+            let shown = value.map_or_else(|| "-".to_owned(), |v| format!("{v:.*}", metric.decimals));
+            line.push_str(&format!("  {shown:>14}"));
+        }
+        if let [_, (_, baseline)] = results {
+            let shown = ratio(metric, baseline).map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+            line.push_str(&format!("  {shown:>8}"));
+        }
+        println!("{line}");
+    }
+    for (name, measured) in results {
+        for note in &measured.notes {
+            println!("{name}: {note}");
+        }
+    }
+}
+
+/// The servers `--spawn` and `--compare` start.
+#[derive(Clone, Copy)]
+enum Spawn {
+    GameSession,
+    Baseline,
+}
+
+/// Starts the server, runs the scenario against it, and stops it.
+async fn on_spawned(scenario: &impl Run, kind: Spawn, bin: &Path) -> Result<Measured, Failure> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = Command::new(bin);
+    command.arg("--listen").arg(&listen).kill_on_drop(true).stdout(std::process::Stdio::null());
+    let name = match kind {
+        Spawn::GameSession => {
+            // Its defaults, with quiet logs and a short drain at the end.
+            command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
+            "game-session"
+        }
+        Spawn::Baseline => "baseline",
+    };
+    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let server = Server { name, addr: format!("http://{listen}"), pid: child.id() };
+    wait_until_serving(&server, &mut child).await?;
+    let measured = scenario.run(&server).await;
+    stop(&mut child).await?;
+    measured
+}
+
+/// Waits until the server accepts an HTTP/2 connection (at most 30 s).
+async fn wait_until_serving(server: &Server, child: &mut Child) -> Result<(), Failure> {
+    let endpoint = Endpoint::from_shared(server.addr.clone())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if endpoint.connect().await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("{} exited before serving: {status}", server.name).into());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{} is not serving at {} after 30 s", server.name, server.addr).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops a spawned server with SIGINT (both servers drain on it), and kills
+/// it if it has not exited after 30 s.
+async fn stop(child: &mut Child) -> Result<(), Failure> {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill only sends a signal to our own child process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(status) => {
+            status?;
+        }
+        Err(_) => child.kill().await?,
+    }
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> Result<u16, Failure> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A binary in gsctl's own directory (e.g. `target/release`).
+fn beside_gsctl(name: &str) -> Result<PathBuf, Failure> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().ok_or("gsctl has no directory")?.join(name);
+    if !path.exists() {
+        return Err(format!(
+            "{} not found: build it (`cargo build --release --bins --examples`) or pass its path",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+/// Raises this process's open-files limit to its hard limit, for scenarios
+/// with a connection per player; servers started here inherit it.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// This process's CPU time (user + system).
+fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Another process's CPU time (user + system), from /proc/<pid>/stat.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses), utime and stime are the 12th
+    // and 13th fields, in clock ticks.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// Another process's resident memory in bytes, from /proc/<pid>/status.
+fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes as MiB, for the table.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
