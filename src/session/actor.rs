@@ -479,9 +479,11 @@ impl Actor {
             Departure::Removed(err) => warn!(session.sequence = sequence, reason = %err, "player removed"),
         }
         let event = SharedEvent::new(Event::Presence { sequence, player: player.info.clone(), kind, detail });
-        drop(player);
         self.fan_out(&event, &[], None, false, sequence);
         self.players_changed();
+        // Only now does the player's stream end: a client that sees it end
+        // and then asks the registry finds itself gone.
+        drop(player);
         if self.players.is_empty() {
             self.idle_timer.as_mut().reset(Instant::now() + self.config.idle_timeout);
             self.idle_armed = true;

@@ -1,11 +1,15 @@
 //! Each player's outbound queue: the session actor pushes, the player's
 //! response stream pops.
 //!
-//! The queue is a tokio unbounded channel plus one shared atomic length,
-//! which the actor checks against the capacity before it pushes. That keeps
-//! the bound (and the drop policy, which needs the length) while taking no
-//! lock per delivery: tokio's *bounded* channel returns each permit through a
-//! mutex-guarded semaphore on every receive.
+//! The queue is a `VecDeque` behind a mutex, an [`AtomicWaker`] for the
+//! stream, and one shared atomic length, which the actor checks against the
+//! capacity before it pushes (the drop policy needs the length). There is
+//! one producer (the actor) and one consumer (the stream), so the mutex is
+//! uncontended but for the nanoseconds both touch it at once; the critical
+//! sections are a push or a pop. A tokio channel costs about three times as
+//! many instructions per item here (its block list, its waker and its
+//! cooperative budget), and its *bounded* flavour also takes a semaphore
+//! mutex on every receive. See BENCHMARKS.md, section 5.
 //!
 //! The policy itself lives in the actor (`actor.rs`, `deliver`):
 //! - below half capacity, everything is queued;
@@ -16,16 +20,18 @@
 //!   longer than the grace period, disconnects the player with
 //!   RESOURCE_EXHAUSTED.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::task::AtomicWaker;
+use tokio::sync::oneshot;
 
 use super::{PlayerInfo, SharedEvent};
 use crate::error::Error;
 
-/// One item of a player's outbound queue. Two words, so the channel's blocks
+/// One item of a player's outbound queue. Two words, so the queue's slots
 /// stay small.
 #[derive(Debug)]
 pub enum Delivery {
@@ -64,27 +70,61 @@ pub struct Welcome {
     pub sequence: u64,
 }
 
-/// The actor's end of a player's queue.
+/// What both ends share.
+#[derive(Debug, Default)]
+struct Shared {
+    items: Mutex<VecDeque<Delivery>>,
+    /// Items pushed and not yet popped, readable without the lock.
+    queued: AtomicUsize,
+    /// Woken on every push and when the actor's end is dropped.
+    waker: AtomicWaker,
+    /// The actor dropped its end: once empty, the stream ends.
+    tx_closed: AtomicBool,
+    /// The stream dropped its end: pushes fail.
+    rx_closed: AtomicBool,
+}
+
+impl Shared {
+    fn items(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        // A panic while holding the lock leaves a consistent queue (a push
+        // or a pop either happened or not), so a poisoned lock is still good.
+        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pop(&self) -> Option<Delivery> {
+        let mut items = self.items();
+        let item = items.pop_front();
+        // A queue that a burst grew gives the memory back once drained.
+        if items.is_empty() && items.capacity() > SHRINK_ABOVE {
+            items.shrink_to(SHRINK_TO);
+        }
+        item
+    }
+}
+
+/// A drained queue with room for more than this many items shrinks...
+const SHRINK_ABOVE: usize = 64;
+/// ...to room for this many (a queue starts with none, and grows as needed).
+const SHRINK_TO: usize = 16;
+
+/// The actor's end of a player's queue. Dropping it ends the stream once the
+/// queued items are taken.
 #[derive(Debug)]
 pub(super) struct OutboundTx {
-    tx: mpsc::UnboundedSender<Delivery>,
-    /// Items pushed and not yet popped; shared with the [`OutboundRx`].
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// The response stream's end of a player's queue. Dropping it (the client
 /// went away) makes the actor's next push fail, which disconnects the player.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// A new queue.
 pub(super) fn channel() -> (OutboundTx, OutboundRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    (OutboundTx { tx, queued: queued.clone() }, OutboundRx { rx, queued })
+    let shared = Arc::new(Shared::default());
+    (OutboundTx { shared: shared.clone() }, OutboundRx { shared })
 }
 
 /// The receiving side is gone.
@@ -94,24 +134,71 @@ pub(super) struct Closed;
 impl OutboundTx {
     /// Items queued and not yet taken by the player's stream.
     pub(super) fn len(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Queues an item; the caller has applied the capacity policy.
     pub(super) fn push(&self, delivery: Delivery) -> Result<(), Closed> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(delivery).map_err(|_| Closed)
+        {
+            let mut items = self.shared.items();
+            // Checked under the lock that the stream's drop takes: an item is
+            // either refused here or freed by that drop, never left behind.
+            if self.shared.rx_closed.load(Ordering::Relaxed) {
+                return Err(Closed);
+            }
+            // Counted before it is queued, so the count is never below the
+            // queue's length and the stream's decrement never precedes it.
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            items.push_back(delivery);
+        }
+        self.shared.waker.wake();
+        Ok(())
+    }
+}
+
+impl Drop for OutboundTx {
+    fn drop(&mut self) {
+        self.shared.tx_closed.store(true, Ordering::Release);
+        self.shared.waker.wake();
     }
 }
 
 impl OutboundRx {
-    /// The next item, or `None` once the actor dropped its end.
+    /// The next item, or `None` once the actor dropped its end and every
+    /// item was taken.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = polled {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(item) = self.take() {
+            return Poll::Ready(Some(item));
         }
-        polled
+        // Register, then look again: a push in between has either been seen
+        // now or will wake the registered waker.
+        self.shared.waker.register(cx.waker());
+        if let Some(item) = self.take() {
+            return Poll::Ready(Some(item));
+        }
+        if self.shared.tx_closed.load(Ordering::Acquire) {
+            // The actor's last push happened before it dropped its end.
+            return Poll::Ready(self.take());
+        }
+        Poll::Pending
+    }
+
+    fn take(&self) -> Option<Delivery> {
+        // Nothing counted is nothing queued (a push counts before it queues),
+        // so the common empty check takes no lock. It cannot miss a push
+        // that matters: every push is followed by a wake, and the waker's
+        // state is one atomic that `register` and `wake` both change. A wake
+        // ordered before our `register` happened after that push's count,
+        // so the load after `register` sees it; a wake ordered after it
+        // wakes us.
+        if self.shared.queued.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let item = self.shared.pop();
+        if item.is_some() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        item
     }
 
     /// The next item, or `None` once the actor dropped its end.
@@ -122,6 +209,103 @@ impl OutboundRx {
     /// Items queued and not yet taken.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        // What is queued goes now, not when the actor drops its end: an
+        // `EndAcked` among it tells the actor at once that the stream is gone.
+        let dropped = {
+            let mut items = self.shared.items();
+            self.shared.rx_closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *items)
+        };
+        self.shared.queued.fetch_sub(dropped.len(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pong(n: i64) -> Delivery {
+        Delivery::Private(Box::new(Private::Pong { client_time: n, server_time_unix_micros: 0 }))
+    }
+
+    fn number(delivery: Delivery) -> i64 {
+        match delivery {
+            Delivery::Private(private) => match *private {
+                Private::Pong { client_time, .. } => client_time,
+                other => panic!("expected a pong, got {other:?}"),
+            },
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+
+    /// Catches a lost wake-up or a reordering between the actor's thread and
+    /// the stream's: every item arrives, in order, and the stream ends only
+    /// after the last one, with the length back at zero.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_item_arrives_in_order_across_threads() {
+        const ITEMS: i64 = 100_000;
+        let (tx, mut rx) = channel();
+        let producer = tokio::spawn(async move {
+            for n in 0..ITEMS {
+                tx.push(pong(n)).unwrap_or_else(|_| panic!("the stream is open"));
+                if n % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut expected = 0;
+        while let Some(delivery) = rx.recv().await {
+            assert_eq!(number(delivery), expected);
+            expected += 1;
+        }
+        assert_eq!(expected, ITEMS, "the stream ended before the last item");
+        assert_eq!(rx.len(), 0);
+        producer.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Catches a queue that keeps items for a stream that is gone, or that
+    /// lets the actor push into it: dropping the stream's end empties the
+    /// queue, and the next push fails.
+    #[test]
+    fn dropping_the_stream_fails_the_next_push_and_frees_the_queue() {
+        let (tx, rx) = channel();
+        for n in 0..3 {
+            assert!(tx.push(pong(n)).is_ok());
+        }
+        assert_eq!(tx.len(), 3);
+        drop(rx);
+        assert_eq!(tx.len(), 0, "the queued items are freed with the stream");
+        assert!(tx.push(pong(3)).is_err());
+    }
+
+    /// Catches an acknowledged end that outlives its stream: the actor waits
+    /// on the ack, so a stream dropped with it queued must drop it, which the
+    /// actor sees at once instead of after the slow-player grace.
+    #[tokio::test]
+    async fn an_end_queued_for_a_dropped_stream_is_dropped_with_it() {
+        let (tx, rx) = channel();
+        let (ack, acked) = oneshot::channel();
+        assert!(tx.push(Delivery::EndAcked(ack)).is_ok());
+        drop(rx);
+        assert!(acked.await.is_err(), "the ack's sender is dropped, not kept in the queue");
+    }
+
+    /// Catches a queue that holds on to a burst's memory after draining.
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_memory_back() {
+        let (tx, mut rx) = channel();
+        for n in 0..1000 {
+            assert!(tx.push(pong(n)).is_ok());
+        }
+        for _ in 0..1000 {
+            assert!(rx.recv().await.is_some());
+        }
+        assert!(rx.shared.items().capacity() <= SHRINK_TO);
     }
 }

@@ -8,12 +8,14 @@
 //!    created (rounded up), and the RSS is read again.
 //! 3. Connect time: the connections open and every player joins on its own
 //!    Play stream, round robin over the connections; each then pings every
-//!    `--ping-interval` (from a random offset) and reads what arrives.
+//!    `--ping-interval` (the first pings spread evenly over one interval)
+//!    and reads what arrives.
 //! 4. After `--settle`, the RSS with every stream joined: the growth over
 //!    step 2, divided by the players, is the memory per stream. The players
 //!    stay for `--hold`, pinging.
 //! 5. Every request stream half-closes (a leave); once the server has ended
-//!    them all, and after `--settle`, the RSS at idle.
+//!    them all (a stream not ended within 30 s counts as an error), and after
+//!    `--settle`, the RSS at idle.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -117,8 +119,10 @@ impl Run for Connections {
             return Err("--players and --ping-interval must be above zero".into());
         }
         let counters = Arc::new(Counters::default());
-        // Cancelled at the end: every request stream then half-closes.
+        // Cancelled at the end, or on the way out of a failed run: every
+        // request stream then half-closes.
         let close = CancellationToken::new();
+        let _close_on_failure = close.clone().drop_guard();
         let warmup_players = self.warmup_sessions * self.per_session();
 
         // Warm-up, on connections of its own when each player has one.
@@ -155,8 +159,13 @@ impl Run for Connections {
         // Half-close every stream (a leave); the server then ends each one.
         close.cancel();
         let closing = Instant::now();
+        let deadline = closing + Duration::from_secs(30);
         for reader in readers {
-            reader.await?;
+            let abort = reader.abort_handle();
+            if tokio::time::timeout_at(deadline, reader).await.is_err() {
+                abort.abort();
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let close_time = closing.elapsed();
         drop(channels);

@@ -257,8 +257,11 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, bin: &Path) -> Result<Meas
     let server = Server { name, addr: format!("http://{listen}"), pid: child.id() };
     wait_until_serving(&server, &mut child).await?;
     let measured = scenario.run(&server).await;
-    stop(&mut child).await?;
-    measured
+    let stopped = stop(&mut child).await.map_err(|e| format!("stopping {name}: {e}"));
+    // The run's own error first; then a server that failed on the way out.
+    let measured = measured?;
+    stopped?;
+    Ok(measured)
 }
 
 /// Waits until the server accepts an HTTP/2 connection (at most 30 s).
@@ -266,11 +269,12 @@ async fn wait_until_serving(server: &Server, child: &mut Child) -> Result<(), Fa
     let endpoint = Endpoint::from_shared(server.addr.clone())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if endpoint.connect().await.is_ok() {
-            return Ok(());
-        }
+        // Exited first: then whatever answers on the port is not our server.
         if let Some(status) = child.try_wait()? {
             return Err(format!("{} exited before serving: {status}", server.name).into());
+        }
+        if endpoint.connect().await.is_ok() {
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!("{} is not serving at {} after 30 s", server.name, server.addr).into());
@@ -287,12 +291,15 @@ async fn stop(child: &mut Child) -> Result<(), Failure> {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
     }
     match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-        Ok(status) => {
-            status?;
+        Ok(status) => match status? {
+            status if status.success() => Ok(()),
+            status => Err(format!("it exited with {status}").into()),
+        },
+        Err(_) => {
+            child.kill().await?;
+            Err("it did not exit within 30 s of SIGINT".into())
         }
-        Err(_) => child.kill().await?,
     }
-    Ok(())
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

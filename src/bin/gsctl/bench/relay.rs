@@ -11,7 +11,13 @@
 //! `--find-max` keeps S and P and raises R: it doubles R until a step breaks
 //! the largest p99 bound (or loses a message), then bisects between the last
 //! good and the first bad rate of each bound, and reports the last good step
-//! for each.
+//! For each bound it reports the step with the most deliveries among those
+//! that held it. A step holds a bound when its p99 is within it, nothing was
+//! lost, duplicated or reordered, and the client sent what was offered (at
+//! least 98%: a client that cannot keep up sends late, and its rate is not
+//! the one offered). A step that breaks a bound it could still move runs
+//! twice and the better run counts, since on a shared machine one stall can
+//! push a p99 up on its own; the report marks those steps.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,9 +33,10 @@ use game_session::pb::{self, client_message, server_message};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -93,6 +100,8 @@ struct Seen {
     delivered: u64,
     duplicates: u64,
     order_violations: u64,
+    /// 1 if the stream ended with an error.
+    stream_errors: u64,
 }
 
 /// One run of the workload at one rate.
@@ -109,9 +118,14 @@ struct Step {
     latency_ms: [f64; 5],
     late_sends: u64,
     max_lateness_ms: f64,
+    /// Streams that ended with an error (e.g. a slow player removed).
+    stream_errors: u64,
+    /// The p99 of a first run that this step, its retry, replaced.
+    retried_p99_ms: Option<f64>,
     server_cpu_seconds: Option<f64>,
     server_peak_rss: Option<u64>,
     client_cpu_seconds: f64,
+    /// The window as measured, between the CPU readings.
     window_seconds: f64,
 }
 
@@ -120,11 +134,14 @@ impl Step {
         self.expected.saturating_sub(self.delivered)
     }
 
-    /// Every message arrived, once and in order, within `bound` at p99.
+    /// Every message arrived, once and in order, within `bound` at p99, and
+    /// the client kept up with the offered rate.
     fn holds(&self, bound: Duration) -> bool {
         self.lost() == 0
             && self.duplicates == 0
             && self.order_violations == 0
+            && self.stream_errors == 0
+            && self.achieved_per_second >= 0.98 * self.offered_per_second
             && self.latency_ms[2] <= bound.as_secs_f64() * 1000.0
     }
 
@@ -145,6 +162,8 @@ impl Step {
             "duplicates": self.duplicates,
             "order_violations": self.order_violations,
             "latency_p99_ms": self.latency_ms[2],
+            "stream_errors": self.stream_errors,
+            "retried_after_p99_ms": self.retried_p99_ms,
             "server_cores": self.server_cores(),
             "client_cores": self.client_cores(),
         })
@@ -155,12 +174,15 @@ impl Step {
         let mut m = Measured::default();
         m.add("connect_seconds", "connect (s)", Some(self.connect_seconds), 2);
         m.add("offered_deliveries_per_second", "deliveries offered /s", Some(self.offered_per_second), 0);
+        // Deliveries of the messages sent in the window, per second of it
+        // (some arrive just after it closes).
         m.add("achieved_deliveries_per_second", "deliveries achieved /s", Some(self.achieved_per_second), 0);
         m.add("expected_deliveries", "deliveries expected", Some(self.expected as f64), 0);
         m.add("delivered", "delivered", Some(self.delivered as f64), 0);
         m.add("lost", "lost", Some(self.lost() as f64), 0);
         m.add("duplicates", "duplicates", Some(self.duplicates as f64), 0);
         m.add("order_violations", "order violations", Some(self.order_violations as f64), 0);
+        m.add("stream_errors", "streams ended with an error", Some(self.stream_errors as f64), 0);
         for (key, q) in ["p50", "p90", "p99", "p99_9", "max"].iter().zip(self.latency_ms) {
             m.add(format!("latency_{key}_ms"), format!("latency {} (ms)", key.replace('_', ".")), Some(q), 3);
         }
@@ -211,8 +233,8 @@ impl Run for Relay {
         if self.payload < HEADER {
             return Err(format!("--payload must be at least {HEADER} bytes").into());
         }
-        if !(self.rate > 0.0 && self.rate.is_finite()) || self.players < 2 || self.sessions == 0 {
-            return Err("--rate must be positive, --players at least 2 and --sessions at least 1".into());
+        if !(0.001..=10_000.0).contains(&self.rate) || self.players < 2 || self.sessions == 0 {
+            return Err("--rate must be 0.001 to 10000 Hz, --players at least 2 and --sessions at least 1".into());
         }
         if self.find_max { self.find_max(server).await } else { Ok(self.step(server, self.rate).await?.measured()) }
     }
@@ -228,12 +250,10 @@ impl Relay {
         let mut search =
             Search { good: vec![None; bounds.len()], bad: vec![None; bounds.len()], bounds, steps: Vec::new() };
         let mut rate = self.rate;
-        // Doubling 30 times goes past what any client can send.
-        for _ in 0..30 {
-            if search.bad.iter().all(Option::is_some) {
-                break;
-            }
-            search.record(server.name, self.step(server, rate).await?);
+        // Doubling stops at the rate limit, past what any client can send.
+        while rate <= 10_000.0 && search.bad.iter().any(Option::is_none) {
+            let step = self.confirmed_step(server, rate, &search).await?;
+            search.record(server.name, step);
             rate *= 2.0;
         }
         for i in 0..search.bounds.len() {
@@ -242,7 +262,8 @@ impl Relay {
                 if high <= low {
                     break;
                 }
-                search.record(server.name, self.step(server, (low + high) / 2.0).await?);
+                let step = self.confirmed_step(server, (low + high) / 2.0, &search).await?;
+                search.record(server.name, step);
             }
         }
         let Search { bounds, steps, .. } = search;
@@ -281,6 +302,9 @@ impl Relay {
                 best.map(Step::client_cores),
                 2,
             );
+            if best.is_none() {
+                m.notes.push(format!("no step held p99 <= {ms} ms: start lower (--rate)"));
+            }
             if best.is_some_and(|s| s.client_cores() >= 0.9) {
                 m.notes.push(format!(
                     "at the p99 <= {ms} ms maximum the client used most of its one core: it may have been the limit"
@@ -289,6 +313,31 @@ impl Relay {
         }
         m.details.insert("steps".into(), Value::Array(steps.iter().map(Step::to_json).collect()));
         Ok(m)
+    }
+
+    /// Runs a step. One that breaks a bound it could still move (the rate
+    /// is below the lowest rate known to break it) runs once more, and the
+    /// better of the two counts, so that one stall of a shared machine (a
+    /// p99 over a few seconds is a few dozen milliseconds of them) does not
+    /// end the search early.
+    async fn confirmed_step(&self, server: &Server, rate: f64, search: &Search) -> Result<Step, Failure> {
+        let first = self.step(server, rate).await?;
+        let movable = |s: &Step| {
+            search.bounds.iter().zip(&search.bad).any(|(bound, bad)| !s.holds(*bound) && bad.is_none_or(|b| rate < b))
+        };
+        if !movable(&first) {
+            return Ok(first);
+        }
+        let mut second = self.step(server, rate).await?;
+        let held = |s: &Step| search.bounds.iter().filter(|b| s.holds(**b)).count();
+        if (held(&second), -second.latency_ms[2]) > (held(&first), -first.latency_ms[2]) {
+            second.retried_p99_ms = Some(first.latency_ms[2]);
+            Ok(second)
+        } else {
+            let mut first = first;
+            first.retried_p99_ms = Some(second.latency_ms[2]);
+            Ok(first)
+        }
     }
 
     /// Runs the workload once at `rate` and measures it.
@@ -331,20 +380,18 @@ impl Relay {
         let sent_in_window = Arc::new(AtomicU64::new(0));
         let delivered_so_far = Arc::new(AtomicU64::new(0));
         let histogram = Histogram::<u64>::new(3)?;
-        let mut senders = Vec::new();
-        let mut readers: Vec<JoinHandle<Seen>> = Vec::new();
+        // Join sets: should the step fail half-way, dropping them stops
+        // every task.
+        let mut senders = JoinSet::new();
+        let mut readers = JoinSet::new();
+        let stop_reading = CancellationToken::new();
         for (n, (tx, responses)) in joined.into_iter().enumerate() {
             let first = start + period.mul_f64(n as f64 / total as f64);
             let schedule = Schedule { first, period, stop: window_end, epoch, window };
-            senders.push(tokio::spawn(send(
-                tx,
-                n as u32,
-                schedule,
-                self.payload,
-                late.clone(),
-                sent_in_window.clone(),
-            )));
-            readers.push(tokio::spawn(read(responses, epoch, window, histogram.clone(), delivered_so_far.clone())));
+            senders.spawn(send(tx, n as u32, schedule, self.payload, late.clone(), sent_in_window.clone()));
+            let reading =
+                Reading { epoch, window, delivered_so_far: delivered_so_far.clone(), stop: stop_reading.clone() };
+            readers.spawn(read(responses, histogram.clone(), reading));
         }
 
         // The warm-up and the window, with the server's CPU and peak RSS.
@@ -363,6 +410,7 @@ impl Relay {
         run_hook(self.window_start_cmd.as_deref()).await?;
         let server_before = server.cpu_time();
         let client_before = super::own_cpu_time();
+        let opened = Instant::now();
         let mut peak_rss = None;
         while Instant::now() < window_end {
             peak_rss = peak_rss.max(server.rss());
@@ -372,14 +420,14 @@ impl Relay {
         }
         let server_cpu = server.cpu_time().zip(server_before).map(|(after, before)| after - before);
         let client_cpu = super::own_cpu_time() - client_before;
+        // The CPU readings' own window: the hook or a busy client may have
+        // moved its edges off the nominal ones.
+        let measured_window = opened.elapsed();
         run_hook(self.window_end_cmd.as_deref()).await?;
         bar.finish_and_clear();
 
         // The last sends and deliveries, then leave.
-        let mut open_streams = Vec::new();
-        for sender in senders {
-            open_streams.push(sender.await?);
-        }
+        let open_streams = senders.join_all().await;
         // A player that half-closes is sent nothing more, so leave only once
         // the deliveries are in (or the drain time is up).
         let expected = sent_in_window.load(Ordering::Relaxed) * (players as u64 - 1);
@@ -387,25 +435,31 @@ impl Relay {
         while delivered_so_far.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut seen = Vec::new();
         drop(open_streams);
-        for reader in readers {
-            match tokio::time::timeout_at(deadline, reader).await {
-                Ok(result) => seen.push(result?),
-                Err(_) => break,
+        // Each reader ends with its stream; those whose stream has not ended
+        // a few seconds after the leave stop reading, and report what they saw.
+        let mut seen = Vec::with_capacity(readers.len());
+        let leave_deadline = Instant::now() + Duration::from_secs(5);
+        while !readers.is_empty() {
+            match tokio::time::timeout_at(leave_deadline, readers.join_next()).await {
+                Ok(Some(result)) => seen.push(result?),
+                Ok(None) => break,
+                Err(_) => stop_reading.cancel(),
             }
         }
         end_sessions(&channels[0], sessions).await;
 
         let mut latency = Histogram::<u64>::new(3)?;
-        let (mut delivered, mut duplicates, mut order_violations) = (0, 0, 0);
+        let (mut delivered, mut duplicates, mut order_violations, mut stream_errors) = (0, 0, 0, 0);
         for s in &seen {
             latency.add(&s.latency_us)?;
             delivered += s.delivered;
             duplicates += s.duplicates;
             order_violations += s.order_violations;
+            stream_errors += s.stream_errors;
         }
         let q = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
+        // Deliveries are counted by their send time in the nominal window.
         let seconds = self.duration.as_secs_f64();
         Ok(Step {
             rate,
@@ -416,13 +470,15 @@ impl Relay {
             delivered,
             duplicates,
             order_violations,
+            stream_errors,
+            retried_p99_ms: None,
             latency_ms: [q(0.5), q(0.9), q(0.99), q(0.999), latency.max() as f64 / 1000.0],
             late_sends: late.count.load(Ordering::Relaxed),
             max_lateness_ms: late.max_us.load(Ordering::Relaxed) as f64 / 1000.0,
             server_cpu_seconds: server_cpu.map(|d| d.as_secs_f64()),
             server_peak_rss: peak_rss,
             client_cpu_seconds: client_cpu.as_secs_f64(),
-            window_seconds: seconds,
+            window_seconds: measured_window.as_secs_f64(),
         })
     }
 }
@@ -529,6 +585,11 @@ async fn send(
     while at < schedule.stop {
         tokio::time::sleep_until(at).await;
         let now = Instant::now();
+        if now >= schedule.stop {
+            // Too late for the window: what is left of the schedule would
+            // only prolong an overloaded step.
+            break;
+        }
         let lateness = now.saturating_duration_since(at).as_micros() as u64;
         if lateness > 1000 {
             late.count.fetch_add(1, Ordering::Relaxed);
@@ -555,33 +616,60 @@ async fn send(
     tx
 }
 
-/// Reads a player's stream to its end; measures what was sent in the window.
-async fn read(
-    mut responses: Streaming<pb::ServerMessage>,
+/// What a reader needs besides its stream.
+struct Reading {
+    /// Send times are microseconds since this instant.
     epoch: Instant,
+    /// The measured window, in microseconds since `epoch`.
     window: (u64, u64),
-    latency_us: Histogram<u64>,
+    /// Deliveries in the window so far, over every reader.
     delivered_so_far: Arc<AtomicU64>,
-) -> Seen {
-    let mut seen = Seen { latency_us, delivered: 0, duplicates: 0, order_violations: 0 };
+    /// Stop reading a stream that has not ended.
+    stop: CancellationToken,
+}
+
+/// Reads a player's stream to its end (or until told to stop); measures what
+/// was sent in the window.
+async fn read(mut responses: Streaming<pb::ServerMessage>, latency_us: Histogram<u64>, reading: Reading) -> Seen {
+    let mut seen = Seen { latency_us, delivered: 0, duplicates: 0, order_violations: 0, stream_errors: 0 };
     let mut last_counter: HashMap<u32, u32> = HashMap::new();
     let mut last_sequence = 0;
-    while let Ok(Some(message)) = responses.message().await {
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = reading.stop.cancelled() => break,
+            message = responses.message() => match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    seen.stream_errors = 1;
+                    break;
+                }
+            },
+        };
         let Some(server_message::Kind::Relayed(relayed)) = message.kind else { continue };
-        if relayed.sequence <= last_sequence {
+        // The session's sequence orders every message; a repeat of the last
+        // one is a duplicate, anything lower is out of order.
+        if relayed.sequence == last_sequence {
+            seen.duplicates += 1;
+            continue;
+        }
+        if relayed.sequence < last_sequence {
             seen.order_violations += 1;
+            continue;
         }
         last_sequence = relayed.sequence;
         let Some((sent_at, sender, counter)) = header(relayed.payload) else { continue };
+        // And each sender's counter orders its own messages.
         match last_counter.insert(sender, counter) {
             Some(previous) if previous == counter => seen.duplicates += 1,
             Some(previous) if previous > counter => seen.order_violations += 1,
             _ => {}
         }
-        if (window.0..window.1).contains(&sent_at) {
+        if (reading.window.0..reading.window.1).contains(&sent_at) {
             seen.delivered += 1;
-            delivered_so_far.fetch_add(1, Ordering::Relaxed);
-            let now = epoch.elapsed().as_micros() as u64;
+            reading.delivered_so_far.fetch_add(1, Ordering::Relaxed);
+            let now = reading.epoch.elapsed().as_micros() as u64;
             let _ = seen.latency_us.record(now.saturating_sub(sent_at).max(1));
         }
     }
