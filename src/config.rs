@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_BACKEND_LISTEN")]
     pub backend_listen: Option<SocketAddr>,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
+    /// Metric names and meanings: README, Observability.
+    #[arg(long, env = "GAME_SESSION_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_optional_addr)]
+    pub metrics_listen: MaybeAddr,
+
     /// Log filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
     #[arg(long, env = "GAME_SESSION_LOG", default_value = "info")]
     pub log: String,
@@ -116,6 +121,19 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(text: &str) -> Result<MaybeAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MaybeAddr(None));
+    }
+    text.parse()
+        .map(|addr| MaybeAddr(Some(addr)))
+        .map_err(|e| format!("{text:?}: {e}; give an address like 0.0.0.0:9464, or off"))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["game-session"])
@@ -197,7 +215,11 @@ mod tests {
         let config = Config::try_parse_from(["game-session"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 50051)));
         assert_eq!(config.backend_listen, None);
+        assert_eq!(config.metrics_listen, MaybeAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9464)))));
         assert_eq!(config.validate(), Ok(()));
+        let off = Config::try_parse_from(["game-session", "--metrics-listen", "off"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(off.metrics_listen, MaybeAddr(None));
+        assert!(Config::try_parse_from(["game-session", "--metrics-listen", "9464"]).is_err());
     }
 
     /// Catches settings that contradict each other being accepted.

@@ -35,6 +35,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod pb;
 pub mod session;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! The game-session server: parse the config, set up logging, bind, and run
-//! until SIGTERM or SIGINT.
+//! The game-session server: parse the config, set up logging and metrics,
+//! bind, and run until SIGTERM or SIGINT.
 
 use clap::Parser;
 use game_session::{Config, Listeners, Modes, telemetry};
@@ -23,6 +23,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), game_session::BoxError> {
+    // The metrics endpoint comes up first and stays up through the drain;
+    // it stops with the process.
+    if let Some(addr) = config.metrics_listen.0 {
+        let listener = TcpListener::bind(addr).await?;
+        let handle = game_session::metrics::install()?;
+        tracing::info!(address = %listener.local_addr()?, "serving metrics");
+        tokio::spawn(game_session::metrics::serve(listener, handle));
+    }
     let main = TcpListener::bind(config.listen).await?;
     let backend = match config.backend_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),

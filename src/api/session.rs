@@ -43,38 +43,43 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let request = request.into_inner();
-        let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
-        if request.config.len() > MAX_CONFIG_LEN {
-            return Err(Error::invalid(
-                "config",
-                format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len()),
-            )
-            .into());
-        }
-        let key = match request.idempotency_key {
-            key if key.is_empty() => None,
-            key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return Err(
-                    Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into()
-                );
+        crate::metrics::timed("CreateSession", async move {
+            let request = request.into_inner();
+            let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
+            if request.config.len() > MAX_CONFIG_LEN {
+                return Err(Error::invalid(
+                    "config",
+                    format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len()),
+                )
+                .into());
             }
-            key => Some(key),
-        };
-        tracing::Span::current().record("session.mode", request.mode.as_str());
-        let params = CreateParams {
-            mode: request.mode,
-            max_players: request.max_players,
-            labels,
-            config: request.config,
-            open_to_join_or_create: request.open_to_join_or_create,
-        };
-        let created = self.manager.create(params, key)?;
-        tracing::Span::current().record("session.id", &*created.session.id);
-        Ok(Response::new(pb::CreateSessionResponse {
-            session: Some(convert::session(&created.session)),
-            created: created.created,
-        }))
+            let key = match request.idempotency_key {
+                key if key.is_empty() => None,
+                key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                    return Err(Error::invalid(
+                        "idempotency_key",
+                        format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+                    )
+                    .into());
+                }
+                key => Some(key),
+            };
+            tracing::Span::current().record("session.mode", request.mode.as_str());
+            let params = CreateParams {
+                mode: request.mode,
+                max_players: request.max_players,
+                labels,
+                config: request.config,
+                open_to_join_or_create: request.open_to_join_or_create,
+            };
+            let created = self.manager.create(params, key)?;
+            tracing::Span::current().record("session.id", &*created.session.id);
+            Ok(Response::new(pb::CreateSessionResponse {
+                session: Some(convert::session(&created.session)),
+                created: created.created,
+            }))
+        })
+        .await
     }
 
     #[instrument(name = "gamesession.v1.SessionService/GetSession", skip_all, fields(session.id))]
@@ -82,11 +87,14 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        let id = request.into_inner().session_id;
-        tracing::Span::current().record("session.id", id.as_str());
-        convert::check_id("session_id", &id)?;
-        let info = self.manager.get(&id)?.info().await?;
-        Ok(Response::new(pb::GetSessionResponse { session: Some(convert::session(&info)) }))
+        crate::metrics::timed("GetSession", async move {
+            let id = request.into_inner().session_id;
+            tracing::Span::current().record("session.id", id.as_str());
+            convert::check_id("session_id", &id)?;
+            let info = self.manager.get(&id)?.info().await?;
+            Ok(Response::new(pb::GetSessionResponse { session: Some(convert::session(&info)) }))
+        })
+        .await
     }
 
     #[instrument(name = "gamesession.v1.SessionService/ListSessions", skip_all)]
@@ -94,25 +102,28 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let request = request.into_inner();
-        let filter = convert::filter(request.filter, &self.limits)?;
-        let page_size = match request.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-        if let Some(token) = after {
-            convert::check_id("page_token", token)?;
-        }
-        let (page, more) = self.manager.list(&filter, after, page_size);
-        let next_page_token = match page.last() {
-            Some(last) if more => last.id.to_string(),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListSessionsResponse {
-            sessions: page.iter().map(convert::session).collect(),
-            next_page_token,
-        }))
+        crate::metrics::timed("ListSessions", async move {
+            let request = request.into_inner();
+            let filter = convert::filter(request.filter, &self.limits)?;
+            let page_size = match request.page_size as usize {
+                0 => DEFAULT_PAGE_SIZE,
+                n => n.min(MAX_PAGE_SIZE),
+            };
+            let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
+            if let Some(token) = after {
+                convert::check_id("page_token", token)?;
+            }
+            let (page, more) = self.manager.list(&filter, after, page_size);
+            let next_page_token = match page.last() {
+                Some(last) if more => last.id.to_string(),
+                _ => String::new(),
+            };
+            Ok(Response::new(pb::ListSessionsResponse {
+                sessions: page.iter().map(convert::session).collect(),
+                next_page_token,
+            }))
+        })
+        .await
     }
 
     type WatchSessionsStream = WatchStream;
@@ -178,15 +189,18 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        let request = request.into_inner();
-        tracing::Span::current().record("session.id", request.session_id.as_str());
-        convert::check_id("session_id", &request.session_id)?;
-        if request.message.len() > MAX_END_MESSAGE_LEN {
-            return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
-        }
-        let handle = self.manager.get(&request.session_id)?;
-        let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
-        Ok(Response::new(pb::EndSessionResponse { sequence }))
+        crate::metrics::timed("EndSession", async move {
+            let request = request.into_inner();
+            tracing::Span::current().record("session.id", request.session_id.as_str());
+            convert::check_id("session_id", &request.session_id)?;
+            if request.message.len() > MAX_END_MESSAGE_LEN {
+                return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
+            }
+            let handle = self.manager.get(&request.session_id)?;
+            let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
+            Ok(Response::new(pb::EndSessionResponse { sequence }))
+        })
+        .await
     }
 
     #[instrument(name = "gamesession.v1.SessionService/SendToSession", skip_all, fields(session.id))]
@@ -194,13 +208,16 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::SendToSessionRequest>,
     ) -> Result<Response<pb::SendToSessionResponse>, Status> {
-        let request = request.into_inner();
-        tracing::Span::current().record("session.id", request.session_id.as_str());
-        convert::check_id("session_id", &request.session_id)?;
-        convert::check_payload("payload", &request.payload, &self.limits)?;
-        let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
-        let handle = self.manager.get(&request.session_id)?;
-        let sequence = handle.send(request.payload, targets).await?;
-        Ok(Response::new(pb::SendToSessionResponse { sequence }))
+        crate::metrics::timed("SendToSession", async move {
+            let request = request.into_inner();
+            tracing::Span::current().record("session.id", request.session_id.as_str());
+            convert::check_id("session_id", &request.session_id)?;
+            convert::check_payload("payload", &request.payload, &self.limits)?;
+            let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
+            let handle = self.manager.get(&request.session_id)?;
+            let sequence = handle.send(request.payload, targets).await?;
+            Ok(Response::new(pb::SendToSessionResponse { sequence }))
+        })
+        .await
     }
 }

@@ -28,6 +28,7 @@ use super::{
     SessionConfig, SessionInfo, SessionManager, SharedEvent,
 };
 use crate::error::Error;
+use crate::metrics::SessionMetrics;
 
 /// A player holding a seat.
 struct Player {
@@ -115,6 +116,7 @@ pub(super) struct Actor {
     closing: FuturesUnordered<CloseVerdict>,
     /// The server drains and the last player left: end after this message.
     drained: bool,
+    metrics: SessionMetrics,
 }
 
 impl Actor {
@@ -127,6 +129,7 @@ impl Actor {
     ) -> Self {
         let idle_timer = Box::pin(tokio::time::sleep(config.idle_timeout));
         let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
+        let metrics = SessionMetrics::started(&info.mode);
         Actor {
             info,
             config,
@@ -143,6 +146,7 @@ impl Actor {
             sweep_armed: false,
             closing: FuturesUnordered::new(),
             drained: false,
+            metrics,
         }
     }
 
@@ -261,6 +265,8 @@ impl Actor {
         );
         self.idle_armed = false;
         self.players_changed();
+        self.metrics.joins.increment(1);
+        self.metrics.players.increment(1.0);
         info!(session.sequence = sequence, "player joined");
 
         let joined = Joined { session_id, player_id: id.clone(), outbound };
@@ -283,7 +289,10 @@ impl Actor {
             _ => return,
         }
         match item {
-            Some(Ok(Input::Relay(relay))) => self.relay(&id, slot, relay),
+            Some(Ok(Input::Relay(relay))) => {
+                self.metrics.received.increment(1);
+                self.relay(&id, slot, relay);
+            }
             Some(Ok(Input::Ping { client_time })) => {
                 let pong = Private::Pong { client_time, server_time_unix_micros: super::unix_micros() };
                 // A pong is as droppable as it gets: a behind player skips it.
@@ -371,35 +380,41 @@ impl Actor {
         sequence: u64,
     ) {
         let policy = Policy::new(&self.config);
-        let mut behind = false;
+        let mut tally = Tally::default();
         if targets.is_empty() {
             for (id, player) in &mut self.players {
                 if Some(player.slot) == except || player.ended {
                     continue;
                 }
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
-                behind |= record(id, outcome, &mut self.departures);
+                tally.record(id, outcome, &mut self.departures);
             }
         } else {
             for target in targets {
                 let Some(player) = self.players.get_mut(target).filter(|p| !p.ended) else { continue };
                 let outcome = deliver(player, Delivery::Event(event.clone()), droppable, sequence, &policy);
-                behind |= record(target, outcome, &mut self.departures);
+                tally.record(target, outcome, &mut self.departures);
             }
         }
-        if behind {
+        // Messages are counted once per fan-out; presence and the end are
+        // not messages.
+        if matches!(event.event, Event::Relayed { .. } | Event::Backend { .. }) {
+            self.metrics.delivered.increment(tally.queued);
+            self.metrics.dropped.increment(tally.dropped);
+        }
+        if tally.behind {
             self.arm_sweep(None);
         }
     }
 
     fn send_private(&mut self, id: &PlayerId, message: Private, droppable: bool) {
         let policy = Policy::new(&self.config);
-        let mut behind = false;
+        let mut tally = Tally::default();
         if let Some(player) = self.players.get_mut(id).filter(|p| !p.ended) {
             let outcome = deliver(player, Delivery::Private(Box::new(message)), droppable, 0, &policy);
-            behind = record(id, outcome, &mut self.departures);
+            tally.record(id, outcome, &mut self.departures);
         }
-        if behind {
+        if tally.behind {
             self.arm_sweep(None);
         }
     }
@@ -470,6 +485,12 @@ impl Actor {
                 (PresenceKind::Removed, err.to_string())
             }
         };
+        self.metrics.departed(match &departure {
+            Departure::Left => "left",
+            Departure::Disconnected(_) => "disconnected",
+            Departure::Removed(Error::SlowPlayer(_)) => "slow_player",
+            Departure::Removed(_) => "removed",
+        });
         let sequence = self.next_sequence();
         match &departure {
             Departure::Left => info!(session.sequence = sequence, "player left"),
@@ -508,6 +529,14 @@ impl Actor {
             let _ = player.out.push(Delivery::End(None));
         }
         let players = self.players.len();
+        for _ in 0..players {
+            self.metrics.departed("session_ended");
+        }
+        self.metrics.ended(match reason {
+            EndReason::EndedByBackend => "ended_by_backend",
+            EndReason::Idle => "idle",
+            EndReason::ServerShutdown => "server_shutdown",
+        });
         self.players.clear();
         self.inbound = SelectAll::new();
         self.manager.remove(&session_id);
@@ -581,9 +610,11 @@ impl Policy {
 #[derive(Debug)]
 enum Outcome {
     Queued,
-    /// The player is behind: the delivery was queued, or (droppable) dropped
-    /// and counted.
-    Behind,
+    /// The player is behind, and the delivery was queued anyway.
+    BehindQueued,
+    /// The player is behind, and the (droppable) delivery was dropped and
+    /// counted for its notice.
+    BehindDropped,
     /// The player must go.
     Depart(Departure),
 }
@@ -611,7 +642,7 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
             player.dropped += 1;
             player.last_dropped = sequence;
         }
-        return Outcome::Behind;
+        return Outcome::BehindDropped;
     }
     if len >= policy.capacity {
         return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
@@ -620,20 +651,34 @@ fn deliver(player: &mut Player, delivery: Delivery, droppable: bool, sequence: u
         ))));
     }
     match player.out.push(delivery) {
-        Ok(()) => Outcome::Behind,
+        Ok(()) => Outcome::BehindQueued,
         Err(_) => Outcome::Depart(gone()),
     }
 }
 
-/// Notes a departure the delivery asks for; returns whether the player is
-/// behind (so that the sweep must run).
-fn record(id: &PlayerId, outcome: Outcome, departures: &mut Vec<(PlayerId, Departure)>) -> bool {
-    match outcome {
-        Outcome::Queued => false,
-        Outcome::Behind => true,
-        Outcome::Depart(departure) => {
-            departures.push((id.clone(), departure));
-            false
+/// What became of one fan-out's deliveries.
+#[derive(Debug, Default)]
+struct Tally {
+    queued: u64,
+    dropped: u64,
+    /// A recipient is behind, so the sweep must run.
+    behind: bool,
+}
+
+impl Tally {
+    /// Counts a delivery, and notes the departure it asks for.
+    fn record(&mut self, id: &PlayerId, outcome: Outcome, departures: &mut Vec<(PlayerId, Departure)>) {
+        match outcome {
+            Outcome::Queued => self.queued += 1,
+            Outcome::BehindQueued => {
+                self.queued += 1;
+                self.behind = true;
+            }
+            Outcome::BehindDropped => {
+                self.dropped += 1;
+                self.behind = true;
+            }
+            Outcome::Depart(departure) => departures.push((id.clone(), departure)),
         }
     }
 }

@@ -247,8 +247,10 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, bin: &Path) -> Result<Meas
     command.arg("--listen").arg(&listen).kill_on_drop(true).stdout(std::process::Stdio::null());
     let name = match kind {
         Spawn::GameSession => {
-            // Its defaults, with quiet logs and a short drain at the end.
+            // Its defaults, with quiet logs, a short drain at the end, and
+            // its metrics endpoint on a free port (metrics on, as deployed).
             command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
             "game-session"
         }
         Spawn::Baseline => "baseline",

@@ -1,0 +1,206 @@
+//! Prometheus metrics: their names and meanings, the handles the session
+//! layer updates, and the `/metrics` endpoint.
+//!
+//! The recorder is process-wide, so the binary installs it ([`install`]) and
+//! the library only records; without a recorder (the in-process tests)
+//! recording does nothing. The hot path uses handles cached per session and
+//! updates them once per fan-out, not once per recipient. A new metric is a
+//! name here, a line in [`describe`], and its update where it happens.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Sessions running now, by `mode`.
+pub const SESSIONS_ACTIVE: &str = "game_session_sessions_active";
+/// Sessions created, by `mode`.
+pub const SESSIONS_CREATED: &str = "game_session_sessions_created_total";
+/// Sessions ended, by `mode` and `reason` (`ended_by_backend`, `idle`,
+/// `server_shutdown`).
+pub const SESSIONS_ENDED: &str = "game_session_sessions_ended_total";
+/// Players in a session now, by `mode`.
+pub const PLAYERS_CONNECTED: &str = "game_session_players_connected";
+/// Players joined, by `mode`.
+pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
+/// Players gone, by `mode` and `reason`: `left`, `disconnected`,
+/// `slow_player` (the outbound queue policy removed it), `removed` (it broke
+/// the protocol), `session_ended`.
+pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
+/// Relay messages received from players, by `mode`.
+pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
+/// Messages (player relays and backend sends) queued for a recipient, by
+/// `mode`: a relay to 7 players counts 7.
+pub const MESSAGES_DELIVERED: &str = "game_session_messages_delivered_total";
+/// Droppable messages dropped for a player that was behind, by `mode`.
+pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
+/// Unary RPC handling time, by `method` (e.g. `CreateSession`) and `code`
+/// (the gRPC status code, e.g. `OK`, `NOT_FOUND`).
+pub const RPC_DURATION: &str = "game_session_rpc_duration_seconds";
+
+/// Histogram buckets of [`RPC_DURATION`], in seconds.
+const RPC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Installs the process-wide Prometheus recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, crate::BoxError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    metrics_process::Collector::default().describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(SESSIONS_ACTIVE, "Sessions running now.");
+    describe_counter!(SESSIONS_CREATED, "Sessions created.");
+    describe_counter!(SESSIONS_ENDED, "Sessions ended, by reason.");
+    describe_gauge!(PLAYERS_CONNECTED, "Players in a session now.");
+    describe_counter!(PLAYER_JOINS, "Players joined.");
+    describe_counter!(PLAYER_DEPARTURES, "Players gone, by reason.");
+    describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
+    describe_counter!(MESSAGES_DELIVERED, "Messages queued for a recipient (a relay to 7 players counts 7).");
+    describe_counter!(MESSAGES_DROPPED, "Droppable messages dropped for a player that was behind.");
+    describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
+}
+
+/// Serves `GET /metrics` (the Prometheus text format, with fresh process
+/// metrics) on `listener` until the process exits.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let state = Arc::new((handle, metrics_process::Collector::default()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                warn!(error = %err, "metrics endpoint: accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &state.0, &state.1)) }
+            });
+            if let Err(err) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            {
+                debug!(error = %err, "metrics endpoint: connection ended");
+            }
+        });
+    }
+}
+
+fn respond<B>(
+    request: &Request<B>,
+    handle: &PrometheusHandle,
+    process: &metrics_process::Collector,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            process.collect();
+            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try GET /metrics\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// One session's metric handles, labelled with its mode.
+#[derive(Debug)]
+pub(crate) struct SessionMetrics {
+    mode: String,
+    pub received: Counter,
+    pub delivered: Counter,
+    pub dropped: Counter,
+    pub joins: Counter,
+    pub players: Gauge,
+}
+
+impl SessionMetrics {
+    /// Handles for a new session of `mode`; counts it as created and active.
+    pub fn started(mode: &str) -> Self {
+        let label = || ("mode", mode.to_owned());
+        counter!(SESSIONS_CREATED, &[label()]).increment(1);
+        gauge!(SESSIONS_ACTIVE, &[label()]).increment(1.0);
+        SessionMetrics {
+            mode: mode.to_owned(),
+            received: counter!(MESSAGES_RECEIVED, &[label()]),
+            delivered: counter!(MESSAGES_DELIVERED, &[label()]),
+            dropped: counter!(MESSAGES_DROPPED, &[label()]),
+            joins: counter!(PLAYER_JOINS, &[label()]),
+            players: gauge!(PLAYERS_CONNECTED, &[label()]),
+        }
+    }
+
+    /// A player left the session for `reason`.
+    pub fn departed(&self, reason: &'static str) {
+        self.players.decrement(1.0);
+        counter!(PLAYER_DEPARTURES, &[("mode", self.mode.clone()), ("reason", reason.to_owned())]).increment(1);
+    }
+
+    /// The session ended for `reason`.
+    pub fn ended(&self, reason: &'static str) {
+        counter!(SESSIONS_ENDED, &[("mode", self.mode.clone()), ("reason", reason.to_owned())]).increment(1);
+    }
+}
+
+impl Drop for SessionMetrics {
+    /// The session is no longer active, however its actor ended.
+    fn drop(&mut self) {
+        gauge!(SESSIONS_ACTIVE, &[("mode", self.mode.clone())]).decrement(1.0);
+    }
+}
+
+/// Records a unary RPC's duration with its outcome's gRPC code.
+pub(crate) async fn timed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let labels = [("method", method.to_owned()), ("code", code_name(code).to_owned())];
+    metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// A gRPC code's canonical name, as in the spec (`OK`, `NOT_FOUND`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
