@@ -32,6 +32,12 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log lines as human-readable `text`, or as `json` (one object per
+    /// line: timestamp, level, message, the event's fields, and the current
+    /// span's fields such as `session.id` and `player.id`).
+    #[arg(long, env = "GAME_SESSION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Most sessions this server runs at once; CreateSession and
     /// join-or-create beyond it get RESOURCE_EXHAUSTED.
     #[arg(long, env = "GAME_SESSION_MAX_SESSIONS", default_value_t = 10_000)]
@@ -119,6 +125,15 @@ pub struct Config {
     /// drain period + this.
     #[arg(long, env = "GAME_SESSION_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// An address to listen on, or none (`off`).

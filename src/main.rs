@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    telemetry::init(&config.log);
+    telemetry::init(&config.log, config.log_format);
     if let Err(err) = config.validate() {
         tracing::error!(error = %err, "invalid configuration");
         return std::process::ExitCode::from(2);

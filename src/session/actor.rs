@@ -400,7 +400,9 @@ impl Actor {
         // not messages.
         if matches!(event.event, Event::Relayed { .. } | Event::Backend { .. }) {
             self.metrics.delivered.increment(tally.queued);
-            self.metrics.dropped.increment(tally.dropped);
+            if tally.dropped > 0 {
+                self.metrics.dropped.increment(tally.dropped);
+            }
         }
         if tally.behind {
             self.arm_sweep(None);

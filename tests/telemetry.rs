@@ -1,6 +1,7 @@
-//! The Prometheus endpoint of the real binary: the metrics recorder is
-//! process-wide, so these tests start `game-session` itself, play a scripted
-//! session against it, and scrape `/metrics` over HTTP.
+//! The real binary's telemetry: its Prometheus endpoint and its JSON logs.
+//! The metrics recorder and the log subscriber are process-wide, so these
+//! tests start `game-session` itself, play a scripted session against it,
+//! scrape `/metrics` over HTTP and read its log lines.
 
 mod common;
 
@@ -11,9 +12,11 @@ use std::process::Stdio;
 use common::{Player, WAIT};
 use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, server_message};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tonic::Code;
 
 /// The binary, serving players and metrics on ports of its choosing.
@@ -21,12 +24,15 @@ struct Binary {
     child: Child,
     addr: SocketAddr,
     metrics: SocketAddr,
+    /// Its log lines after the two "serving" ones.
+    log: mpsc::UnboundedReceiver<String>,
 }
 
 impl Binary {
-    async fn start() -> Binary {
+    async fn start(extra: &[&str]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_game-session"))
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--drain-period", "100ms"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -40,8 +46,11 @@ impl Binary {
             let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("log in time").expect("read");
             let line = line.expect("the server exited before serving");
             let address = || -> SocketAddr {
-                let rest = line.split("address=").nth(1).expect("an address");
-                rest.split_whitespace().next().expect("address").parse().expect("a socket address")
+                let text = match serde_json::from_str::<Value>(&line) {
+                    Ok(json) => json["address"].as_str().expect("an address field").to_owned(),
+                    Err(_) => line.split("address=").nth(1).expect("an address").to_owned(),
+                };
+                text.split_whitespace().next().expect("address").parse().expect("a socket address")
             };
             if line.contains("serving metrics") {
                 metrics = Some(address());
@@ -50,8 +59,13 @@ impl Binary {
             }
         }
         // Keep reading the log, so that the server never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Binary { child, addr: addr.expect("addr"), metrics: metrics.expect("metrics") }
+        let (tx, log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Binary { child, addr: addr.expect("addr"), metrics: metrics.expect("metrics"), log }
     }
 
     async fn sessions(&self) -> SessionServiceClient<tonic::transport::Channel> {
@@ -91,7 +105,7 @@ const RELAY: &str = "{mode=\"relay\"}";
 /// script implies, and process metrics are there.
 #[tokio::test]
 async fn metrics_count_a_scripted_session_exactly() {
-    let mut server = Binary::start().await;
+    let mut server = Binary::start(&[]).await;
     let mut sessions = server.sessions().await;
     let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 4, ..Default::default() };
     let created = sessions.create_session(request).await.expect("create").into_inner();
@@ -155,5 +169,36 @@ async fn metrics_count_a_scripted_session_exactly() {
 
     let (status, _) = server.get("/").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let _ = server.child.kill().await;
+}
+
+/// Catches JSON logs that do not parse, or that lose the session and player
+/// ids: with `--log-format json` every line is a JSON object with a level
+/// and a message, and a player's join is logged with both ids.
+#[tokio::test]
+async fn json_logs_parse_and_carry_the_ids() {
+    let mut server = Binary::start(&["--log-format", "json"]).await;
+    let mut sessions = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+    let session_id =
+        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let mut alice = Player::join_as(server.addr, &session_id, "alice").await;
+    alice.leave().await;
+    alice.expect_ended_ok().await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut joined = None;
+    while joined.is_none() {
+        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a join line").expect("log");
+        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(json["level"].is_string() && json["timestamp"].is_string(), "{line}");
+        if json["message"] == "player joined" {
+            joined = Some(json);
+        }
+    }
+    let joined = joined.expect("joined");
+    assert_eq!(joined["span"]["session.id"], Value::String(session_id), "{joined}");
+    assert_eq!(joined["span"]["player.id"], "alice", "{joined}");
+    assert_eq!(joined["span"]["name"], "player.join", "{joined}");
     let _ = server.child.kill().await;
 }
