@@ -9,12 +9,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -80,7 +81,9 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
+                // E.g. out of file descriptors: back off instead of spinning.
                 warn!(error = %err, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -90,9 +93,12 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &state.0, &state.1)) }
             });
-            if let Err(err) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
+            // A scraper that opens a connection and sends nothing is dropped.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = connection.await {
                 debug!(error = %err, "metrics endpoint: connection ended");
             }
         });
