@@ -35,7 +35,7 @@ pub struct Config {
     /// Log lines as human-readable `text`, or as `json` (one object per
     /// line: timestamp, level, message, the event's fields, and the current
     /// span's fields such as `session.id` and `player.id`).
-    #[arg(long, env = "GAME_SESSION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "GAME_SESSION_LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Most sessions this server runs at once; CreateSession and
@@ -209,6 +209,10 @@ impl Config {
         if self.backend_listen.is_some_and(|b| b == self.listen && b.port() != 0) {
             return Err("--backend-listen must differ from --listen".into());
         }
+        let grpc = [Some(self.listen), self.backend_listen];
+        if let Some(metrics) = self.metrics_listen.0.filter(|m| m.port() != 0 && grpc.contains(&Some(*m))) {
+            return Err(format!("--metrics-listen ({metrics}) is also a gRPC address; give it a port of its own"));
+        }
         Ok(())
     }
 
@@ -235,6 +239,15 @@ mod tests {
         let off = Config::try_parse_from(["game-session", "--metrics-listen", "off"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(off.metrics_listen, MaybeAddr(None));
         assert!(Config::try_parse_from(["game-session", "--metrics-listen", "9464"]).is_err());
+        let clash = Config::try_parse_from(["game-session", "--metrics-listen", "0.0.0.0:50051"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .validate();
+        assert_eq!(
+            clash,
+            Err("--metrics-listen (0.0.0.0:50051) is also a gRPC address; give it a port of its own".into())
+        );
+        let json = Config::try_parse_from(["game-session", "--log-format", "JSON"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json.log_format, LogFormat::Json);
     }
 
     /// Catches settings that contradict each other being accepted.

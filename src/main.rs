@@ -3,6 +3,8 @@
 
 use clap::Parser;
 use game_session::{Config, Listeners, Modes, telemetry};
+use std::net::SocketAddr;
+
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -26,15 +28,20 @@ async fn serve(config: Config) -> Result<(), game_session::BoxError> {
     // The metrics endpoint comes up first and stays up through the drain;
     // it stops with the process.
     if let Some(addr) = config.metrics_listen.0 {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind("--metrics-listen", addr).await?;
         let handle = game_session::metrics::install()?;
         tracing::info!(address = %listener.local_addr()?, "serving metrics");
         tokio::spawn(game_session::metrics::serve(listener, handle));
     }
-    let main = TcpListener::bind(config.listen).await?;
+    let main = bind("--listen", config.listen).await?;
     let backend = match config.backend_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(bind("--backend-listen", addr).await?),
         None => None,
     };
     game_session::run(config, Modes::default(), Listeners { main, backend }, game_session::shutdown_signal()).await
+}
+
+/// Binds `addr`; a failure names the flag and the address.
+async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, game_session::BoxError> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({flag}): {e}").into())
 }

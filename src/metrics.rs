@@ -16,9 +16,11 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::SharedString;
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 /// Sessions running now, by `mode`.
@@ -26,7 +28,7 @@ pub const SESSIONS_ACTIVE: &str = "game_session_sessions_active";
 /// Sessions created, by `mode`.
 pub const SESSIONS_CREATED: &str = "game_session_sessions_created_total";
 /// Sessions ended, by `mode` and `reason` (`ended_by_backend`, `idle`,
-/// `server_shutdown`).
+/// `server_shutdown`, or `aborted`: its task failed).
 pub const SESSIONS_ENDED: &str = "game_session_sessions_ended_total";
 /// Players in a session now, by `mode`.
 pub const PLAYERS_CONNECTED: &str = "game_session_players_connected";
@@ -36,19 +38,21 @@ pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
 /// `slow_player` (the outbound queue policy removed it), `removed` (it broke
 /// the protocol), `session_ended`.
 pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
-/// Relay messages received from players, by `mode`.
+/// Relay messages from players that passed validation, by `mode`.
 pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
 pub const MESSAGES_DELIVERED: &str = "game_session_messages_delivered_total";
-/// Droppable messages dropped for a player that was behind, by `mode`.
+/// Droppable relays and backend messages dropped for a player that was
+/// behind, by `mode`.
 pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
 /// Unary RPC handling time, by `method` (e.g. `CreateSession`) and `code`
 /// (the gRPC status code, e.g. `OK`, `NOT_FOUND`).
 pub const RPC_DURATION: &str = "game_session_rpc_duration_seconds";
 
 /// Histogram buckets of [`RPC_DURATION`], in seconds.
-const RPC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const RPC_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the process-wide Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, crate::BoxError> {
@@ -69,15 +73,30 @@ fn describe() {
     describe_counter!(PLAYER_DEPARTURES, "Players gone, by reason.");
     describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
     describe_counter!(MESSAGES_DELIVERED, "Messages queued for a recipient (a relay to 7 players counts 7).");
-    describe_counter!(MESSAGES_DROPPED, "Droppable messages dropped for a player that was behind.");
+    describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
 }
+
+/// Scrapes served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
 
 /// Serves `GET /metrics` (the Prometheus text format, with fresh process
 /// metrics) on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    // The recorder buffers histogram samples until a render or an upkeep:
+    // with nobody scraping, upkeep keeps that bounded.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let state = Arc::new((handle, metrics_process::Collector::default()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -89,6 +108,7 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &state.0, &state.1)) }
@@ -125,66 +145,112 @@ fn respond<B>(
     response
 }
 
-/// One session's metric handles, labelled with its mode.
+/// One session's metric handles, labelled with its mode, and what it has
+/// added to the gauges, so that an actor that ends any way at all (even by a
+/// panic) takes back exactly that.
 #[derive(Debug)]
 pub(crate) struct SessionMetrics {
-    mode: String,
+    mode: SharedString,
     pub received: Counter,
     pub delivered: Counter,
     pub dropped: Counter,
-    pub joins: Counter,
-    pub players: Gauge,
+    joins: Counter,
+    players: Gauge,
+    active: Gauge,
+    /// Players this session added to [`PLAYERS_CONNECTED`] and not yet took back.
+    seated: u64,
+    /// The session ended through `ended` (not by a panic).
+    finished: bool,
 }
 
 impl SessionMetrics {
     /// Handles for a new session of `mode`; counts it as created and active.
     pub fn started(mode: &str) -> Self {
-        let label = || ("mode", mode.to_owned());
-        counter!(SESSIONS_CREATED, &[label()]).increment(1);
-        gauge!(SESSIONS_ACTIVE, &[label()]).increment(1.0);
+        let mode = SharedString::from(mode.to_owned());
+        let label = || [("mode", mode.clone())];
+        counter!(SESSIONS_CREATED, &label()).increment(1);
+        let active = gauge!(SESSIONS_ACTIVE, &label());
+        active.increment(1.0);
         SessionMetrics {
-            mode: mode.to_owned(),
-            received: counter!(MESSAGES_RECEIVED, &[label()]),
-            delivered: counter!(MESSAGES_DELIVERED, &[label()]),
-            dropped: counter!(MESSAGES_DROPPED, &[label()]),
-            joins: counter!(PLAYER_JOINS, &[label()]),
-            players: gauge!(PLAYERS_CONNECTED, &[label()]),
+            received: counter!(MESSAGES_RECEIVED, &label()),
+            delivered: counter!(MESSAGES_DELIVERED, &label()),
+            dropped: counter!(MESSAGES_DROPPED, &label()),
+            joins: counter!(PLAYER_JOINS, &label()),
+            players: gauge!(PLAYERS_CONNECTED, &label()),
+            active,
+            mode,
+            seated: 0,
+            finished: false,
         }
     }
 
-    /// A player left the session for `reason`.
-    pub fn departed(&self, reason: &'static str) {
-        self.players.decrement(1.0);
-        counter!(PLAYER_DEPARTURES, &[("mode", self.mode.clone()), ("reason", reason.to_owned())]).increment(1);
+    /// A player took a seat.
+    pub fn joined(&mut self) {
+        self.joins.increment(1);
+        self.players.increment(1.0);
+        self.seated += 1;
     }
 
-    /// The session ended for `reason`.
-    pub fn ended(&self, reason: &'static str) {
-        counter!(SESSIONS_ENDED, &[("mode", self.mode.clone()), ("reason", reason.to_owned())]).increment(1);
+    /// `count` players left their seats for `reason`.
+    pub fn departed(&mut self, reason: &'static str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.players.decrement(count as f64);
+        self.seated = self.seated.saturating_sub(count);
+        counter!(PLAYER_DEPARTURES, &[("mode", self.mode.clone()), ("reason", SharedString::from(reason))])
+            .increment(count);
+    }
+
+    /// The session ended for `reason`: it is no longer active.
+    pub fn ended(&mut self, reason: &'static str) {
+        counter!(SESSIONS_ENDED, &[("mode", self.mode.clone()), ("reason", SharedString::from(reason))]).increment(1);
+        self.active.decrement(1.0);
+        self.finished = true;
     }
 }
 
 impl Drop for SessionMetrics {
-    /// The session is no longer active, however its actor ended.
+    /// An actor that did not end normally (a panic) still takes back what it
+    /// added, and counts as ended for reason `aborted`.
     fn drop(&mut self) {
-        gauge!(SESSIONS_ACTIVE, &[("mode", self.mode.clone())]).decrement(1.0);
+        if !self.finished {
+            let seated = self.seated;
+            self.departed("session_ended", seated);
+            self.ended("aborted");
+        }
     }
 }
 
-/// Records a unary RPC's duration with its outcome's gRPC code.
+/// Records a unary RPC's duration with its outcome's gRPC code. A call
+/// dropped before it finished (the client cancelled, or its deadline passed
+/// and tonic answered for it) is recorded as `CANCELLED`.
 pub(crate) async fn timed<T>(
     method: &'static str,
     call: impl Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
-    let started = std::time::Instant::now();
+    let mut timer = RpcTimer { method, started: std::time::Instant::now(), code: None };
     let result = call.await;
-    let code = match &result {
+    timer.code = Some(match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
-    };
-    let labels = [("method", method.to_owned()), ("code", code_name(code).to_owned())];
-    metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    });
     result
+}
+
+/// Records on drop, however the call ended.
+struct RpcTimer {
+    method: &'static str,
+    started: std::time::Instant,
+    code: Option<tonic::Code>,
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        let code = code_name(self.code.unwrap_or(tonic::Code::Cancelled));
+        let labels = [("method", SharedString::from(self.method)), ("code", SharedString::from(code))];
+        metrics::histogram!(RPC_DURATION, &labels).record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// A gRPC code's canonical name, as in the spec (`OK`, `NOT_FOUND`).

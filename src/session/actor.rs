@@ -265,8 +265,7 @@ impl Actor {
         );
         self.idle_armed = false;
         self.players_changed();
-        self.metrics.joins.increment(1);
-        self.metrics.players.increment(1.0);
+        self.metrics.joined();
         info!(session.sequence = sequence, "player joined");
 
         let joined = Joined { session_id, player_id: id.clone(), outbound };
@@ -487,12 +486,13 @@ impl Actor {
                 (PresenceKind::Removed, err.to_string())
             }
         };
-        self.metrics.departed(match &departure {
+        let reason = match &departure {
             Departure::Left => "left",
             Departure::Disconnected(_) => "disconnected",
             Departure::Removed(Error::SlowPlayer(_)) => "slow_player",
             Departure::Removed(_) => "removed",
-        });
+        };
+        self.metrics.departed(reason, 1);
         let sequence = self.next_sequence();
         match &departure {
             Departure::Left => info!(session.sequence = sequence, "player left"),
@@ -531,9 +531,7 @@ impl Actor {
             let _ = player.out.push(Delivery::End(None));
         }
         let players = self.players.len();
-        for _ in 0..players {
-            self.metrics.departed("session_ended");
-        }
+        self.metrics.departed("session_ended", players as u64);
         self.metrics.ended(match reason {
             EndReason::EndedByBackend => "ended_by_backend",
             EndReason::Idle => "idle",
