@@ -178,6 +178,38 @@ async fn metrics_count_a_scripted_session_exactly() {
     let _ = server.child.kill().await;
 }
 
+/// Catches departures and ends counted under the wrong reason, or gauges
+/// left up: a player whose connection breaks counts as `disconnected`, the
+/// empty session then ends as `idle`, and both gauges come back to zero.
+#[tokio::test]
+async fn a_broken_connection_and_an_idle_end_are_counted_by_reason() {
+    let mut server = Binary::start(&["--idle-timeout", "200ms"]).await;
+    let mut sessions = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+    let session_id =
+        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let alice = Player::join_as(server.addr, &session_id, "alice").await;
+    alice.break_connection();
+
+    let wanted = [
+        ("game_session_player_departures_total{mode=\"relay\",reason=\"disconnected\"}", 1.0),
+        ("game_session_sessions_ended_total{mode=\"relay\",reason=\"idle\"}", 1.0),
+        ("game_session_players_connected{mode=\"relay\"}", 0.0),
+        ("game_session_sessions_active{mode=\"relay\"}", 0.0),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = server.scrape().await;
+        let now: Vec<_> = wanted.iter().map(|(series, _)| samples.get(*series).copied()).collect();
+        if now.iter().zip(&wanted).all(|(got, (_, want))| *got == Some(*want)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?} in {samples:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = server.child.kill().await;
+}
+
 /// Catches JSON logs that do not parse, or that lose the session and player
 /// ids: with `--log-format json` every line is a JSON object with a level
 /// and a message, and a player's join is logged with both ids.
