@@ -10,18 +10,22 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    telemetry::init(&config.log, config.log_format);
+    let telemetry = telemetry::init(&config.log, config.log_format);
     if let Err(err) = config.validate() {
         tracing::error!(error = %err, "invalid configuration");
         return std::process::ExitCode::from(2);
     }
-    match serve(config).await {
+    // The spans still queued at the end are flushed within the grace period.
+    let flush_within = config.shutdown_grace;
+    let code = match serve(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown(flush_within).await;
+    code
 }
 
 async fn serve(config: Config) -> Result<(), game_session::BoxError> {

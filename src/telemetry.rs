@@ -1,24 +1,139 @@
-//! Logging setup: `tracing` with an `EnvFilter`, as text or JSON lines. The
-//! OpenTelemetry export joins here in a later issue; spans are already named
-//! and shaped for it (`package.Service/Method`, `session.id`, `player.id`).
+//! Logs and traces: `tracing` with an `EnvFilter`, written as text or JSON
+//! lines, and exported to OpenTelemetry over OTLP when configured.
+//!
+//! Trace export is configured by the standard variables only:
+//! - `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`:
+//!   where to send spans (gRPC: `http://host:4317`; http/protobuf: the base
+//!   URL, to which `/v1/traces` is added, or the full traces URL);
+//! - `OTEL_EXPORTER_OTLP_PROTOCOL` / `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`:
+//!   `grpc` (the default) or `http/protobuf`;
+//! - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`; the resource also
+//!   carries `service.version` and a `service.instance.id` per process;
+//! - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default
+//!   `parentbased_always_on`);
+//! - `OTEL_TRACES_EXPORTER` (`otlp` or `none`) and `OTEL_SDK_DISABLED`.
+//!
+//! Unlike the spec's default (export to `localhost:4317` always), spans are
+//! exported only when an endpoint is set or `OTEL_TRACES_EXPORTER=otlp`: a
+//! server started on a laptop with no collector then does no export work and
+//! logs no connection errors. With export off no OpenTelemetry layer is
+//! installed at all, so nothing on the hot path is slowed.
+//!
+//! Spans go through a batch processor on tokio with a bounded queue (2048
+//! spans; more are dropped, never waited for), so a collector that is down or
+//! slow never blocks the service.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
-pub fn init(default_filter: &str, format: LogFormat) {
+/// What [`init`] set up, to be flushed at shutdown.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Installs the global subscriber, with trace export if configured (see the
+/// module docs). `RUST_LOG` wins over `default_filter`. Call it inside the
+/// tokio runtime: the span exporter runs on it.
+pub fn init(default_filter: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colours only for a terminal: a log collector gets plain text.
     let ansi = std::io::stdout().is_terminal();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
-    // A second init (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).boxed(),
         // The event's fields at the top level; the current span's (with
         // `session.id` and `player.id`) under "span".
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
     };
+    let (provider, export_error) = match tracer_provider() {
+        Ok(provider) => (provider, None),
+        Err(err) => (None, Some(err)),
+    };
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("game-session")));
+    // A second init (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    if let Some(err) = export_error {
+        tracing::error!(error = %err, "trace export is off: its configuration failed");
+    }
+    Telemetry { provider }
+}
+
+impl Telemetry {
+    /// Flushes the spans still queued, waiting at most `within` (a collector
+    /// that is down must not hold up the exit).
+    pub async fn shutdown(self, within: Duration) {
+        let Some(provider) = self.provider else { return };
+        // shutdown() blocks until the exporter is done.
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        match tokio::time::timeout(within, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "flushing spans at shutdown failed"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "flushing spans at shutdown failed"),
+            Err(_) => tracing::warn!(?within, "flushing spans at shutdown timed out; the rest are lost"),
+        }
+    }
+}
+
+/// The tracer provider the `OTEL_*` variables ask for, if any.
+fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::BoxError> {
+    let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let exporter = var("OTEL_TRACES_EXPORTER");
+    let endpoint_set =
+        var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    match exporter.as_deref() {
+        Some("none") => return Ok(None),
+        Some("otlp") => {}
+        Some(other) => return Err(format!("OTEL_TRACES_EXPORTER={other}: only otlp and none are supported").into()),
+        None if !endpoint_set => return Ok(None),
+        None => {}
+    }
+    let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let exporter = match protocol.as_deref().unwrap_or("grpc") {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?,
+        "http/protobuf" => {
+            opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).build()?
+        }
+        other => {
+            return Err(
+                format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: only grpc and http/protobuf are supported").into()
+            );
+        }
+    };
+    let mut resource = Resource::builder().with_attributes([
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()),
+    ]);
+    let named = var("OTEL_SERVICE_NAME").is_some()
+        || var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| attributes.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name("game-session");
+    }
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Ok(Some(SdkTracerProvider::builder().with_resource(resource.build()).with_span_processor(processor).build()))
 }

@@ -12,6 +12,11 @@ use std::process::Stdio;
 use common::{Player, WAIT};
 use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, server_message};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{Span, span};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -30,11 +35,19 @@ struct Binary {
 
 impl Binary {
     async fn start(extra: &[&str]) -> Binary {
+        Binary::start_with_env(extra, &[]).await
+    }
+
+    async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut command = Command::new(env!("CARGO_BIN_EXE_game-session"));
-        // Only the flags here count, whatever the developer's shell has set.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("GAME_SESSION_")) {
+        // Only the flags and variables here count, whatever the developer's
+        // shell has set.
+        for (name, _) in
+            std::env::vars().filter(|(name, _)| name.starts_with("GAME_SESSION_") || name.starts_with("OTEL_"))
+        {
             command.env_remove(name);
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--drain-period", "100ms"])
             .args(extra)
@@ -238,5 +251,109 @@ async fn json_logs_parse_and_carry_the_ids() {
     assert_eq!(joined["span"]["session.id"], Value::String(session_id), "{joined}");
     assert_eq!(joined["span"]["player.id"], "alice", "{joined}");
     assert_eq!(joined["span"]["name"], "player.join", "{joined}");
+    let _ = server.child.kill().await;
+}
+
+/// An OTLP/gRPC trace receiver: every export request, as it arrives.
+struct Receiver {
+    addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+}
+
+struct Collect(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collect {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, requests) = mpsc::unbounded_channel();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Collect(tx)))
+                .serve_with_incoming(incoming),
+        );
+        Receiver { addr, requests }
+    }
+
+    /// Waits for the span named `name`; returns it with its resource.
+    async fn span(&mut self, name: &str) -> (Span, Resource) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let request = tokio::time::timeout_at(deadline, self.requests.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no span {name} in time"))
+                .expect("receiver open");
+            for resource_spans in request.resource_spans {
+                let resource = resource_spans.resource.clone().unwrap_or_default();
+                for scope in resource_spans.scope_spans {
+                    if let Some(span) = scope.spans.into_iter().find(|s| s.name == name) {
+                        return (span, resource);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<any_value::Value> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+}
+
+fn string(value: &str) -> Option<any_value::Value> {
+    Some(any_value::Value::StringValue(value.to_owned()))
+}
+
+/// Catches a trace that does not continue the caller's, or a span without
+/// the RPC conventions: with only the endpoint and the service name set, a
+/// ListSessions call made with a `traceparent` reaches an OTLP/gRPC receiver
+/// as a SERVER span in the caller's trace, child of the caller's span, with
+/// the RPC attributes and the resource's service name, version and instance.
+#[tokio::test]
+async fn a_call_in_a_callers_trace_is_exported_over_otlp_grpc() {
+    let mut receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "game-session-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let mut server = Binary::start_with_env(&[], &env).await;
+    let mut sessions = server.sessions().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(pb::ListSessionsRequest::default());
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    sessions.list_sessions(request).await.expect("list");
+
+    let (span, resource) = receiver.span("gamesession.v1.SessionService/ListSessions").await;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&span.trace_id), trace_id, "the caller's trace");
+    assert_eq!(hex(&span.parent_span_id), caller_span, "a child of the caller's span");
+    assert_eq!(span.kind, span::SpanKind::Server as i32);
+    assert_eq!(attribute(&span.attributes, "rpc.system"), string("grpc"));
+    assert_eq!(attribute(&span.attributes, "rpc.service"), string("gamesession.v1.SessionService"));
+    assert_eq!(attribute(&span.attributes, "rpc.method"), string("ListSessions"));
+    assert_eq!(attribute(&span.attributes, "rpc.grpc.status_code"), Some(any_value::Value::IntValue(0)));
+    assert_eq!(attribute(&span.attributes, "server.address"), string("127.0.0.1"));
+    assert_eq!(
+        attribute(&span.attributes, "server.port"),
+        Some(any_value::Value::IntValue(i64::from(server.addr.port())))
+    );
+    assert_eq!(attribute(&resource.attributes, "service.name"), string("game-session-test"));
+    assert_eq!(attribute(&resource.attributes, "service.version"), string(env!("CARGO_PKG_VERSION")));
+    assert!(attribute(&resource.attributes, "service.instance.id").is_some());
     let _ = server.child.kill().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Span, instrument};
+use tracing::{Instrument, Span};
 
 use super::codec::{self, Outbound};
 use super::convert::{self, Limits};
@@ -40,38 +40,42 @@ impl PlayerApi {
 impl PlayerService for PlayerApi {
     type PlayStream = PlayStream;
 
-    #[instrument(name = "gamesession.v1.PlayerService/Play", skip_all, fields(session.id, player.id))]
     async fn play(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
-            Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Error::precondition("join", "the stream closed before its join").into()),
-            Ok(Ok(Some(message))) => message,
-        };
-        let join = match first.kind {
-            Some(pb::client_message::Kind::Join(join)) => join,
-            Some(_) | None => {
-                return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
-            }
-        };
-        let target = match join.target.clone() {
-            Some(pb::join::Target::SessionId(id)) => {
-                convert::check_id("join.session_id", &id)?;
-                JoinTarget::Session(id)
-            }
-            Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => JoinTarget::Mode(mode),
-            Some(pb::join::Target::Mode(_)) | None => {
-                return Err(Error::invalid("join.target", "set session_id or mode").into());
-            }
-        };
-        let player = convert::new_player(join, &self.limits)?;
-        let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
-        let joined = self.manager.join(target, player, inputs).await?;
-        let span = Span::current();
-        span.record("session.id", &*joined.session_id);
-        span.record("player.id", &*joined.player_id);
-        Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
+        let span = super::rpc_span!("PlayerService", "Play", &request);
+        async move {
+            let mut inbound = request.into_inner();
+            let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
+                Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
+                Ok(Err(status)) => return Err(status),
+                Ok(Ok(None)) => return Err(Error::precondition("join", "the stream closed before its join").into()),
+                Ok(Ok(Some(message))) => message,
+            };
+            let join = match first.kind {
+                Some(pb::client_message::Kind::Join(join)) => join,
+                Some(_) | None => {
+                    return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
+                }
+            };
+            let target = match join.target.clone() {
+                Some(pb::join::Target::SessionId(id)) => {
+                    convert::check_id("join.session_id", &id)?;
+                    JoinTarget::Session(id)
+                }
+                Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => JoinTarget::Mode(mode),
+                Some(pb::join::Target::Mode(_)) | None => {
+                    return Err(Error::invalid("join.target", "set session_id or mode").into());
+                }
+            };
+            let player = convert::new_player(join, &self.limits)?;
+            let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
+            let joined = self.manager.join(target, player, inputs).await?;
+            let span = Span::current();
+            span.record("session.id", &*joined.session_id);
+            span.record("player.id", &*joined.player_id);
+            Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::Instrument;
 
 use super::convert::{self, Limits, MAX_CONFIG_LEN, MAX_END_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 use crate::error::Error;
@@ -38,12 +38,12 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSessionsRespons
 
 #[tonic::async_trait]
 impl SessionService for SessionApi {
-    #[instrument(name = "gamesession.v1.SessionService/CreateSession", skip_all, fields(session.id, session.mode))]
     async fn create_session(
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        crate::metrics::timed("CreateSession", async move {
+        let span = super::rpc_span!("SessionService", "CreateSession", &request);
+        super::rpc("CreateSession", span, async move {
             let request = request.into_inner();
             let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
             if request.config.len() > MAX_CONFIG_LEN {
@@ -82,12 +82,12 @@ impl SessionService for SessionApi {
         .await
     }
 
-    #[instrument(name = "gamesession.v1.SessionService/GetSession", skip_all, fields(session.id))]
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        crate::metrics::timed("GetSession", async move {
+        let span = super::rpc_span!("SessionService", "GetSession", &request);
+        super::rpc("GetSession", span, async move {
             let id = request.into_inner().session_id;
             tracing::Span::current().record("session.id", id.as_str());
             convert::check_id("session_id", &id)?;
@@ -97,12 +97,12 @@ impl SessionService for SessionApi {
         .await
     }
 
-    #[instrument(name = "gamesession.v1.SessionService/ListSessions", skip_all)]
     async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        crate::metrics::timed("ListSessions", async move {
+        let span = super::rpc_span!("SessionService", "ListSessions", &request);
+        super::rpc("ListSessions", span, async move {
             let request = request.into_inner();
             let filter = convert::filter(request.filter, &self.limits)?;
             let page_size = match request.page_size as usize {
@@ -128,68 +128,73 @@ impl SessionService for SessionApi {
 
     type WatchSessionsStream = WatchStream;
 
-    #[instrument(name = "gamesession.v1.SessionService/WatchSessions", skip_all)]
     async fn watch_sessions(
         &self,
         request: Request<pb::WatchSessionsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        use pb::watch_sessions_response::Kind;
-        let filter = convert::filter(request.into_inner().filter, &self.limits)?;
-        let watch = self.manager.watch(&filter);
-        let initial = watch
-            .initial
-            .iter()
-            .map(|info| Ok(pb::WatchSessionsResponse { kind: Some(Kind::Initial(convert::session(info))) }))
-            .chain(std::iter::once(Ok(pb::WatchSessionsResponse {
-                kind: Some(Kind::Synced(pb::Synced { revision: watch.revision })),
-            })))
-            .collect::<Vec<_>>();
-        let closing = self.manager.closing();
-        let live = stream::unfold(Some((watch.events, filter, closing)), |state| async move {
-            let (mut events, filter, closing) = state?;
-            loop {
-                let received = tokio::select! {
-                    () = closing.cancelled() => {
-                        return Some((Err(Status::unavailable("the server is shutting down; watch another instance")), None));
+        let span = super::rpc_span!("SessionService", "WatchSessions", &request);
+        async move {
+            use pb::watch_sessions_response::Kind;
+            let filter = convert::filter(request.into_inner().filter, &self.limits)?;
+            let watch = self.manager.watch(&filter);
+            let initial = watch
+                .initial
+                .iter()
+                .map(|info| Ok(pb::WatchSessionsResponse { kind: Some(Kind::Initial(convert::session(info))) }))
+                .chain(std::iter::once(Ok(pb::WatchSessionsResponse {
+                    kind: Some(Kind::Synced(pb::Synced { revision: watch.revision })),
+                })))
+                .collect::<Vec<_>>();
+            let closing = self.manager.closing();
+            let live = stream::unfold(Some((watch.events, filter, closing)), |state| async move {
+                let (mut events, filter, closing) = state?;
+                loop {
+                    let received = tokio::select! {
+                        () = closing.cancelled() => {
+                            return Some((Err(Status::unavailable("the server is shutting down; watch another instance")), None));
+                        }
+                        received = events.recv() => received,
+                    };
+                    match received {
+                        Ok(event) if event.concerns(&filter) => {
+                            let kind = match event.kind {
+                                WatchEventKind::Created => pb::SessionEventKind::Created,
+                                WatchEventKind::Updated => pb::SessionEventKind::Updated,
+                                WatchEventKind::Ended => pb::SessionEventKind::Ended,
+                            };
+                            let message = pb::WatchSessionsResponse {
+                                kind: Some(Kind::Event(pb::SessionEvent {
+                                    revision: event.revision,
+                                    kind: kind as i32,
+                                    session: Some(convert::session(&event.session)),
+                                })),
+                            };
+                            return Some((Ok(message), Some((events, filter, closing))));
+                        }
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(missed)) => {
+                            let status = Status::aborted(format!(
+                                "this watch fell {missed} events behind and was ended; call WatchSessions again"
+                            ));
+                            return Some((Err(status), None));
+                        }
+                        Err(RecvError::Closed) => return None,
                     }
-                    received = events.recv() => received,
-                };
-                match received {
-                    Ok(event) if event.concerns(&filter) => {
-                        let kind = match event.kind {
-                            WatchEventKind::Created => pb::SessionEventKind::Created,
-                            WatchEventKind::Updated => pb::SessionEventKind::Updated,
-                            WatchEventKind::Ended => pb::SessionEventKind::Ended,
-                        };
-                        let message = pb::WatchSessionsResponse {
-                            kind: Some(Kind::Event(pb::SessionEvent {
-                                revision: event.revision,
-                                kind: kind as i32,
-                                session: Some(convert::session(&event.session)),
-                            })),
-                        };
-                        return Some((Ok(message), Some((events, filter, closing))));
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => {
-                        let status = Status::aborted(format!(
-                            "this watch fell {missed} events behind and was ended; call WatchSessions again"
-                        ));
-                        return Some((Err(status), None));
-                    }
-                    Err(RecvError::Closed) => return None,
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(stream::iter(initial).chain(live))))
+            });
+            let stream: WatchStream = Box::pin(stream::iter(initial).chain(live));
+            Ok(Response::new(stream))
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "gamesession.v1.SessionService/EndSession", skip_all, fields(session.id))]
     async fn end_session(
         &self,
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        crate::metrics::timed("EndSession", async move {
+        let span = super::rpc_span!("SessionService", "EndSession", &request);
+        super::rpc("EndSession", span, async move {
             let request = request.into_inner();
             tracing::Span::current().record("session.id", request.session_id.as_str());
             convert::check_id("session_id", &request.session_id)?;
@@ -203,12 +208,12 @@ impl SessionService for SessionApi {
         .await
     }
 
-    #[instrument(name = "gamesession.v1.SessionService/SendToSession", skip_all, fields(session.id))]
     async fn send_to_session(
         &self,
         request: Request<pb::SendToSessionRequest>,
     ) -> Result<Response<pb::SendToSessionResponse>, Status> {
-        crate::metrics::timed("SendToSession", async move {
+        let span = super::rpc_span!("SessionService", "SendToSession", &request);
+        super::rpc("SendToSession", span, async move {
             let request = request.into_inner();
             tracing::Span::current().record("session.id", request.session_id.as_str());
             convert::check_id("session_id", &request.session_id)?;
