@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, span};
+use prost::Message as _;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -287,6 +288,38 @@ impl Receiver {
         Receiver { addr, requests }
     }
 
+    /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
+    async fn start_http() -> Receiver {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        assert_eq!(request.uri().path(), "/v1/traces");
+                        let body = request.into_body().collect().await.expect("body").to_bytes();
+                        let _ = tx.send(ExportTraceServiceRequest::decode(body).expect("an OTLP export request"));
+                        let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(reply)));
+                        response
+                            .headers_mut()
+                            .insert("content-type", hyper::header::HeaderValue::from_static("application/x-protobuf"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Receiver { addr, requests }
+    }
+
     /// Waits for the span named `name`; returns it with its resource.
     async fn span(&mut self, name: &str) -> (Span, Resource) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -322,13 +355,27 @@ fn string(value: &str) -> Option<any_value::Value> {
 /// the RPC attributes and the resource's service name, version and instance.
 #[tokio::test]
 async fn a_call_in_a_callers_trace_is_exported_over_otlp_grpc() {
-    let mut receiver = Receiver::start().await;
+    let receiver = Receiver::start().await;
+    a_call_in_a_callers_trace_is_exported(receiver, &[]).await;
+}
+
+/// The same over OTLP/HTTP with protobuf bodies.
+#[tokio::test]
+async fn a_call_in_a_callers_trace_is_exported_over_otlp_http() {
+    let receiver = Receiver::start_http().await;
+    a_call_in_a_callers_trace_is_exported(receiver, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).await;
+}
+
+/// Only the endpoint and the service name are set (and a short batch
+/// delay, so that the test need not wait the default 5 s).
+async fn a_call_in_a_callers_trace_is_exported(mut receiver: Receiver, more: &[(&str, &str)]) {
     let endpoint = format!("http://{}", receiver.addr);
-    let env = [
+    let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "game-session-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "50"),
     ];
+    env.extend_from_slice(more);
     let mut server = Binary::start_with_env(&[], &env).await;
     let mut sessions = server.sessions().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -356,4 +403,31 @@ async fn a_call_in_a_callers_trace_is_exported_over_otlp_grpc() {
     assert_eq!(attribute(&resource.attributes, "service.version"), string(env!("CARGO_PKG_VERSION")));
     assert!(attribute(&resource.attributes, "service.instance.id").is_some());
     let _ = server.child.kill().await;
+}
+
+/// Catches a service that a dead collector slows or holds up: with the
+/// endpoint pointing at a port nobody listens on, calls still succeed, and
+/// on SIGTERM the server still exits 0 within its drain period and grace.
+#[tokio::test]
+async fn a_collector_that_is_down_neither_blocks_calls_nor_the_exit() {
+    let nobody = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let endpoint = format!("http://{nobody}");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
+    let mut server = Binary::start_with_env(&["--shutdown-grace", "1s"], &env).await;
+    let mut sessions = server.sessions().await;
+    for _ in 0..20 {
+        let call = sessions.list_sessions(pb::ListSessionsRequest::default());
+        tokio::time::timeout(std::time::Duration::from_secs(1), call).await.expect("not held up").expect("list");
+    }
+    let pid = server.child.id().expect("running");
+    let stopping = tokio::time::Instant::now();
+    // SAFETY: sends SIGTERM to the child this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, server.child.wait()).await.expect("exits in time").expect("wait");
+    assert!(status.success(), "{status}");
+    // 100 ms of drain and at most 1 s of span flushing, with room to spare.
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(4), "{:?}", stopping.elapsed());
 }
