@@ -33,8 +33,10 @@ pub struct Config {
     pub log: String,
 
     /// Log lines as human-readable `text`, or as `json` (one object per
-    /// line: timestamp, level, message, the event's fields, and the current
-    /// span's fields such as `session.id` and `player.id`).
+    /// line: timestamp, level, message, the event's fields, the current
+    /// span's fields such as `session.id` and `player.id` under `span`, and
+    /// every span in scope under `spans`, an RPC's with `trace_id` and
+    /// `span_id` when traces are exported).
     #[arg(long, env = "GAME_SESSION_LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -56,12 +56,14 @@ pub fn init(default_filter: &str, format: LogFormat) -> Telemetry {
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).boxed(),
         // The event's fields at the top level; the current span's (with
-        // `session.id` and `player.id`) under "span".
+        // `session.id` and `player.id`) under "span", and every span in scope
+        // under "spans" (outermost first: an RPC's carries `trace_id` and
+        // `span_id`).
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .boxed(),
     };
     let (provider, export_error) = match tracer_provider() {

@@ -431,3 +431,37 @@ async fn a_collector_that_is_down_neither_blocks_calls_nor_the_exit() {
     // 100 ms of drain and at most 1 s of span flushing, with room to spare.
     assert!(stopping.elapsed() < std::time::Duration::from_secs(4), "{:?}", stopping.elapsed());
 }
+
+/// Catches log lines that cannot be tied to their trace: with traces
+/// exported and JSON logs, a line logged while serving a call made in a
+/// caller's trace carries that trace's id and the call's span id.
+#[tokio::test]
+async fn json_log_lines_carry_the_trace_id() {
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let mut server = Binary::start_with_env(&["--log-format", "json"], &env).await;
+    let mut sessions = server.sessions().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() });
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    sessions.create_session(request).await.expect("create");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let created = loop {
+        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a line").expect("log");
+        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if json["message"] == "session created" {
+            break json;
+        }
+    };
+    let rpc = created["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "gamesession.v1.SessionService/CreateSession"))
+        .unwrap_or_else(|| panic!("the RPC's span in scope: {created}"));
+    assert_eq!(rpc["trace_id"], trace_id, "{created}");
+    let span_id = rpc["span_id"].as_str().unwrap_or_else(|| panic!("a span id: {created}"));
+    assert!(span_id.len() == 16 && span_id != "00f067aa0ba902b7", "the call's own span: {created}");
+    let _ = server.child.kill().await;
+}

@@ -20,6 +20,8 @@ macro_rules! rpc_span {
             session.id = tracing::field::Empty,
             session.mode = tracing::field::Empty,
             player.id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         $crate::api::continue_trace(&span, $request);
         span
@@ -36,6 +38,7 @@ pub use player::PlayerApi;
 pub use session::SessionApi;
 
 use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
 use tonic::metadata::{KeyRef, MetadataMap};
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -43,12 +46,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Continues the caller's trace in an RPC's span (W3C `traceparent`,
 /// `tracestate` and `baggage` from the request's metadata), and records the
-/// address the call came in on (`server.address`, `server.port`).
+/// address the call came in on (`server.address`, `server.port`) and, when
+/// traces are exported, the span's `trace_id` and `span_id` for the logs.
 pub(crate) fn continue_trace<T>(span: &tracing::Span, request: &tonic::Request<T>) {
     let parent =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Metadata(request.metadata())));
     // Fails only when the span is already closed or not exported.
     let _ = span.set_parent(parent);
+    // The ids for the log lines (JSON: under "span"), when traces are on.
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
     if let Some(addr) = request.local_addr() {
         span.record("server.address", addr.ip().to_string());
         span.record("server.port", i64::from(addr.port()));
