@@ -259,6 +259,8 @@ async fn json_logs_parse_and_carry_the_ids() {
 struct Receiver {
     addr: SocketAddr,
     requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    /// Every span received so far, with its resource.
+    spans: Vec<(Span, Resource)>,
 }
 
 struct Collect(mpsc::UnboundedSender<ExportTraceServiceRequest>);
@@ -285,7 +287,7 @@ impl Receiver {
                 .add_service(TraceServiceServer::new(Collect(tx)))
                 .serve_with_incoming(incoming),
         );
-        Receiver { addr, requests }
+        Receiver { addr, requests, spans: Vec::new() }
     }
 
     /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
@@ -317,26 +319,31 @@ impl Receiver {
                 );
             }
         });
-        Receiver { addr, requests }
+        Receiver { addr, requests, spans: Vec::new() }
     }
 
     /// Waits for the span named `name`; returns it with its resource.
     async fn span(&mut self, name: &str) -> (Span, Resource) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
+            if let Some(found) = self.spans.iter().find(|(span, _)| span.name == name) {
+                return found.clone();
+            }
             let request = tokio::time::timeout_at(deadline, self.requests.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no span {name} in time"))
+                .unwrap_or_else(|_| panic!("no span {name} in time; got {:?}", self.names()))
                 .expect("receiver open");
             for resource_spans in request.resource_spans {
                 let resource = resource_spans.resource.clone().unwrap_or_default();
                 for scope in resource_spans.scope_spans {
-                    if let Some(span) = scope.spans.into_iter().find(|s| s.name == name) {
-                        return (span, resource);
-                    }
+                    self.spans.extend(scope.spans.into_iter().map(|span| (span, resource.clone())));
                 }
             }
         }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.spans.iter().map(|(span, _)| span.name.as_str()).collect()
     }
 }
 
@@ -463,5 +470,53 @@ async fn json_log_lines_carry_the_trace_id() {
     assert_eq!(rpc["trace_id"], trace_id, "{created}");
     let span_id = rpc["span_id"].as_str().unwrap_or_else(|| panic!("a span id: {created}"));
     assert!(span_id.len() == 16 && span_id != "00f067aa0ba902b7", "the call's own span: {created}");
+    let _ = server.child.kill().await;
+}
+
+/// Catches lifecycle spans that cannot be found from the call that caused
+/// them: a join is a short span of its own, linked to the Play call (which
+/// continues the caller's trace), with the session and player ids; the leave
+/// is another, linked to the join.
+#[tokio::test]
+async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
+    use game_session::pb::player_service_client::PlayerServiceClient;
+    let mut receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
+    let mut server = Binary::start_with_env(&[], &env).await;
+    let mut sessions = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+    let session_id =
+        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+
+    let (tx, rx) = mpsc::channel(4);
+    let join = pb::Join {
+        target: Some(pb::join::Target::SessionId(session_id.clone())),
+        player_id: "alice".into(),
+        ..Default::default()
+    };
+    tx.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Join(join)) }).await.expect("send");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let mut client = PlayerServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let mut stream = client.play(request).await.expect("play").into_inner();
+    assert!(matches!(stream.message().await.expect("ok").and_then(|m| m.kind), Some(server_message::Kind::Welcome(_))));
+    tx.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Leave(pb::Leave {})) }).await.expect("send");
+    while stream.message().await.expect("ends OK").is_some() {}
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (play, _) = receiver.span("gamesession.v1.PlayerService/Play").await;
+    assert_eq!(hex(&play.trace_id), trace_id, "Play continues the caller's trace");
+    let (joined, _) = receiver.span("player.join").await;
+    assert_eq!(attribute(&joined.attributes, "session.id"), string(&session_id));
+    assert_eq!(attribute(&joined.attributes, "player.id"), string("alice"));
+    assert_eq!(joined.links.len(), 1, "{joined:?}");
+    assert_eq!((hex(&joined.links[0].trace_id), &joined.links[0].span_id), (trace_id.to_owned(), &play.span_id));
+    assert_ne!(joined.trace_id, play.trace_id, "a short trace of its own, not hours inside the caller's");
+    let (left, _) = receiver.span("player.leave").await;
+    assert_eq!(left.links.len(), 1, "{left:?}");
+    assert_eq!((&left.links[0].trace_id, &left.links[0].span_id), (&joined.trace_id, &joined.span_id));
     let _ = server.child.kill().await;
 }

@@ -29,6 +29,8 @@ use super::{
 };
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A player holding a seat.
 struct Player {
@@ -49,6 +51,8 @@ struct Player {
     /// The player's stream got its end (a half-close is being confirmed):
     /// nothing more is sent to it.
     ended: bool,
+    /// The `player.join` span, for a link from `player.leave`.
+    joined: SpanContext,
 }
 
 /// What one inbound stream yields: the player, its seat, and a message or
@@ -155,7 +159,7 @@ impl Actor {
         // Should the actor panic, the registry still forgets the session
         // (after a normal end, `finish` has done so and this does nothing).
         let _deregister = Deregister { manager: self.manager.clone(), id: self.info.id.clone() };
-        let (reason, message, reply) = loop {
+        let (reason, message, reply, caller) = loop {
             tokio::select! {
                 biased;
                 command = self.inbox.recv() => match command {
@@ -163,27 +167,27 @@ impl Actor {
                         break end;
                     },
                     // Every handle is gone: the registry itself was dropped.
-                    None => break (EndReason::ServerShutdown, "the registry is gone".to_owned(), None),
+                    None => break (EndReason::ServerShutdown, "the registry is gone".to_owned(), None, no_caller()),
                 },
                 // Confirmations and timers before player traffic, so that a
                 // busy session cannot starve them.
                 Some((id, slot, took_end)) = self.closing.next() => self.confirm_close(id, slot, took_end),
                 () = &mut self.sweep_timer, if self.sweep_armed => self.sweep(),
                 () = &mut self.idle_timer, if self.idle_armed => {
-                    break (EndReason::Idle, format!("empty for {:?}", self.config.idle_timeout), None);
+                    break (EndReason::Idle, format!("empty for {:?}", self.config.idle_timeout), None, no_caller());
                 }
                 Some((id, slot, item)) = self.inbound.next() => self.on_input(id, slot, item),
             }
             self.process_departures();
             if self.drained {
-                break (EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned(), None);
+                break (EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned(), None, no_caller());
             }
         };
-        self.finish(reason, message, reply);
+        self.finish(reason, message, reply, caller);
     }
 
     /// Carries out a command; an `End` is handed back for the run loop.
-    fn handle(&mut self, command: Command) -> Option<(EndReason, String, Option<oneshot::Sender<u64>>)> {
+    fn handle(&mut self, command: Command) -> Option<Ending> {
         match command {
             Command::Join { request, reply } => self.join(request, reply),
             Command::Send { payload, targets, reply } => {
@@ -205,7 +209,7 @@ impl Actor {
                 info.players = self.roster();
                 let _ = reply.send(info);
             }
-            Command::End { reason, message, reply } => return Some((reason, message, reply)),
+            Command::End { reason, message, reply, caller } => return Some((reason, message, reply, caller)),
         }
         None
     }
@@ -221,15 +225,19 @@ impl Actor {
             let _ = reply.send(Err((Error::SessionFull(session_id.to_string()), Some(request))));
             return;
         }
-        let JoinRequest { player, inbound } = *request;
+        let JoinRequest { player, inbound, caller } = *request;
         let id: PlayerId = if player.id.is_empty() { super::new_id() } else { player.id.into() };
         if self.players.contains_key(&id) {
             let err = Error::PlayerAlreadyJoined { session: session_id.to_string(), player: id.to_string() };
-            let request = JoinRequest { player: super::NewPlayer { id: id.to_string(), ..player }, inbound };
+            let request = JoinRequest { player: super::NewPlayer { id: id.to_string(), ..player }, inbound, caller };
             let _ = reply.send(Err((err, Some(Box::new(request)))));
             return;
         }
-        let _span = info_span!("player.join", session.id = %session_id, player.id = %id).entered();
+        // Its own short span, linked to the Play call that asked for it.
+        let span = info_span!("player.join", session.id = %session_id, player.id = %id);
+        span.add_link(caller);
+        let joined = span.context().span().span_context().clone();
+        let _span = span.entered();
         let info =
             Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
         let sequence = self.next_sequence();
@@ -261,7 +269,17 @@ impl Actor {
         self.inbound.push(PlayerInbound { id: id.clone(), slot, stream: inbound, kicked, done: false });
         self.players.insert(
             id.clone(),
-            Player { info, slot, out, _kick: kick, dropped: 0, last_dropped: 0, behind_since: None, ended: false },
+            Player {
+                info,
+                slot,
+                out,
+                _kick: kick,
+                dropped: 0,
+                last_dropped: 0,
+                behind_since: None,
+                ended: false,
+                joined,
+            },
         );
         self.idle_armed = false;
         self.players_changed();
@@ -473,7 +491,9 @@ impl Actor {
 
     fn remove_player(&mut self, id: PlayerId, departure: Departure) {
         let Some(player) = self.players.remove(&id) else { return };
-        let _span = info_span!("player.leave", session.id = %self.info.id, player.id = %id).entered();
+        let span = info_span!("player.leave", session.id = %self.info.id, player.id = %id);
+        span.add_link(player.joined.clone());
+        let _span = span.entered();
         let (kind, detail) = match &departure {
             // Dropping the player drops its queue's sender: its stream ends
             // with OK once it has sent what is queued.
@@ -516,9 +536,12 @@ impl Actor {
         }
     }
 
-    fn finish(mut self, reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>) {
+    fn finish(mut self, reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>, caller: SpanContext) {
         let session_id = self.info.id.clone();
-        let _span = info_span!("session.end", session.id = %session_id).entered();
+        // Linked to the EndSession call, when one asked.
+        let span = info_span!("session.end", session.id = %session_id);
+        span.add_link(caller);
+        let _span = span.entered();
         // Refuse new commands first, so that nothing is queued after the
         // drain below.
         self.inbox.close();
@@ -702,4 +725,13 @@ fn slow(policy: &Policy, len: usize) -> Departure {
 
 fn gone() -> Departure {
     Departure::Disconnected("the response stream was closed".into())
+}
+
+/// Why a session ends, what its players are told, who waits for the answer,
+/// and the span of the call that asked (for a link).
+type Ending = (EndReason, String, Option<oneshot::Sender<u64>>, SpanContext);
+
+/// No call asked (idle, shutdown): no link.
+fn no_caller() -> SpanContext {
+    SpanContext::empty_context()
 }

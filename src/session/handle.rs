@@ -8,6 +8,7 @@
 //! reaches the actor through their own streams, under HTTP/2 flow control.
 
 use bytes::Bytes;
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{EndReason, InboundStream, NewPlayer, OutboundRx, PlayerId, SessionId, SessionInfo};
@@ -18,6 +19,8 @@ use crate::error::Error;
 pub struct JoinRequest {
     pub player: NewPlayer,
     pub inbound: InboundStream,
+    /// The span of the call that asked (the Play RPC), for a span link.
+    pub caller: SpanContext,
 }
 
 /// What a successful join returns: the player's queue, whose first item is
@@ -37,7 +40,7 @@ pub type JoinRejected = (Error, Option<Box<JoinRequest>>);
 pub(super) enum Command {
     Join { request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>> },
     Send { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
-    End { reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>> },
+    End { reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>, caller: SpanContext },
     Info { reply: oneshot::Sender<SessionInfo> },
 }
 
@@ -88,7 +91,7 @@ impl SessionHandle {
     /// sequence number of the `session_ended` event.
     pub async fn end(&self, reason: EndReason, message: String) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
-        self.command(Command::End { reason, message, reply: Some(reply) })?;
+        self.command(Command::End { reason, message, reply: Some(reply), caller: super::caller() })?;
         answer.await.map_err(|_| self.gone())
     }
 
@@ -96,7 +99,8 @@ impl SessionHandle {
     /// when its inbox is full: used at shutdown, where every session must
     /// end. Returns false if the session had already ended.
     pub(super) async fn end_now(&self, reason: EndReason, message: String) -> bool {
-        self.tx.send(Command::End { reason, message, reply: None }).await.is_ok()
+        let caller = SpanContext::empty_context();
+        self.tx.send(Command::End { reason, message, reply: None, caller }).await.is_ok()
     }
 
     /// The session's id.

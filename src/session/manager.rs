@@ -316,7 +316,7 @@ impl SessionManager {
         if self.is_draining() {
             return Err(Error::Draining);
         }
-        let mut request = Box::new(JoinRequest { player, inbound });
+        let mut request = Box::new(JoinRequest { player, inbound, caller: super::caller() });
         let mode = match target {
             JoinTarget::Session(id) => return self.get(&id)?.join(*request).await.map_err(|(err, _)| err),
             JoinTarget::Mode(mode) => mode,

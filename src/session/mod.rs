@@ -204,3 +204,12 @@ pub fn unix_micros() -> i64 {
 pub fn new_id() -> Arc<str> {
     uuid::Uuid::new_v4().simple().to_string().into()
 }
+
+/// The OpenTelemetry context of the current span (the RPC being served), for
+/// a link from the span of the work it asks a session to do. Invalid, and
+/// ignored by the link, when traces are not exported.
+pub(crate) fn caller() -> opentelemetry::trace::SpanContext {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    tracing::Span::current().context().span().span_context().clone()
+}
