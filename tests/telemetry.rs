@@ -383,7 +383,11 @@ async fn a_call_in_a_callers_trace_is_exported(mut receiver: Receiver, more: &[(
         ("OTEL_BSP_SCHEDULE_DELAY", "50"),
     ];
     env.extend_from_slice(more);
-    let mut server = Binary::start_with_env(&[], &env).await;
+    // Quiet logs must not quiet the traces: the RPC and session spans are
+    // logged at WARN and above only (the startup lines stay, to find the
+    // ports), and are still exported.
+    let quiet = "info,game_session::api=warn,game_session::session=warn";
+    let mut server = Binary::start_with_env(&["--log", quiet], &env).await;
     let mut sessions = server.sessions().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
