@@ -50,6 +50,10 @@ pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
 /// (the gRPC status code, e.g. `OK`, `NOT_FOUND`).
 pub const RPC_DURATION: &str = "game_session_rpc_duration_seconds";
 
+/// Spans not exported: dropped at the export queue's bound, or in an export
+/// that failed (the collector down or refusing).
+pub const SPANS_DROPPED: &str = "game_session_trace_spans_dropped_total";
+
 /// Histogram buckets of [`RPC_DURATION`], in seconds.
 const RPC_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -75,6 +79,7 @@ fn describe() {
     describe_counter!(MESSAGES_DELIVERED, "Messages queued for a recipient (a relay to 7 players counts 7).");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
+    describe_counter!(SPANS_DROPPED, "Spans not exported: dropped at the queue's bound or in a failed export.");
 }
 
 /// Scrapes served at once; more wait to be accepted.

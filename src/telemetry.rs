@@ -19,11 +19,15 @@
 //! logs no connection errors. With export off no OpenTelemetry layer is
 //! installed at all, so nothing on the hot path is slowed.
 //!
-//! Spans go through a batch processor on tokio with a bounded queue (2048
-//! spans; more are dropped, never waited for), so a collector that is down or
-//! slow never blocks the service.
+//! Spans go through a batch processor on tokio with a bounded queue
+//! (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048 spans; more are dropped, never waited
+//! for), so a collector that is down or slow never blocks the service.
+//! Dropped spans, and the spans of failed exports, are counted in
+//! `game_session_trace_spans_dropped_total`.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -31,9 +35,10 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::LevelFilter;
@@ -141,6 +146,81 @@ fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::BoxError> {
     if !named {
         resource = resource.with_service_name("game-session");
     }
+    // The bound is ours, so that what is dropped is counted: spans ended and
+    // not yet through an export call stay below it, which keeps the batch
+    // processor's own queue (as large) from ever dropping silently.
+    let limit = var("OTEL_BSP_MAX_QUEUE_SIZE").and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let exporter = Counted { inner: exporter, in_flight: in_flight.clone() };
     let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let processor = Bounded { inner: processor, in_flight, limit };
     Ok(Some(SdkTracerProvider::builder().with_resource(resource.build()).with_span_processor(processor).build()))
+}
+
+/// Drops (and counts) a span that would take the spans in flight past the
+/// limit, instead of queueing it.
+#[derive(Debug)]
+struct Bounded<P> {
+    inner: P,
+    in_flight: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::SPANS_DROPPED).increment(1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Takes exported spans out of the count in flight, and counts the spans of
+/// a failed export (a collector down or refusing) as dropped.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        self.in_flight.fetch_sub(spans, Ordering::Relaxed);
+        if result.is_err() {
+            metrics::counter!(crate::metrics::SPANS_DROPPED).increment(spans as u64);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }

@@ -416,9 +416,10 @@ async fn a_call_in_a_callers_trace_is_exported(mut receiver: Receiver, more: &[(
     let _ = server.child.kill().await;
 }
 
-/// Catches a service that a dead collector slows or holds up: with the
-/// endpoint pointing at a port nobody listens on, calls still succeed, and
-/// on SIGTERM the server still exits 0 within its drain period and grace.
+/// Catches a service that a dead collector slows or holds up, or whose lost
+/// spans go uncounted: with the endpoint pointing at a port nobody listens
+/// on, calls still succeed, every span is counted as dropped, and on SIGTERM
+/// the server still exits 0 within its drain period and grace.
 #[tokio::test]
 async fn a_collector_that_is_down_neither_blocks_calls_nor_the_exit() {
     let nobody = {
@@ -433,6 +434,14 @@ async fn a_collector_that_is_down_neither_blocks_calls_nor_the_exit() {
         let call = sessions.list_sessions(pb::ListSessionsRequest::default());
         tokio::time::timeout(std::time::Duration::from_secs(1), call).await.expect("not held up").expect("list");
     }
+    // The failed exports' spans are counted as dropped: 20 calls, 20 spans.
+    let dropped = "game_session_trace_spans_dropped_total";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.scrape().await.get(dropped).copied().unwrap_or(0.0) < 20.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no dropped spans counted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.scrape().await.get(dropped).copied(), Some(20.0));
     let pid = server.child.id().expect("running");
     let stopping = tokio::time::Instant::now();
     // SAFETY: sends SIGTERM to the child this test started.
