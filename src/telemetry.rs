@@ -224,3 +224,17 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
         self.inner.set_resource(resource);
     }
 }
+
+/// Records a span's OpenTelemetry ids on its `trace_id` and `span_id`
+/// fields (declared empty), so that its log lines lead to its trace. Does
+/// nothing when traces are not exported.
+pub(crate) fn record_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
+}

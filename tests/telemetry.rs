@@ -496,7 +496,7 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     let mut receiver = Receiver::start().await;
     let endpoint = format!("http://{}", receiver.addr);
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
-    let mut server = Binary::start_with_env(&[], &env).await;
+    let mut server = Binary::start_with_env(&["--log-format", "json"], &env).await;
     let mut sessions = server.sessions().await;
     let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
     let session_id =
@@ -531,5 +531,16 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     let (left, _) = receiver.span("player.leave").await;
     assert_eq!(left.links.len(), 1, "{left:?}");
     assert_eq!((&left.links[0].trace_id, &left.links[0].span_id), (&joined.trace_id, &joined.span_id));
+    // The join's log line leads to the join's own span.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let line = loop {
+        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a join line").expect("log");
+        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if json["message"] == "player joined" {
+            break json;
+        }
+    };
+    assert_eq!(line["span"]["trace_id"], Value::String(hex(&joined.trace_id)), "{line}");
+    assert_eq!(line["span"]["span_id"], Value::String(hex(&joined.span_id)), "{line}");
     let _ = server.child.kill().await;
 }

@@ -38,7 +38,6 @@ pub use player::PlayerApi;
 pub use session::SessionApi;
 
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TraceContextExt as _;
 use tonic::metadata::{KeyRef, MetadataMap};
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -53,13 +52,7 @@ pub(crate) fn continue_trace<T>(span: &tracing::Span, request: &tonic::Request<T
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Metadata(request.metadata())));
     // Fails only when the span is already closed or not exported.
     let _ = span.set_parent(parent);
-    // The ids for the log lines (JSON: under "span"), when traces are on.
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", ids.trace_id().to_string());
-        span.record("span_id", ids.span_id().to_string());
-    }
+    crate::telemetry::record_ids(span);
     if let Some(addr) = request.local_addr() {
         span.record("server.address", addr.ip().to_string());
         span.record("server.port", i64::from(addr.port()));

@@ -30,6 +30,7 @@ use super::{
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A player holding a seat.
@@ -234,8 +235,10 @@ impl Actor {
             return;
         }
         // Its own short span, linked to the Play call that asked for it.
-        let span = info_span!("player.join", session.id = %session_id, player.id = %id);
+        let span =
+            info_span!("player.join", session.id = %session_id, player.id = %id, trace_id = Empty, span_id = Empty);
         span.add_link(caller);
+        crate::telemetry::record_ids(&span);
         let joined = span.context().span().span_context().clone();
         let _span = span.entered();
         let info =
@@ -491,8 +494,10 @@ impl Actor {
 
     fn remove_player(&mut self, id: PlayerId, departure: Departure) {
         let Some(player) = self.players.remove(&id) else { return };
-        let span = info_span!("player.leave", session.id = %self.info.id, player.id = %id);
+        let span =
+            info_span!("player.leave", session.id = %self.info.id, player.id = %id, trace_id = Empty, span_id = Empty);
         span.add_link(player.joined.clone());
+        crate::telemetry::record_ids(&span);
         let _span = span.entered();
         let (kind, detail) = match &departure {
             // Dropping the player drops its queue's sender: its stream ends
@@ -539,8 +544,9 @@ impl Actor {
     fn finish(mut self, reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>, caller: SpanContext) {
         let session_id = self.info.id.clone();
         // Linked to the EndSession call, when one asked.
-        let span = info_span!("session.end", session.id = %session_id);
+        let span = info_span!("session.end", session.id = %session_id, trace_id = Empty, span_id = Empty);
         span.add_link(caller);
+        crate::telemetry::record_ids(&span);
         let _span = span.entered();
         // Refuse new commands first, so that nothing is queued after the
         // drain below.
