@@ -87,6 +87,30 @@ impl Binary {
         Binary { child, addr: addr.expect("addr"), metrics: metrics.expect("metrics"), log }
     }
 
+    /// Creates a relay session; returns its id.
+    async fn create_session(&self) -> String {
+        let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+        let created = self.sessions().await.create_session(request).await.expect("create").into_inner();
+        created.session.expect("a session").session_id
+    }
+
+    /// The next JSON log line with this message; every line on the way must
+    /// be a JSON object with a level and a timestamp.
+    async fn json_line(&mut self, message: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.log.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {message:?} line in time"))
+                .expect("log");
+            let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(json["level"].is_string() && json["timestamp"].is_string(), "{line}");
+            if json["message"] == message {
+                return json;
+            }
+        }
+    }
+
     async fn sessions(&self) -> SessionServiceClient<tonic::transport::Channel> {
         SessionServiceClient::connect(format!("http://{}", self.addr)).await.expect("connect")
     }
@@ -198,10 +222,7 @@ async fn metrics_count_a_scripted_session_exactly() {
 #[tokio::test]
 async fn a_broken_connection_and_an_idle_end_are_counted_by_reason() {
     let mut server = Binary::start(&["--idle-timeout", "200ms"]).await;
-    let mut sessions = server.sessions().await;
-    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
-    let session_id =
-        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let session_id = server.create_session().await;
     let alice = Player::join_as(server.addr, &session_id, "alice").await;
     alice.break_connection();
 
@@ -230,25 +251,12 @@ async fn a_broken_connection_and_an_idle_end_are_counted_by_reason() {
 #[tokio::test]
 async fn json_logs_parse_and_carry_the_ids() {
     let mut server = Binary::start(&["--log-format", "json"]).await;
-    let mut sessions = server.sessions().await;
-    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
-    let session_id =
-        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let session_id = server.create_session().await;
     let mut alice = Player::join_as(server.addr, &session_id, "alice").await;
     alice.leave().await;
     alice.expect_ended_ok().await;
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut joined = None;
-    while joined.is_none() {
-        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a join line").expect("log");
-        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(json["level"].is_string() && json["timestamp"].is_string(), "{line}");
-        if json["message"] == "player joined" {
-            joined = Some(json);
-        }
-    }
-    let joined = joined.expect("joined");
+    let joined = server.json_line("player joined").await;
     assert_eq!(joined["span"]["session.id"], Value::String(session_id), "{joined}");
     assert_eq!(joined["span"]["player.id"], "alice", "{joined}");
     assert_eq!(joined["span"]["name"], "player.join", "{joined}");
@@ -351,6 +359,11 @@ fn attribute(attributes: &[KeyValue], key: &str) -> Option<any_value::Value> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
 }
 
+/// An id as lowercase hex, as in a `traceparent`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn string(value: &str) -> Option<any_value::Value> {
     Some(any_value::Value::StringValue(value.to_owned()))
 }
@@ -397,7 +410,6 @@ async fn a_call_in_a_callers_trace_is_exported(mut receiver: Receiver, more: &[(
     sessions.list_sessions(request).await.expect("list");
 
     let (span, resource) = receiver.span("gamesession.v1.SessionService/ListSessions").await;
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert_eq!(hex(&span.trace_id), trace_id, "the caller's trace");
     assert_eq!(hex(&span.parent_span_id), caller_span, "a child of the caller's span");
     assert_eq!(span.kind, span::SpanKind::Server as i32);
@@ -468,14 +480,7 @@ async fn json_log_lines_carry_the_trace_id() {
     request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
     sessions.create_session(request).await.expect("create");
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let created = loop {
-        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a line").expect("log");
-        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        if json["message"] == "session created" {
-            break json;
-        }
-    };
+    let created = server.json_line("session created").await;
     let rpc = created["spans"]
         .as_array()
         .and_then(|spans| spans.iter().find(|s| s["name"] == "gamesession.v1.SessionService/CreateSession"))
@@ -497,10 +502,7 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     let endpoint = format!("http://{}", receiver.addr);
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
     let mut server = Binary::start_with_env(&["--log-format", "json"], &env).await;
-    let mut sessions = server.sessions().await;
-    let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
-    let session_id =
-        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let session_id = server.create_session().await;
 
     let (tx, rx) = mpsc::channel(4);
     let join = pb::Join {
@@ -519,7 +521,6 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     tx.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Leave(pb::Leave {})) }).await.expect("send");
     while stream.message().await.expect("ends OK").is_some() {}
 
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let (play, _) = receiver.span("gamesession.v1.PlayerService/Play").await;
     assert_eq!(hex(&play.trace_id), trace_id, "Play continues the caller's trace");
     let (joined, _) = receiver.span("player.join").await;
@@ -532,14 +533,7 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     assert_eq!(left.links.len(), 1, "{left:?}");
     assert_eq!((&left.links[0].trace_id, &left.links[0].span_id), (&joined.trace_id, &joined.span_id));
     // The join's log line leads to the join's own span.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let line = loop {
-        let line = tokio::time::timeout_at(deadline, server.log.recv()).await.expect("a join line").expect("log");
-        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        if json["message"] == "player joined" {
-            break json;
-        }
-    };
+    let line = server.json_line("player joined").await;
     assert_eq!(line["span"]["trace_id"], Value::String(hex(&joined.trace_id)), "{line}");
     assert_eq!(line["span"]["span_id"], Value::String(hex(&joined.span_id)), "{line}");
     let _ = server.child.kill().await;

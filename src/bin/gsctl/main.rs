@@ -198,18 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out.session(&response.session.unwrap_or_default())?;
         }
         Command::List(filter) => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = pb::ListSessionsRequest { filter: Some(filter.to_pb()), page_size: 1000, page_token };
-                let page = sessions.list_sessions(request).await?.into_inner();
-                all.extend(page.sessions);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            out.sessions(&all)?;
+            out.sessions(&list_all(&mut sessions, filter.to_pb()).await?)?;
         }
         Command::End { session_id, message } => {
             let response = sessions.end_session(pb::EndSessionRequest { session_id, message }).await?.into_inner();
@@ -247,6 +236,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every session matching `filter`, over all pages.
+async fn list_all(
+    sessions: &mut SessionServiceClient<Channel>,
+    filter: pb::SessionFilter,
+) -> Result<Vec<pb::SessionInfo>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListSessionsRequest { filter: Some(filter.clone()), page_size: 1000, page_token };
+        let page = sessions.list_sessions(request).await?.into_inner();
+        all.extend(page.sessions);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 async fn connect(cli: &Cli) -> Result<Channel, Failure> {

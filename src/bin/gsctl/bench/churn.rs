@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use futures_util::stream::{self, StreamExt};
 use game_session::pb::player_service_client::PlayerServiceClient;
 use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
@@ -97,21 +96,8 @@ impl Run for Churn {
         // The pool: twice the seats of the expected population.
         let population = self.rate * self.lifetime.as_secs_f64().max(0.001);
         let pool_size = ((2.0 * population / self.players_per_session as f64).ceil() as usize).max(1);
-        let creates = (0..pool_size).map(|_| {
-            let mut client = SessionServiceClient::new(channels[0].clone());
-            let request = pb::CreateSessionRequest {
-                mode: "relay".into(),
-                max_players: self.players_per_session,
-                labels: [label.clone()].into(),
-                ..Default::default()
-            };
-            async move {
-                let session = client.create_session(request).await?.into_inner().session;
-                Ok::<_, Failure>(session.ok_or("CreateSession returned no session")?.session_id)
-            }
-        });
-        let pool: Vec<String> =
-            stream::iter(creates).buffered(64).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+        let labels = [label.clone()].into();
+        let pool = super::create_sessions(&channels, pool_size, self.players_per_session, &labels).await?;
 
         // The schedule, with the server's RSS every second.
         let counters = Arc::new(Counters::default());
@@ -294,19 +280,9 @@ async fn list(
     client: &mut SessionServiceClient<Channel>,
     filter: &pb::SessionFilter,
 ) -> Result<Option<Vec<pb::SessionInfo>>, Failure> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = pb::ListSessionsRequest { filter: Some(filter.clone()), page_size: 1000, page_token };
-        let page = match client.list_sessions(request).await {
-            Ok(page) => page.into_inner(),
-            Err(status) if status.code() == Code::Unimplemented => return Ok(None),
-            Err(status) => return Err(status.into()),
-        };
-        all.extend(page.sessions);
-        if page.next_page_token.is_empty() {
-            return Ok(Some(all));
-        }
-        page_token = page.next_page_token;
+    match crate::list_all(client, filter.clone()).await {
+        Ok(sessions) => Ok(Some(sessions)),
+        Err(status) if status.code() == Code::Unimplemented => Ok(None),
+        Err(status) => Err(status.into()),
     }
 }

@@ -17,6 +17,7 @@
 //!    them all (a stream not ended within 30 s counts as an error), and after
 //!    `--settle`, the RSS at idle.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,6 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use game_session::pb::player_service_client::PlayerServiceClient;
-use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -127,7 +127,10 @@ impl Run for Connections {
 
         // Warm-up, on connections of its own when each player has one.
         let warmup_channels = server.connect(if self.connection_per_player { warmup_players } else { 1 }).await?;
-        let warmup = create_sessions(&warmup_channels[0], self.warmup_sessions, self.players_per_session).await?;
+        let no_labels = HashMap::new();
+        let warmup =
+            super::create_sessions(&warmup_channels[..1], self.warmup_sessions, self.players_per_session, &no_labels)
+                .await?;
         let joiner = Joiner {
             per_session: self.per_session(),
             parallel: self.parallel,
@@ -141,8 +144,13 @@ impl Run for Connections {
 
         // The sessions, empty.
         let control = server.connect(1).await?;
-        let sessions =
-            create_sessions(&control[0], self.players.div_ceil(self.per_session()), self.players_per_session).await?;
+        let sessions = super::create_sessions(
+            &control,
+            self.players.div_ceil(self.per_session()),
+            self.players_per_session,
+            &no_labels,
+        )
+        .await?;
         tokio::time::sleep(self.settle).await;
         let rss_sessions = server.rss();
 
@@ -205,19 +213,6 @@ struct Counters {
     pings: AtomicU64,
     pongs: AtomicU64,
     errors: AtomicU64,
-}
-
-/// Creates `count` relay sessions of `max_players` seats; returns their ids.
-async fn create_sessions(channel: &Channel, count: usize, max_players: u32) -> Result<Vec<String>, Failure> {
-    let calls = (0..count).map(|_| {
-        let mut client = SessionServiceClient::new(channel.clone());
-        async move {
-            let request = pb::CreateSessionRequest { mode: "relay".into(), max_players, ..Default::default() };
-            let response = client.create_session(request).await?.into_inner();
-            Ok::<_, Failure>(response.session.ok_or("CreateSession returned no session")?.session_id)
-        }
-    });
-    stream::iter(calls).buffered(64).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 /// Opens joined, pinging Play streams.

@@ -17,6 +17,7 @@ mod churn;
 mod connections;
 mod relay;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -127,6 +128,33 @@ pub struct Metric {
     value: Option<f64>,
     /// Decimals shown in the table.
     decimals: usize,
+}
+
+/// Creates `count` relay sessions of `max_players` seats with `labels`,
+/// round robin over `channels`, 64 at a time; returns their ids.
+async fn create_sessions(
+    channels: &[Channel],
+    count: usize,
+    max_players: u32,
+    labels: &HashMap<String, String>,
+) -> Result<Vec<String>, Failure> {
+    use futures_util::{StreamExt, stream};
+    use game_session::pb;
+    use game_session::pb::session_service_client::SessionServiceClient;
+    let creates = (0..count).map(|i| {
+        let mut client = SessionServiceClient::new(channels[i % channels.len()].clone());
+        let request = pb::CreateSessionRequest {
+            mode: "relay".into(),
+            max_players,
+            labels: labels.clone(),
+            ..Default::default()
+        };
+        async move {
+            let session = client.create_session(request).await?.into_inner().session;
+            Ok::<_, Failure>(session.ok_or("CreateSession returned no session")?.session_id)
+        }
+    });
+    stream::iter(creates).buffered(64).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 /// A load scenario.

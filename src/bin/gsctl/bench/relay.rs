@@ -345,17 +345,7 @@ impl Relay {
         let channels = server.connect(self.connections).await?;
 
         // Sessions and players.
-        let creates = (0..self.sessions).map(|i| {
-            let mut client = SessionServiceClient::new(channels[i % channels.len()].clone());
-            let request =
-                pb::CreateSessionRequest { mode: "relay".into(), max_players: self.players, ..Default::default() };
-            async move {
-                let session = client.create_session(request).await?.into_inner().session;
-                Ok::<_, Failure>(session.ok_or("CreateSession returned no session")?.session_id)
-            }
-        });
-        let sessions: Vec<String> =
-            stream::iter(creates).buffered(64).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+        let sessions = super::create_sessions(&channels, self.sessions, self.players, &HashMap::new()).await?;
         let players = self.players as usize;
         let connecting = Instant::now();
         let joins = sessions
