@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Checks of the Helm chart and the Dockerfile, with real tools and no cluster.
+
+Run by `.ci/test` (after `.ci/install-test-tools`) with the test venv's
+Python, which has PyYAML and kubernetes-validate:
+
+    target/test-tools/venv/bin/python helm/tests/check_chart.py
+
+Each check prints `ok` or `FAIL` and why; the last line totals them, and the
+exit status is 1 when any failed. The checks:
+
+- `helm lint --strict`, on the defaults and on every `ci/` values file;
+- `helm template` of every `ci/` values file, for Kubernetes 1.30 and for the
+  newest version kubernetes-validate has a schema for;
+- every rendered manifest through `kubernetes-validate --strict` for both
+  versions; every kind must have a schema except ServiceMonitor, whose
+  required fields are checked here, against the rendered Service;
+- the Deployment: native `grpc:` startup, liveness and readiness probes on
+  the container's gRPC port (a number), the health service each checks, the
+  drain inside terminationGracePeriodSeconds, the hardened securityContext;
+- the Services, the PodDisruptionBudget (never one that blocks a drain), the
+  `helm test` pods, and NOTES.txt (`helm install --dry-run=client`);
+- each file in `bad-values/` is rejected with the message on its first line;
+- the chart's `config` values name real server settings, with the server's
+  defaults, and cover every one of them (`game-session --help`);
+- hadolint passes the Dockerfile (and fails a known-bad one, so the linter
+  is known to be working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import yaml
+from kubernetes_validate.utils import latest_version
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "game-session"
+BAD_VALUES = Path(__file__).resolve().parent / "bad-values"
+RELEASE = "gs"
+NAMESPACE = "games"
+OLDEST_KUBE = "1.30.0"
+NEWEST_KUBE = latest_version()
+# Kinds with no schema in kubernetes-validate; checked by hand below.
+NO_SCHEMA = {"ServiceMonitor"}
+# Server settings the chart sets from other values, not from `config`.
+DERIVED_ENV = {
+    "GAME_SESSION_LISTEN": "containerPorts.grpc",
+    "GAME_SESSION_BACKEND_LISTEN": "backend.enabled and containerPorts.backend",
+    "GAME_SESSION_METRICS_LISTEN": "metrics.enabled and containerPorts.metrics",
+    "GAME_SESSION_DRAIN_PERIOD": "drain.periodSeconds",
+    "GAME_SESSION_SHUTDOWN_GRACE": "drain.flushSeconds",
+}
+# `config` defaults that differ from the server's on purpose.
+CHOSEN_DEFAULTS = {
+    # Pods' logs go to a collector, which wants one JSON object per line.
+    "GAME_SESSION_LOG_FORMAT": "json",
+}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if ok and proc.returncode != 0:
+        raise CheckFailed(f"`{' '.join(map(str, cmd))}` exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+class Checks:
+    def __init__(self, helm: Path, validate: Path, hadolint: Path, server: Path):
+        self.helm, self.validate, self.hadolint, self.server = helm, validate, hadolint, server
+        self.passed = 0
+        self.failed = 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="chart-check-"))
+        self.ci_files = sorted((CHART / "ci").glob("*.yaml"))
+        # ci file name -> rendered documents (for Kubernetes 1.30).
+        self.renders: dict[str, list[dict]] = {}
+
+    def check(self, name: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except CheckFailed as e:
+            self.failed += 1
+            print(f"FAIL {name}\n  " + str(e).replace("\n", "\n  "))
+        except Exception:
+            self.failed += 1
+            print(f"FAIL {name}\n  " + traceback.format_exc().replace("\n", "\n  "))
+        else:
+            self.passed += 1
+            print(f"ok   {name}")
+
+    # --- lint, render, validate ---------------------------------------------
+
+    def lint(self, values: Path | None) -> None:
+        cmd = [self.helm, "lint", "--strict", CHART]
+        if values:
+            cmd += ["-f", values]
+        out = run(cmd).stdout
+        expect("0 chart(s) failed" in out, out)
+        # --strict turns warnings into failures; an INFO is the most allowed.
+        bad = [l for l in out.splitlines() if l.startswith("[") and not l.startswith("[INFO]")]
+        expect(not bad, "\n".join(bad))
+
+    def render(self, values: Path, kube: str) -> Path:
+        out = run([self.helm, "template", RELEASE, CHART, "-f", values,
+                   "--namespace", NAMESPACE, "--kube-version", kube]).stdout
+        path = self.tmp / f"{values.stem}-{kube}.yaml"
+        path.write_text(out)
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        expect(docs, "rendered nothing")
+        if kube == OLDEST_KUBE:
+            self.renders[values.name] = docs
+        return path
+
+    def render_and_validate(self, values: Path, kube: str) -> None:
+        path = self.render(values, kube)
+        proc = run([self.validate, "--strict", "-k", kube, path], ok=False)
+        report = proc.stdout + proc.stderr
+        expect(proc.returncode == 0, report)
+        # A kind without a schema is only a warning; allow it for
+        # ServiceMonitor alone (a typo in apiVersion would slip through).
+        for line in report.splitlines():
+            if line.startswith("WARN"):
+                expect(any(f"kind {k} " in line for k in NO_SCHEMA), f"unexpected warning: {line}")
+        # And every resource with a schema was validated, each by name.
+        for d in yaml.safe_load_all(path.read_text()):
+            if d and d["kind"] not in NO_SCHEMA:
+                resource = f"{d['kind'].lower()}/{d['metadata']['name']}"
+                expect(f"passed for resource {resource} against version" in report,
+                       f"{resource} was not validated:\n{report}")
+
+    # --- the rendered resources ---------------------------------------------
+
+    def all_docs(self):
+        for name, docs in self.renders.items():
+            for doc in docs:
+                yield name, doc
+
+    def of_kind(self, docs: list[dict], kind: str) -> list[dict]:
+        return [d for d in docs if d["kind"] == kind]
+
+    def server_deployment(self, docs: list[dict]) -> tuple[dict, dict]:
+        deployments = self.of_kind(docs, "Deployment")
+        expect(len(deployments) == 1, f"{len(deployments)} Deployments")
+        pod = deployments[0]["spec"]["template"]["spec"]
+        containers = [c for c in pod["containers"] if c["name"] == "game-session"]
+        expect(len(containers) == 1, "no game-session container")
+        return pod, containers[0]
+
+    def probes(self) -> None:
+        for name, docs in self.renders.items():
+            _, c = self.server_deployment(docs)
+            grpc_ports = [p["containerPort"] for p in c["ports"] if p["name"] == "grpc"]
+            expect(len(grpc_ports) == 1, f"{name}: no containerPort named grpc")
+            port = grpc_ports[0]
+            for probe, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", None)):
+                p = c.get(probe)
+                expect(p is not None, f"{name}: no {probe}")
+                handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & set(p)
+                expect(handlers == {"grpc"}, f"{name}: {probe} uses {sorted(handlers)}, not a native grpc probe")
+                g = p["grpc"]
+                expect(type(g["port"]) is int, f"{name}: {probe} port {g['port']!r} is not a number")
+                expect(g["port"] == port, f"{name}: {probe} port {g['port']} is not the gRPC port {port}")
+                expect(g.get("service") == service,
+                       f"{name}: {probe} checks service {g.get('service')!r}, want {service!r}")
+            # Readiness must notice a drain quickly, liveness must not.
+            expect(c["readinessProbe"]["periodSeconds"] * c["readinessProbe"]["failureThreshold"] <= 10,
+                   f"{name}: readiness takes over 10 s to notice a drain")
+
+    def drain(self) -> None:
+        for name, docs in self.renders.items():
+            pod, c = self.server_deployment(docs)
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            seconds = lambda v: int(re.fullmatch(r"(\d+)s", v).group(1))
+            drain = seconds(env["GAME_SESSION_DRAIN_PERIOD"])
+            flush = seconds(env["GAME_SESSION_SHUTDOWN_GRACE"])
+            grace = pod["terminationGracePeriodSeconds"]
+            expect(grace > drain + flush,
+                   f"{name}: terminationGracePeriodSeconds {grace} <= drain {drain} + flush {flush}")
+
+    def security(self) -> None:
+        for name, docs in self.renders.items():
+            pods = [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in self.of_kind(docs, "Deployment")]
+            pods += [(d["metadata"]["name"], d["spec"]) for d in self.of_kind(docs, "Pod")]
+            for pod_name, pod in pods:
+                psc = pod.get("securityContext", {})
+                expect(psc.get("runAsNonRoot") is True, f"{name}/{pod_name}: pod may run as root")
+                for c in pod["containers"]:
+                    sc = c.get("securityContext", {})
+                    where = f"{name}/{pod_name}/{c['name']}"
+                    expect(sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{where}: may run as root")
+                    expect(type(sc.get("runAsUser", psc.get("runAsUser"))) is int, f"{where}: no numeric runAsUser")
+                    expect(sc.get("readOnlyRootFilesystem") is True, f"{where}: writable root filesystem")
+                    expect(sc.get("allowPrivilegeEscalation") is False, f"{where}: privilege escalation allowed")
+                    expect(sc.get("privileged") in (None, False), f"{where}: privileged")
+                    expect(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities not all dropped")
+                    expect(not sc.get("capabilities", {}).get("add"), f"{where}: capabilities added")
+                    seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
+                    expect(seccomp.get("type") == "RuntimeDefault", f"{where}: seccomp {seccomp}")
+                    expect("resources" in c, f"{where}: no resources")
+                expect(pod.get("automountServiceAccountToken") is False, f"{name}/{pod_name}: API token mounted")
+
+    def services(self) -> None:
+        for name, docs in self.renders.items():
+            _, c = self.server_deployment(docs)
+            container_ports = {p["name"] for p in c["ports"]}
+            services = {d["metadata"]["name"]: d for d in self.of_kind(docs, "Service")}
+            main = services.get(f"{RELEASE}-game-session")
+            expect(main is not None, f"{name}: no Service {RELEASE}-game-session")
+            ports = {p["name"]: p for p in main["spec"]["ports"]}
+            expect(ports.get("grpc", {}).get("appProtocol") == "grpc", f"{name}: Service port grpc without appProtocol grpc")
+            expect(("metrics" in ports) == ("metrics" in container_ports),
+                   f"{name}: Service metrics port {sorted(ports)} does not follow the container's {sorted(container_ports)}")
+            for svc in services.values():
+                for p in svc["spec"]["ports"]:
+                    expect(p["targetPort"] in container_ports,
+                           f"{name}: Service {svc['metadata']['name']} targets port {p['targetPort']!r}, not a container port")
+            if "backend" in container_ports:
+                backend = services.get(f"{RELEASE}-game-session-backend")
+                expect(backend is not None and backend["spec"]["type"] == "ClusterIP", f"{name}: no ClusterIP backend Service")
+                env = {e["name"]: e.get("value") for e in c["env"]}
+                port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
+                expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"0.0.0.0:{port}", f"{name}: backend listen {env}")
+
+    def pdb(self) -> None:
+        seen_min = False
+        for name, docs in self.renders.items():
+            hpas = self.of_kind(docs, "HorizontalPodAutoscaler")
+            deploy = self.of_kind(docs, "Deployment")[0]
+            if hpas:
+                expect("replicas" not in deploy["spec"], f"{name}: replicas set beside an HPA")
+                fewest = hpas[0]["spec"]["minReplicas"]
+            else:
+                fewest = deploy["spec"]["replicas"]
+            for pdb in self.of_kind(docs, "PodDisruptionBudget"):
+                spec = pdb["spec"]
+                if "minAvailable" in spec:
+                    seen_min = True
+                    expect(fewest > spec["minAvailable"],
+                           f"{name}: minAvailable {spec['minAvailable']} with {fewest} replicas blocks every drain")
+                else:
+                    expect(spec.get("maxUnavailable") not in (0, "0%"), f"{name}: maxUnavailable 0 blocks every drain")
+        expect(seen_min, "no ci/ values file renders a minAvailable budget")
+        # With one replica, a minAvailable budget must not be rendered.
+        path = self.tmp / "one-replica-min-available.yaml"
+        path.write_text("replicaCount: 1\npdb:\n  minAvailable: 1\n")
+        out = run([self.helm, "template", RELEASE, CHART, "-f", path, "--kube-version", OLDEST_KUBE]).stdout
+        expect(not any(d and d["kind"] == "PodDisruptionBudget" for d in yaml.safe_load_all(out)),
+               "a minAvailable: 1 budget was rendered for one replica")
+
+    def helm_tests(self) -> None:
+        for name, docs in self.renders.items():
+            _, c = self.server_deployment(docs)
+            tests = [d for d in self.of_kind(docs, "Pod")
+                     if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+            expect(tests, f"{name}: no helm test pod")
+            services = {d["metadata"]["name"]: d for d in self.of_kind(docs, "Service")}
+            for t in tests:
+                tc = t["spec"]["containers"][0]
+                expect(tc["image"] == c["image"], f"{name}: test image {tc['image']} is not the server's {c['image']}")
+                cmd = tc["command"]
+                expect(cmd[0] == "/usr/local/bin/gsctl" and cmd[-1] == "health", f"{name}: test runs {cmd}")
+                addr = cmd[cmd.index("--addr") + 1]
+                m = re.fullmatch(rf"http://([a-z0-9-]+)\.{NAMESPACE}\.svc:(\d+)", addr)
+                expect(m is not None, f"{name}: test address {addr}")
+                svc = services.get(m.group(1))
+                expect(svc is not None, f"{name}: test targets {m.group(1)}, not a rendered Service")
+                expect(int(m.group(2)) in [p["port"] for p in svc["spec"]["ports"]],
+                       f"{name}: test port {m.group(2)} not on Service {m.group(1)}")
+                expect(t["spec"]["restartPolicy"] == "Never", f"{name}: test pod restarts")
+
+    def service_monitors(self) -> None:
+        seen = 0
+        for name, docs in self.renders.items():
+            for sm in self.of_kind(docs, "ServiceMonitor"):
+                seen += 1
+                expect(sm["apiVersion"] == "monitoring.coreos.com/v1", f"{name}: apiVersion {sm['apiVersion']}")
+                meta = sm.get("metadata", {})
+                expect(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta.get("name", "")) is not None,
+                       f"{name}: metadata.name {meta.get('name')!r}")
+                expect(meta.get("namespace"), f"{name}: no metadata.namespace")
+                spec = sm.get("spec", {})
+                selector = spec.get("selector", {}).get("matchLabels")
+                expect(isinstance(selector, dict) and selector, f"{name}: spec.selector.matchLabels is required")
+                endpoints = spec.get("endpoints")
+                expect(isinstance(endpoints, list) and endpoints, f"{name}: spec.endpoints is empty")
+                namespaces = spec.get("namespaceSelector", {}).get("matchNames", [meta.get("namespace")])
+                selected = [s for s in self.of_kind(docs, "Service")
+                            if s["metadata"]["namespace"] in namespaces
+                            and selector.items() <= s["metadata"]["labels"].items()]
+                expect(selected, f"{name}: the selector {selector} matches no Service")
+                known = {"port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
+                         "relabelings", "metricRelabelings", "targetPort", "params"}
+                duration = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+                for ep in endpoints:
+                    expect(set(ep) <= known, f"{name}: unknown endpoint fields {sorted(set(ep) - known)}")
+                    expect(isinstance(ep.get("port"), str), f"{name}: endpoint port must name a Service port")
+                    # Prometheus scrapes the named port on every selected
+                    # Service that has it: exactly one must, or no target
+                    # (or every pod twice).
+                    having = [s["metadata"]["name"] for s in selected
+                              if ep["port"] in [p["name"] for p in s["spec"]["ports"]]]
+                    expect(len(having) == 1, f"{name}: port {ep['port']!r} is on Services {having}, want exactly one")
+                    expect(ep.get("path", "/metrics").startswith("/"), f"{name}: path {ep.get('path')}")
+                    for field in ("interval", "scrapeTimeout"):
+                        if field in ep:
+                            expect(duration.match(ep[field]) is not None, f"{name}: {field} {ep[field]!r}")
+                    for r in ep.get("relabelings", []) + ep.get("metricRelabelings", []):
+                        expect(r.get("action", "replace") in
+                               {"replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                                "lowercase", "uppercase", "keepequal", "dropequal"},
+                               f"{name}: relabel action {r.get('action')}")
+        expect(seen > 0, "no ci/ values file renders a ServiceMonitor")
+
+    def notes(self) -> None:
+        for values, needles in (
+            (CHART / "ci" / "default-values.yaml",
+             [f"{RELEASE}-game-session.{NAMESPACE}.svc:50051", "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
+              f"helm test {RELEASE}"]),
+            (CHART / "ci" / "backend-values.yaml",
+             [f"{RELEASE}-game-session-backend.{NAMESPACE}.svc:50052", "localhost:50052 gamesession.v1.SessionService/CreateSession"]),
+            (CHART / "ci" / "autoscaling-values.yaml", [f"{RELEASE}-game-session-headless.{NAMESPACE}.svc"]),
+        ):
+            out = run([self.helm, "install", RELEASE, CHART, "-f", values, "--namespace", NAMESPACE,
+                       "--dry-run=client"]).stdout
+            notes = out[out.find("NOTES:"):]
+            expect("NOTES:" in out, f"{values.name}: no NOTES")
+            for needle in needles:
+                expect(needle in notes, f"{values.name}: NOTES lack {needle!r}:\n{notes}")
+
+    # --- values -------------------------------------------------------------
+
+    def bad_values(self, path: Path) -> None:
+        first = path.read_text().splitlines()[0]
+        m = re.fullmatch(r"# expect: (.+)", first)
+        expect(m is not None, f"{path.name}: first line must be `# expect: <message>`")
+        proc = run([self.helm, "template", RELEASE, CHART, "-f", path, "--kube-version", OLDEST_KUBE], ok=False)
+        expect(proc.returncode != 0, f"{path.name} was accepted")
+        expect(m.group(1) in proc.stderr, f"{path.name}: want {m.group(1)!r}, got:\n{proc.stderr}")
+
+    def config_matches_server(self) -> None:
+        help_text = run([self.server, "--help"]).stdout
+        server = {}
+        for block in re.split(r"\n(?=\s+--)", help_text):
+            env = re.search(r"\[env: (GAME_SESSION_[A-Z_]+)=", block)
+            if env:
+                default = re.search(r"\[default: ([^\]]*)\]", block)
+                server[env.group(1)] = default.group(1) if default else None
+        expect(len(server) >= 20, f"parsed only {len(server)} server settings from --help")
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+        chart = {"GAME_SESSION_" + re.sub(r"(?<!^)(?=[A-Z])", "_", k).upper(): v for k, v in values["config"].items()}
+        unknown = sorted(set(chart) - set(server))
+        expect(not unknown, f"config values the server does not have: {unknown}")
+        missing = sorted(set(server) - set(chart) - set(DERIVED_ENV))
+        expect(not missing, f"server settings the chart cannot set: {missing}")
+        for env, value in chart.items():
+            want = CHOSEN_DEFAULTS.get(env, server[env])
+            expect(str(value) == want, f"config for {env} defaults to {value!r}, the server to {server[env]!r}")
+        # And every GAME_SESSION_* the chart renders is one the server reads.
+        for name, docs in self.renders.items():
+            _, c = self.server_deployment(docs)
+            for e in c["env"]:
+                if e["name"].startswith("GAME_SESSION_"):
+                    expect(e["name"] in server, f"{name}: renders {e['name']}, which the server does not read")
+
+    # --- Dockerfile ---------------------------------------------------------
+
+    def dockerfile(self) -> None:
+        run([self.hadolint, "--no-color", ROOT / "Dockerfile"])
+        bad = self.tmp / "Dockerfile.bad"
+        bad.write_text("FROM debian:latest\nRUN apt-get install curl\n")
+        expect(run([self.hadolint, "--no-color", bad], ok=False).returncode != 0, "hadolint passed a bad Dockerfile")
+        text = (ROOT / "Dockerfile").read_text()
+        expect("cargo build --release --locked" in text, "no locked release build")
+        users = re.findall(r"^USER (\S+)$", text, re.M)
+        expect(users and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]), f"final USER {users} is not a numeric non-root UID")
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+        exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in line.split()}
+        ports = {values["containerPorts"]["grpc"], values["containerPorts"]["metrics"]}
+        expect(ports <= exposed, f"EXPOSE {sorted(exposed)} lacks the chart's ports {sorted(ports)}")
+        uid = values["containerSecurityContext"]["runAsUser"]
+        expect(users[-1].split(":")[0] == str(uid), f"image USER {users[-1]} is not the chart's runAsUser {uid}")
+        expect(re.search(r"org\.opencontainers\.image\.", text) is not None, "no OCI labels")
+
+    def all(self) -> None:
+        self.check("helm lint --strict (defaults)", self.lint, None)
+        for f in self.ci_files:
+            self.check(f"helm lint --strict -f ci/{f.name}", self.lint, f)
+        for f in self.ci_files:
+            for kube in (OLDEST_KUBE, NEWEST_KUBE):
+                self.check(f"helm template -f ci/{f.name} | kubernetes-validate --strict -k {kube}",
+                           self.render_and_validate, f, kube)
+        expect_all = len(self.renders) == len(self.ci_files)
+        if not expect_all:
+            self.failed += 1
+            print("FAIL not every ci/ file rendered; the checks below see only some")
+        self.check("probes are native gRPC on the gRPC port", self.probes)
+        self.check("drain fits in terminationGracePeriodSeconds", self.drain)
+        self.check("hardened securityContext", self.security)
+        self.check("Services", self.services)
+        self.check("PodDisruptionBudget never blocks a drain", self.pdb)
+        self.check("helm test pods", self.helm_tests)
+        self.check("ServiceMonitor required fields", self.service_monitors)
+        self.check("NOTES.txt", self.notes)
+        for f in sorted(BAD_VALUES.glob("*.yaml")):
+            self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
+        self.check("config values match the server's settings", self.config_matches_server)
+        self.check("hadolint Dockerfile", self.dockerfile)
+
+
+def main() -> int:
+    tools = ROOT / "target" / "test-tools"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--helm", type=Path, default=tools / "helm")
+    parser.add_argument("--kubernetes-validate", type=Path, default=tools / "venv" / "bin" / "kubernetes-validate")
+    parser.add_argument("--hadolint", type=Path, default=tools / "venv" / "bin" / "hadolint")
+    parser.add_argument("--server", type=Path, default=ROOT / "target" / "debug" / "game-session",
+                        help="the game-session binary whose --help lists the settings")
+    args = parser.parse_args()
+    checks = Checks(args.helm, args.kubernetes_validate, args.hadolint, args.server)
+    checks.all()
+    print(f"chart checks: {checks.passed} passed, {checks.failed} failed")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
