@@ -24,16 +24,24 @@ exit status is 1 when any failed. The checks:
 - the chart's `config` values name real server settings, with the server's
   defaults, and cover every one of them (`game-session --help`);
 - hadolint passes the Dockerfile (and fails a known-bad one, so the linter
-  is known to be working).
+  is known to be working);
+- the real server, started with each render's environment (on 127.0.0.1),
+  answers the rendered probes (`gsctl health`, the same grpc.health.v1
+  check the kubelet makes) and exits 0 on SIGTERM within the grace period.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -81,8 +89,8 @@ def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
 
 
 class Checks:
-    def __init__(self, helm: Path, validate: Path, hadolint: Path, server: Path):
-        self.helm, self.validate, self.hadolint, self.server = helm, validate, hadolint, server
+    def __init__(self, helm: Path, validate: Path, hadolint: Path, server: Path, gsctl: Path):
+        self.helm, self.validate, self.hadolint, self.server, self.gsctl = helm, validate, hadolint, server, gsctl
         self.passed = 0
         self.failed = 0
         self.tmp = Path(tempfile.mkdtemp(prefix="chart-check-"))
@@ -396,6 +404,75 @@ class Checks:
         expect(users[-1].split(":")[0] == str(uid), f"image USER {users[-1]} is not the chart's runAsUser {uid}")
         expect(re.search(r"org\.opencontainers\.image\.", text) is not None, "no OCI labels")
 
+    # --- the real server with the rendered configuration ---------------------
+
+    def boots(self, name: str) -> None:
+        pod, c = self.server_deployment(self.renders[name])
+        # Container ports -> free local ports; the server binds 127.0.0.1.
+        local = {}
+        for p in c["ports"]:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                local[p["containerPort"]] = sock.getsockname()[1]
+        # The environment the kubelet would give: downward-API and Secret
+        # references get stand-ins, and $(VAR) expands to earlier variables.
+        stand_ins = {"metadata.namespace": NAMESPACE, "metadata.name": "gs-game-session-0",
+                     "metadata.uid": "0d6b2c1e-0000-4000-8000-000000000000", "spec.nodeName": "node-1"}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for e in c["env"]:
+            if "value" in e:
+                value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+            elif "fieldRef" in e.get("valueFrom", {}):
+                value = stand_ins[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            else:
+                value = "x-api-key=stand-in"
+            m = re.fullmatch(r"0\.0\.0\.0:(\d+)", value)
+            if m:
+                expect(int(m.group(1)) in local, f"{e['name']}={value} is not a container port")
+                value = f"127.0.0.1:{local[int(m.group(1))]}"
+            env[e["name"]] = value
+        # Export goes to a closed local port: the collector is down.
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        log = self.tmp / f"{name}.server.log"
+        with open(log, "w") as out:
+            server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def health(port: int, service: str | None) -> subprocess.CompletedProcess:
+                return run([self.gsctl, "--addr", f"http://127.0.0.1:{local[port]}", "--timeout", "1s",
+                            "health", "--service", service or ""], ok=False)
+            probes = [(k, c[k]["grpc"]) for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+            # The startup probe's budget: failureThreshold x periodSeconds.
+            budget = c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"]
+            deadline = time.monotonic() + budget
+            while health(probes[0][1]["port"], probes[0][1].get("service")).returncode != 0:
+                expect(server.poll() is None, f"the server exited {server.returncode}:\n{log.read_text()}")
+                expect(time.monotonic() < deadline, f"the startup probe failed for {budget} s:\n{log.read_text()}")
+                time.sleep(0.1)
+            for probe, g in probes:
+                h = health(g["port"], g.get("service"))
+                expect(h.returncode == 0, f"{probe} ({g}) fails: {h.stdout}{h.stderr}")
+            if any(p["name"] == "backend" for p in c["ports"]):
+                port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
+                h = health(port, None)
+                expect(h.returncode == 0, f"the backend port is not serving: {h.stdout}{h.stderr}")
+            server.send_signal(signal.SIGTERM)
+            grace = pod["terminationGracePeriodSeconds"]
+            try:
+                code = server.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                raise CheckFailed(f"still running {grace} s after SIGTERM")
+            expect(code == 0, f"exited {code} after SIGTERM:\n{log.read_text()}")
+            if env.get("GAME_SESSION_LOG_FORMAT") == "json":
+                lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+                expect(lines, "no log lines")
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
     def all(self) -> None:
         self.check("helm lint --strict (defaults)", self.lint, None)
         for f in self.ci_files:
@@ -420,6 +497,8 @@ class Checks:
             self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
         self.check("config values match the server's settings", self.config_matches_server)
         self.check("hadolint Dockerfile", self.dockerfile)
+        for name in sorted(self.renders):
+            self.check(f"server runs with ci/{name}'s env, passes its probes, exits 0 on SIGTERM", self.boots, name)
 
 
 def main() -> int:
@@ -429,9 +508,11 @@ def main() -> int:
     parser.add_argument("--kubernetes-validate", type=Path, default=tools / "venv" / "bin" / "kubernetes-validate")
     parser.add_argument("--hadolint", type=Path, default=tools / "venv" / "bin" / "hadolint")
     parser.add_argument("--server", type=Path, default=ROOT / "target" / "debug" / "game-session",
-                        help="the game-session binary whose --help lists the settings")
+                        help="the game-session binary: its --help lists the settings, and it is run")
+    parser.add_argument("--gsctl", type=Path, default=ROOT / "target" / "debug" / "gsctl",
+                        help="the gsctl binary, for health checks")
     args = parser.parse_args()
-    checks = Checks(args.helm, args.kubernetes_validate, args.hadolint, args.server)
+    checks = Checks(args.helm, args.kubernetes_validate, args.hadolint, args.server, args.gsctl)
     checks.all()
     print(f"chart checks: {checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
