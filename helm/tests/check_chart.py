@@ -352,6 +352,28 @@ class Checks:
 
     # --- values -------------------------------------------------------------
 
+    def params_documented(self) -> None:
+        text = (CHART / "values.yaml").read_text()
+        params = re.findall(r"^## @param (\S+) \S", text, re.M)
+        expect(len(params) == len(set(params)), "a value is documented twice")
+        values = yaml.safe_load(text)
+
+        def paths(node, prefix=""):
+            for key, value in node.items():
+                path = f"{prefix}{key}"
+                yield path
+                if isinstance(value, dict) and value and path not in params:
+                    yield from paths(value, path + ".")
+
+        existing = set(paths(values))
+        stale = sorted(set(params) - existing)
+        expect(not stale, f"@param for values that do not exist: {stale}")
+        # A value is documented by its own @param or by one on a parent map.
+        undocumented = [p for p in existing
+                        if not any(p == q or p.startswith(q + ".") for q in params)
+                        and not any(q.startswith(p + ".") for q in params)]
+        expect(not undocumented, f"values without a ## @param: {sorted(undocumented)}")
+
     def bad_values(self, path: Path) -> None:
         first = path.read_text().splitlines()[0]
         m = re.fullmatch(r"# expect: (.+)", first)
@@ -493,6 +515,7 @@ class Checks:
         self.check("helm test pods", self.helm_tests)
         self.check("ServiceMonitor required fields", self.service_monitors)
         self.check("NOTES.txt", self.notes)
+        self.check("every value has a ## @param", self.params_documented)
         for f in sorted(BAD_VALUES.glob("*.yaml")):
             self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
         self.check("config values match the server's settings", self.config_matches_server)
