@@ -10,7 +10,9 @@
 # Build arguments:
 #   RUST_VERSION  the toolchain of the build stage (default 1.95);
 #   VERSION       the image's org.opencontainers.image.version label
-#                 (default 0.1.0, the crate's version).
+#                 (default 0.1.0, the crate's version);
+#   REVISION      the image's org.opencontainers.image.revision label, the
+#                 commit it was built from (default: empty).
 #
 # Dependency caching follows Docker's Rust guide: the sources are bind-mounted
 # into the build step, and cargo's registry and target directory are BuildKit
@@ -19,6 +21,9 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
+# One target cache per platform, so a multi-platform build never copies
+# another platform's binary.
+ARG TARGETPLATFORM
 WORKDIR /src
 RUN --mount=type=bind,source=Cargo.toml,target=Cargo.toml \
     --mount=type=bind,source=Cargo.lock,target=Cargo.lock \
@@ -27,7 +32,7 @@ RUN --mount=type=bind,source=Cargo.toml,target=Cargo.toml \
     --mount=type=bind,source=src,target=src \
     --mount=type=cache,target=/usr/local/cargo/git/db \
     --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+    --mount=type=cache,target=/src/target,id=game-session-target-${TARGETPLATFORM},sharing=locked \
     cargo build --release --locked --bin game-session --bin gsctl \
     && install -D -m 0755 -t /out target/release/game-session target/release/gsctl
 
@@ -35,14 +40,18 @@ RUN --mount=type=bind,source=Cargo.toml,target=Cargo.toml \
 # manager. The `nonroot` variant's user is 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
+ARG REVISION=""
 LABEL org.opencontainers.image.title="game-session" \
       org.opencontainers.image.description="A game session microservice: bidirectional gRPC Play streams, relay sessions and a backend session API." \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 COPY --from=build /out/ /usr/local/bin/
 USER 65532:65532
 # 50051: gRPC (players, the backend API, health, reflection).
 # 9464: Prometheus metrics (GET /metrics).
-EXPOSE 50051 9464
+# 50052: the backend API apart from players, when run with
+#        --backend-listen 0.0.0.0:50052 (the chart's backend.enabled).
+EXPOSE 50051 9464 50052
 ENTRYPOINT ["/usr/local/bin/game-session"]

@@ -10,21 +10,25 @@ Each check prints `ok` or `FAIL` and why; the last line totals them, and the
 exit status is 1 when any failed. The checks:
 
 - `helm lint --strict`, on the defaults and on every `ci/` values file;
-- `helm template` of every `ci/` values file, for Kubernetes 1.30 and for the
-  newest version kubernetes-validate has a schema for;
+- `helm template` of every `ci/` values file (the chart's variants) and of
+  every `edge-values/` file (odd but valid values), for Kubernetes 1.30 and
+  for the newest version kubernetes-validate has a schema for;
 - every rendered manifest through `kubernetes-validate --strict` for both
   versions; every kind must have a schema except ServiceMonitor, whose
   required fields are checked here, against the rendered Service;
 - the Deployment: native `grpc:` startup, liveness and readiness probes on
   the container's gRPC port (a number), the health service each checks, the
   drain inside terminationGracePeriodSeconds, the hardened securityContext;
-- the Services, the PodDisruptionBudget (never one that blocks a drain), the
-  `helm test` pods, and NOTES.txt (`helm install --dry-run=client`);
+- names and label keys Kubernetes accepts, and no two resources alike;
+- the Services (metrics only on its own ClusterIP Service), the update
+  strategy, the PodDisruptionBudget (never one that blocks a drain), the
+  `helm test` pods (and that a NetworkPolicy lets them in), and NOTES.txt
+  (`helm install --dry-run=client`);
 - each file in `bad-values/` is rejected with the message on its first line;
 - the chart's `config` values name real server settings, with the server's
   defaults, and cover every one of them (`game-session --help`);
 - hadolint passes the Dockerfile (and fails a known-bad one, so the linter
-  is known to be working);
+  is known to be working), and the build context holds what the build reads;
 - the real server, started with each render's environment (on 127.0.0.1),
   answers the rendered probes (`gsctl health`, the same grpc.health.v1
   check the kubelet makes) and exits 0 on SIGTERM within the grace period.
@@ -51,6 +55,7 @@ from kubernetes_validate.utils import latest_version
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "game-session"
 BAD_VALUES = Path(__file__).resolve().parent / "bad-values"
+EDGE_VALUES = Path(__file__).resolve().parent / "edge-values"
 RELEASE = "gs"
 NAMESPACE = "games"
 OLDEST_KUBE = "1.30.0"
@@ -94,8 +99,10 @@ class Checks:
         self.passed = 0
         self.failed = 0
         self.tmp = Path(tempfile.mkdtemp(prefix="chart-check-"))
-        self.ci_files = sorted((CHART / "ci").glob("*.yaml"))
-        # ci file name -> rendered documents (for Kubernetes 1.30).
+        # "ci/x.yaml" or "edge-values/x.yaml" -> the file.
+        self.values_files = {f"{f.parent.name}/{f.name}": f
+                             for d in (CHART / "ci", EDGE_VALUES) for f in sorted(d.glob("*.yaml"))}
+        # The same names -> rendered documents (for Kubernetes 1.30).
         self.renders: dict[str, list[dict]] = {}
 
     def check(self, name: str, fn, *args) -> None:
@@ -123,19 +130,19 @@ class Checks:
         bad = [l for l in out.splitlines() if l.startswith("[") and not l.startswith("[INFO]")]
         expect(not bad, "\n".join(bad))
 
-    def render(self, values: Path, kube: str) -> Path:
-        out = run([self.helm, "template", RELEASE, CHART, "-f", values,
+    def render(self, name: str, kube: str) -> Path:
+        out = run([self.helm, "template", RELEASE, CHART, "-f", self.values_files[name],
                    "--namespace", NAMESPACE, "--kube-version", kube]).stdout
-        path = self.tmp / f"{values.stem}-{kube}.yaml"
+        path = self.tmp / f"{name.replace('/', '-')}-{kube}.yaml"
         path.write_text(out)
         docs = [d for d in yaml.safe_load_all(out) if d]
         expect(docs, "rendered nothing")
         if kube == OLDEST_KUBE:
-            self.renders[values.name] = docs
+            self.renders[name] = docs
         return path
 
-    def render_and_validate(self, values: Path, kube: str) -> None:
-        path = self.render(values, kube)
+    def render_and_validate(self, name: str, kube: str) -> None:
+        path = self.render(name, kube)
         proc = run([self.validate, "--strict", "-k", kube, path], ok=False)
         report = proc.stdout + proc.stderr
         expect(proc.returncode == 0, report)
@@ -169,6 +176,44 @@ class Checks:
         expect(len(containers) == 1, "no game-session container")
         return pod, containers[0]
 
+    def names_and_labels(self) -> None:
+        dns_label = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+        label_name = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+        dns_subdomain = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+        def check_labels(where: str, labels: dict) -> None:
+            for key, value in (labels or {}).items():
+                prefix, _, key_name = key.rpartition("/")
+                expect(len(key_name) <= 63 and label_name.fullmatch(key_name), f"{where}: label key {key!r}")
+                expect(not prefix or (len(prefix) <= 253 and dns_subdomain.fullmatch(prefix)), f"{where}: label key {key!r}")
+                value = str(value)
+                expect(value == "" or (len(value) <= 63 and label_name.fullmatch(value)), f"{where}: label {key}={value!r}")
+
+        for name, docs in self.renders.items():
+            seen = set()
+            for d in docs:
+                meta = d["metadata"]
+                where = f"{name}: {d['kind']}/{meta['name']}"
+                expect((d["kind"], meta["name"]) not in seen, f"{where} rendered twice")
+                seen.add((d["kind"], meta["name"]))
+                limit = 63 if d["kind"] in ("Service", "Pod") else 253
+                expect(len(meta["name"]) <= limit and dns_label.fullmatch(meta["name"]), f"{where}: bad name")
+                check_labels(where, meta.get("labels"))
+                spec = d.get("spec", {})
+                check_labels(where + " pod template", spec.get("template", {}).get("metadata", {}).get("labels"))
+                check_labels(where + " selector", spec.get("selector", {}).get("matchLabels", spec.get("selector")))
+                for rule in spec.get("ingress", []) + spec.get("egress", []):
+                    for peer in rule.get("from", []) + rule.get("to", []):
+                        check_labels(where + " peer", peer.get("podSelector", {}).get("matchLabels"))
+
+    def strategy(self) -> None:
+        for name, docs in self.renders.items():
+            deploy = self.of_kind(docs, "Deployment")[0]
+            strategy = deploy["spec"]["strategy"]
+            expect(strategy["type"] in ("RollingUpdate", "Recreate"), f"{name}: strategy {strategy}")
+            if strategy["type"] == "Recreate":
+                expect("rollingUpdate" not in strategy, f"{name}: Recreate with rollingUpdate, which the API server rejects")
+
     def probes(self) -> None:
         for name, docs in self.renders.items():
             _, c = self.server_deployment(docs)
@@ -196,9 +241,10 @@ class Checks:
             seconds = lambda v: int(re.fullmatch(r"(\d+)s", v).group(1))
             drain = seconds(env["GAME_SESSION_DRAIN_PERIOD"])
             flush = seconds(env["GAME_SESSION_SHUTDOWN_GRACE"])
+            sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
             grace = pod["terminationGracePeriodSeconds"]
-            expect(grace > drain + flush,
-                   f"{name}: terminationGracePeriodSeconds {grace} <= drain {drain} + flush {flush}")
+            expect(grace > sleep + drain + flush,
+                   f"{name}: terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain} + flush {flush}")
 
     def security(self) -> None:
         for name, docs in self.renders.items():
@@ -227,19 +273,27 @@ class Checks:
             _, c = self.server_deployment(docs)
             container_ports = {p["name"] for p in c["ports"]}
             services = {d["metadata"]["name"]: d for d in self.of_kind(docs, "Service")}
-            main = services.get(f"{RELEASE}-game-session")
-            expect(main is not None, f"{name}: no Service {RELEASE}-game-session")
+            main = next((s for s in services.values() if any(p["name"] == "grpc" for p in s["spec"]["ports"])
+                         and s["spec"].get("clusterIP") != "None"), None)
+            expect(main is not None, f"{name}: no Service with a grpc port")
             ports = {p["name"]: p for p in main["spec"]["ports"]}
-            expect(ports.get("grpc", {}).get("appProtocol") == "grpc", f"{name}: Service port grpc without appProtocol grpc")
-            expect(("metrics" in ports) == ("metrics" in container_ports),
-                   f"{name}: Service metrics port {sorted(ports)} does not follow the container's {sorted(container_ports)}")
+            expect(ports["grpc"].get("appProtocol") == "grpc", f"{name}: Service port grpc without appProtocol grpc")
+            # /metrics only on its own ClusterIP Service, never on one that
+            # may be a public load balancer.
+            with_metrics = [s for s in services.values() if any(p["name"] == "metrics" for p in s["spec"]["ports"])]
+            expect(len(with_metrics) == ("metrics" in container_ports),
+                   f"{name}: metrics on Services {[s['metadata']['name'] for s in with_metrics]}")
+            for svc in with_metrics:
+                expect(svc["spec"]["type"] == "ClusterIP" and len(svc["spec"]["ports"]) == 1,
+                       f"{name}: metrics on Service {svc['metadata']['name']} of type {svc['spec']['type']} beside other ports")
             for svc in services.values():
                 for p in svc["spec"]["ports"]:
                     expect(p["targetPort"] in container_ports,
                            f"{name}: Service {svc['metadata']['name']} targets port {p['targetPort']!r}, not a container port")
             if "backend" in container_ports:
-                backend = services.get(f"{RELEASE}-game-session-backend")
-                expect(backend is not None and backend["spec"]["type"] == "ClusterIP", f"{name}: no ClusterIP backend Service")
+                backend = [s for s in services.values() if s["spec"].get("clusterIP") != "None"
+                           and any(p["name"] == "backend" for p in s["spec"]["ports"])]
+                expect(len(backend) == 1 and backend[0]["spec"]["type"] == "ClusterIP", f"{name}: no ClusterIP backend Service")
                 env = {e["name"]: e.get("value") for e in c["env"]}
                 port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
                 expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"0.0.0.0:{port}", f"{name}: backend listen {env}")
@@ -258,17 +312,20 @@ class Checks:
                 spec = pdb["spec"]
                 if "minAvailable" in spec:
                     seen_min = True
-                    expect(fewest > spec["minAvailable"],
-                           f"{name}: minAvailable {spec['minAvailable']} with {fewest} replicas blocks every drain")
+                    m = spec["minAvailable"]
+                    needed = -(-int(m[:-1]) * fewest // 100) if isinstance(m, str) else m
+                    expect(fewest > needed, f"{name}: minAvailable {m} with {fewest} replicas blocks every drain")
                 else:
                     expect(spec.get("maxUnavailable") not in (0, "0%"), f"{name}: maxUnavailable 0 blocks every drain")
-        expect(seen_min, "no ci/ values file renders a minAvailable budget")
-        # With one replica, a minAvailable budget must not be rendered.
-        path = self.tmp / "one-replica-min-available.yaml"
-        path.write_text("replicaCount: 1\npdb:\n  minAvailable: 1\n")
-        out = run([self.helm, "template", RELEASE, CHART, "-f", path, "--kube-version", OLDEST_KUBE]).stdout
-        expect(not any(d and d["kind"] == "PodDisruptionBudget" for d in yaml.safe_load_all(out)),
-               "a minAvailable: 1 budget was rendered for one replica")
+        expect(seen_min, "no values file renders a minAvailable budget")
+        # With one replica, minAvailable: 1 (or 50%) falls back to maxUnavailable.
+        for min_available in ("1", '"50%"'):
+            path = self.tmp / "one-replica-min-available.yaml"
+            path.write_text(f"replicaCount: 1\npdb:\n  minAvailable: {min_available}\n")
+            out = run([self.helm, "template", RELEASE, CHART, "-f", path, "--kube-version", OLDEST_KUBE]).stdout
+            pdbs = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "PodDisruptionBudget"]
+            expect(len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdbs[0]["spec"],
+                   f"minAvailable {min_available} with one replica rendered {[p['spec'] for p in pdbs]}")
 
     def helm_tests(self) -> None:
         for name, docs in self.renders.items():
@@ -290,6 +347,18 @@ class Checks:
                 expect(int(m.group(2)) in [p["port"] for p in svc["spec"]["ports"]],
                        f"{name}: test port {m.group(2)} not on Service {m.group(1)}")
                 expect(t["spec"]["restartPolicy"] == "Never", f"{name}: test pod restarts")
+                # A NetworkPolicy on the server's pods must let the test in.
+                target = next(p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == int(m.group(2)))
+                port = next(p["containerPort"] for p in c["ports"] if p["name"] == target)
+                labels = t["metadata"]["labels"]
+                for np in self.of_kind(docs, "NetworkPolicy"):
+                    rules = [r for r in np["spec"].get("ingress", [])
+                             if any(p.get("port") == port for p in r.get("ports", []))]
+                    admitted = any("from" not in r or any(
+                        set(peer) == {"podSelector"} and peer["podSelector"].get("matchLabels", {}).items() <= labels.items()
+                        for peer in r["from"]) for r in rules)
+                    expect(admitted, f"{name}: NetworkPolicy {np['metadata']['name']} keeps test pod "
+                                     f"{t['metadata']['name']} off port {port}")
 
     def service_monitors(self) -> None:
         seen = 0
@@ -338,10 +407,11 @@ class Checks:
         for values, needles in (
             (CHART / "ci" / "default-values.yaml",
              [f"{RELEASE}-game-session.{NAMESPACE}.svc:50051", "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
-              f"helm test {RELEASE}"]),
+              f"helm test {RELEASE}", f"GET /metrics on {RELEASE}-game-session-metrics.{NAMESPACE}.svc:9464"]),
             (CHART / "ci" / "backend-values.yaml",
              [f"{RELEASE}-game-session-backend.{NAMESPACE}.svc:50052", "localhost:50052 gamesession.v1.SessionService/CreateSession"]),
             (CHART / "ci" / "autoscaling-values.yaml", [f"{RELEASE}-game-session-headless.{NAMESPACE}.svc"]),
+            (EDGE_VALUES / "recreate.yaml", ["a headless Service (headlessService.enabled=true)"]),
         ):
             out = run([self.helm, "install", RELEASE, CHART, "-f", values, "--namespace", NAMESPACE,
                        "--dry-run=client"]).stdout
@@ -425,6 +495,22 @@ class Checks:
         uid = values["containerSecurityContext"]["runAsUser"]
         expect(users[-1].split(":")[0] == str(uid), f"image USER {users[-1]} is not the chart's runAsUser {uid}")
         expect(re.search(r"org\.opencontainers\.image\.", text) is not None, "no OCI labels")
+        # The build bind-mounts its inputs from the context: each must exist
+        # and get past .dockerignore, and the sources read nothing else.
+        sources = re.findall(r"--mount=type=bind,source=([^,\s]+)", text)
+        expect({"Cargo.toml", "Cargo.lock", "build.rs", "src"} <= set(sources), f"the build mounts {sources}")
+        ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+                  if l.strip() and not l.startswith("#")]
+        expect(ignore[0] == "*", ".dockerignore should start by ignoring everything")
+        admitted = {l[1:].rstrip("/") for l in ignore[1:] if l.startswith("!")}
+        for source in sources:
+            expect((ROOT / source).exists(), f"the build mounts {source}, which does not exist")
+            expect(source in admitted, f"the build mounts {source}, which .dockerignore leaves out")
+        for path in [ROOT / "build.rs", *(ROOT / "src").rglob("*.rs")]:
+            for inc in re.findall(r"include_(?:str|bytes)!\(\s*\"([^\"]+)\"", path.read_text()):
+                target = (path.parent / inc).resolve()
+                expect(any(target.is_relative_to(ROOT / s) for s in sources),
+                       f"{path.relative_to(ROOT)} includes {inc}, outside the build's mounts")
 
     # --- the real server with the rendered configuration ---------------------
 
@@ -458,7 +544,7 @@ class Checks:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        log = self.tmp / f"{name}.server.log"
+        log = self.tmp / f"{name.replace('/', '-')}.server.log"
         with open(log, "w") as out:
             server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -497,16 +583,17 @@ class Checks:
 
     def all(self) -> None:
         self.check("helm lint --strict (defaults)", self.lint, None)
-        for f in self.ci_files:
-            self.check(f"helm lint --strict -f ci/{f.name}", self.lint, f)
-        for f in self.ci_files:
+        for name, f in self.values_files.items():
+            self.check(f"helm lint --strict -f {name}", self.lint, f)
+        for name in self.values_files:
             for kube in (OLDEST_KUBE, NEWEST_KUBE):
-                self.check(f"helm template -f ci/{f.name} | kubernetes-validate --strict -k {kube}",
-                           self.render_and_validate, f, kube)
-        expect_all = len(self.renders) == len(self.ci_files)
-        if not expect_all:
+                self.check(f"helm template -f {name} | kubernetes-validate --strict -k {kube}",
+                           self.render_and_validate, name, kube)
+        if len(self.renders) != len(self.values_files):
             self.failed += 1
-            print("FAIL not every ci/ file rendered; the checks below see only some")
+            print("FAIL not every values file rendered; the checks below see only some")
+        self.check("names and label keys are valid, resources unique", self.names_and_labels)
+        self.check("update strategy", self.strategy)
         self.check("probes are native gRPC on the gRPC port", self.probes)
         self.check("drain fits in terminationGracePeriodSeconds", self.drain)
         self.check("hardened securityContext", self.security)
@@ -521,7 +608,7 @@ class Checks:
         self.check("config values match the server's settings", self.config_matches_server)
         self.check("hadolint Dockerfile", self.dockerfile)
         for name in sorted(self.renders):
-            self.check(f"server runs with ci/{name}'s env, passes its probes, exits 0 on SIGTERM", self.boots, name)
+            self.check(f"server runs with {name}'s env, passes its probes, exits 0 on SIGTERM", self.boots, name)
 
 
 def main() -> int:

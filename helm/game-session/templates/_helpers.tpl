@@ -24,6 +24,18 @@ release-chart (just the release name when it already contains the chart's).
 {{- end }}
 {{- end }}
 
+{{/*
+The full name with a suffix ("backend", "metrics", ...), cut so the whole
+stays within the 63 characters of a Service or Pod name:
+include "game-session.suffixedName" (list . "metrics").
+*/}}
+{{- define "game-session.suffixedName" -}}
+{{- $ctx := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $fullname := include "game-session.fullname" $ctx | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $fullname $suffix }}
+{{- end }}
+
 {{/* The namespace: namespaceOverride, or the release's. */}}
 {{- define "game-session.namespace" -}}
 {{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
@@ -34,11 +46,12 @@ release-chart (just the release name when it already contains the chart's).
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels of every resource. */}}
-{{- define "game-session.labels" -}}
+{{/* Labels of every resource, less the component. */}}
+{{- define "game-session.baseLabels" -}}
 helm.sh/chart: {{ include "game-session.chart" . }}
-{{ include "game-session.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/name: {{ include "game-session.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | toString | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: game-session
 {{- with .Values.commonLabels }}
@@ -46,11 +59,61 @@ app.kubernetes.io/part-of: game-session
 {{- end }}
 {{- end }}
 
+{{/* Labels of the server's resources. */}}
+{{- define "game-session.labels" -}}
+{{ include "game-session.baseLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
 {{/* Labels that select the server's pods. */}}
 {{- define "game-session.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "game-session.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: server
+{{- end }}
+
+{{/* Labels that select the metrics Service (for the ServiceMonitor). */}}
+{{- define "game-session.metricsSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "game-session.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: metrics
+{{- end }}
+
+{{/*
+The label key that lets a pod through a NetworkPolicy with allowExternal
+false: <fullname>-client, within the 63 characters of a label name.
+*/}}
+{{- define "game-session.clientLabel" -}}
+{{- printf "%s-client" (include "game-session.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+A value as a string for an env var. Helm reads whole numbers in values files
+as floats, which print as 1e+06; whole floats print as integers here.
+*/}}
+{{- define "game-session.envValue" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) }}
+{{- int64 . | toString }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Settings the schema cannot relate to each other, checked once (from the
+Deployment) so a bad combination fails at `helm install`, not at start-up.
+*/}}
+{{- define "game-session.validate" -}}
+{{- $ports := .Values.containerPorts }}
+{{- if eq (int $ports.grpc) (int $ports.metrics) }}
+{{- fail "containerPorts.grpc and containerPorts.metrics must differ" }}
+{{- end }}
+{{- if and .Values.backend.enabled (or (eq (int $ports.backend) (int $ports.grpc)) (eq (int $ports.backend) (int $ports.metrics))) }}
+{{- fail "containerPorts.backend must differ from containerPorts.grpc and containerPorts.metrics" }}
+{{- end }}
+{{- if gt (int .Values.config.defaultMaxPlayers) (int .Values.config.maxPlayersLimit) }}
+{{- fail "config.defaultMaxPlayers must not exceed config.maxPlayersLimit" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -93,6 +156,24 @@ are empty.
 {{- .Values.autoscaling.minReplicas }}
 {{- else }}
 {{- .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the PodDisruptionBudget can use pdb.minAvailable: it is set, and
+the fewest pods the release runs exceed it (a percentage rounds up, as the
+disruption controller rounds it).
+*/}}
+{{- define "game-session.pdbUsesMinAvailable" -}}
+{{- $min := .Values.pdb.minAvailable }}
+{{- $replicas := include "game-session.minReplicas" . | int }}
+{{- if kindIs "invalid" $min }}
+{{- "false" }}
+{{- else if kindIs "string" $min }}
+{{- $needed := div (add (mul (trimSuffix "%" $min | int) $replicas) 99) 100 }}
+{{- lt (int $needed) $replicas }}
+{{- else }}
+{{- lt (int $min) $replicas }}
 {{- end }}
 {{- end }}
 
