@@ -25,6 +25,8 @@ exit status is 1 when any failed. The checks:
   `helm test` pods (and that a NetworkPolicy lets them in), and NOTES.txt
   (`helm install --dry-run=client`);
 - each file in `bad-values/` is rejected with the message on its first line;
+- every value in values.yaml has a `## @param`, and the chart README's
+  parameter tables are what readme-generator-for-helm makes of them;
 - the chart's `config` values name real server settings, with the server's
   defaults, and cover every one of them (`game-session --help`);
 - hadolint passes the Dockerfile (and fails a known-bad one, so the linter
@@ -94,8 +96,9 @@ def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
 
 
 class Checks:
-    def __init__(self, helm: Path, validate: Path, hadolint: Path, server: Path, gsctl: Path):
+    def __init__(self, helm: Path, validate: Path, hadolint: Path, readme_generator: Path, server: Path, gsctl: Path):
         self.helm, self.validate, self.hadolint, self.server, self.gsctl = helm, validate, hadolint, server, gsctl
+        self.readme_generator = readme_generator
         self.passed = 0
         self.failed = 0
         self.tmp = Path(tempfile.mkdtemp(prefix="chart-check-"))
@@ -422,27 +425,17 @@ class Checks:
 
     # --- values -------------------------------------------------------------
 
-    def params_documented(self) -> None:
-        text = (CHART / "values.yaml").read_text()
-        params = re.findall(r"^## @param (\S+) \S", text, re.M)
-        expect(len(params) == len(set(params)), "a value is documented twice")
-        values = yaml.safe_load(text)
-
-        def paths(node, prefix=""):
-            for key, value in node.items():
-                path = f"{prefix}{key}"
-                yield path
-                if isinstance(value, dict) and value and path not in params:
-                    yield from paths(value, path + ".")
-
-        existing = set(paths(values))
-        stale = sorted(set(params) - existing)
-        expect(not stale, f"@param for values that do not exist: {stale}")
-        # A value is documented by its own @param or by one on a parent map.
-        undocumented = [p for p in existing
-                        if not any(p == q or p.startswith(q + ".") for q in params)
-                        and not any(q.startswith(p + ".") for q in params)]
-        expect(not undocumented, f"values without a ## @param: {sorted(undocumented)}")
+    def parameters_readme(self) -> None:
+        # readme-generator-for-helm checks that every value has a `## @param`
+        # (and no @param names a missing value), then writes the tables.
+        readme = self.tmp / "README.md"
+        readme.write_text((CHART / "README.md").read_text())
+        out = run([self.readme_generator, "--values", CHART / "values.yaml", "--readme", readme])
+        expect("Metadata is correct" in out.stdout, out.stdout)
+        expect(readme.read_text() == (CHART / "README.md").read_text(),
+               "helm/game-session/README.md's parameter tables are stale; regenerate them with\n"
+               "target/test-tools/node/node_modules/.bin/readme-generator -v helm/game-session/values.yaml "
+               "-r helm/game-session/README.md")
 
     def bad_values(self, path: Path) -> None:
         first = path.read_text().splitlines()[0]
@@ -602,7 +595,7 @@ class Checks:
         self.check("helm test pods", self.helm_tests)
         self.check("ServiceMonitor required fields", self.service_monitors)
         self.check("NOTES.txt", self.notes)
-        self.check("every value has a ## @param", self.params_documented)
+        self.check("every value has a ## @param; the chart README's tables are current", self.parameters_readme)
         for f in sorted(BAD_VALUES.glob("*.yaml")):
             self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
         self.check("config values match the server's settings", self.config_matches_server)
@@ -617,12 +610,14 @@ def main() -> int:
     parser.add_argument("--helm", type=Path, default=tools / "helm")
     parser.add_argument("--kubernetes-validate", type=Path, default=tools / "venv" / "bin" / "kubernetes-validate")
     parser.add_argument("--hadolint", type=Path, default=tools / "venv" / "bin" / "hadolint")
+    parser.add_argument("--readme-generator", type=Path,
+                        default=tools / "node" / "node_modules" / ".bin" / "readme-generator")
     parser.add_argument("--server", type=Path, default=ROOT / "target" / "debug" / "game-session",
                         help="the game-session binary: its --help lists the settings, and it is run")
     parser.add_argument("--gsctl", type=Path, default=ROOT / "target" / "debug" / "gsctl",
                         help="the gsctl binary, for health checks")
     args = parser.parse_args()
-    checks = Checks(args.helm, args.kubernetes_validate, args.hadolint, args.server, args.gsctl)
+    checks = Checks(args.helm, args.kubernetes_validate, args.hadolint, args.readme_generator, args.server, args.gsctl)
     checks.all()
     print(f"chart checks: {checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
