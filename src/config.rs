@@ -124,7 +124,7 @@ pub struct Config {
 
     /// After the drain period, how long to flush queued messages to players
     /// before connections are closed regardless. The process exits within
-    /// drain period + this.
+    /// drain period + this of the signal, exporting the last spans included.
     #[arg(long, env = "GAME_SESSION_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }

@@ -4,6 +4,8 @@
 use clap::Parser;
 use game_session::{Config, Listeners, Modes, telemetry};
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 
@@ -15,20 +17,34 @@ async fn main() -> std::process::ExitCode {
         tracing::error!(error = %err, "invalid configuration");
         return std::process::ExitCode::from(2);
     }
-    // The spans still queued at the end are flushed within the grace period.
-    let flush_within = config.shutdown_grace;
-    let code = match serve(config).await {
+    // The process exits within drain period + shutdown grace of the signal
+    // (the pod's grace period is sized on it), so the spans still queued at
+    // the end are flushed within what is left of that budget.
+    let (budget, grace) = (config.drain_period + config.shutdown_grace, config.shutdown_grace);
+    let signalled = Arc::new(OnceLock::new());
+    let shutdown = {
+        let signalled = Arc::clone(&signalled);
+        async move {
+            game_session::shutdown_signal().await;
+            let _ = signalled.set(Instant::now());
+        }
+    };
+    let code = match serve(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");
             std::process::ExitCode::FAILURE
         }
     };
+    let flush_within = match signalled.get() {
+        Some(at) => budget.saturating_sub(at.elapsed()),
+        None => grace,
+    };
     telemetry.shutdown(flush_within).await;
     code
 }
 
-async fn serve(config: Config) -> Result<(), game_session::BoxError> {
+async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), game_session::BoxError> {
     // The metrics endpoint comes up first and stays up through the drain;
     // it stops with the process.
     if let Some(addr) = config.metrics_listen.0 {
@@ -42,7 +58,7 @@ async fn serve(config: Config) -> Result<(), game_session::BoxError> {
         Some(addr) => Some(bind("--backend-listen", addr).await?),
         None => None,
     };
-    game_session::run(config, Modes::default(), Listeners { main, backend }, game_session::shutdown_signal()).await
+    game_session::run(config, Modes::default(), Listeners { main, backend }, shutdown).await
 }
 
 /// Binds `addr`; a failure names the flag and the address.

@@ -49,8 +49,11 @@ impl Binary {
             command.env_remove(name);
         }
         command.envs(env.iter().copied());
+        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--drain-period") {
+            command.args(["--drain-period", "100ms"]);
+        }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--drain-period", "100ms"])
             .args(extra)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
@@ -462,6 +465,45 @@ async fn a_collector_that_is_down_neither_blocks_calls_nor_the_exit() {
     assert!(status.success(), "{status}");
     // 100 ms of drain and at most 1 s of span flushing, with room to spare.
     assert!(stopping.elapsed() < std::time::Duration::from_secs(4), "{:?}", stopping.elapsed());
+}
+
+/// Catches a span flush that comes on top of the shutdown grace, which would
+/// let the kubelet kill a pod the chart gave drain + grace: with a collector
+/// that accepts connections and never answers, and a player that stops
+/// reading so that its connection holds the whole grace, the server still
+/// exits 0 within drain period + shutdown grace.
+#[tokio::test]
+async fn a_hanging_collector_does_not_stretch_the_exit_past_drain_and_grace() {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", collector.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = collector.accept().await {
+            held.push(stream);
+        }
+    });
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
+    let mut server = Binary::start_with_env(&["--drain-period", "500ms", "--shutdown-grace", "3s"], &env).await;
+    let sender = Player::join(server.addr, common::join_mode("relay", "sender")).await;
+    let session = sender.welcome.session_id.clone();
+    let connect = common::Connect { window: Some(1024) };
+    let stalled =
+        Player::try_join(server.addr, common::join_session(&session, "stalled"), connect).await.expect("join");
+    // More than the stalled player's 1 KiB window: its stream cannot finish.
+    for _ in 0..16 {
+        sender.relay(&[7; 1024], &[]).await;
+    }
+    let pid = server.child.id().expect("running");
+    let stopping = tokio::time::Instant::now();
+    // SAFETY: sends SIGTERM to the child this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, server.child.wait()).await.expect("exits in time").expect("wait");
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    // 0.5 s of drain and 3 s of grace; a flush after the grace would take
+    // another 3 s.
+    assert!(took < std::time::Duration::from_millis(5000), "exit took {took:?}");
+    drop((sender, stalled));
 }
 
 /// Catches log lines that cannot be tied to their trace: with traces
