@@ -33,7 +33,9 @@ exit status is 1 when any failed. The checks:
   is known to be working), and the build context holds what the build reads;
 - the real server, started with each render's environment (on 127.0.0.1),
   answers the rendered probes (`gsctl health`, the same grpc.health.v1
-  check the kubelet makes) and exits 0 on SIGTERM within the grace period.
+  check the kubelet makes); on SIGTERM, with a player in a session, the
+  readiness probe fails while liveness and startup pass, and once the player
+  leaves the server exits 0 within the grace period.
 """
 
 from __future__ import annotations
@@ -81,6 +83,22 @@ CHOSEN_DEFAULTS = {
 
 class CheckFailed(Exception):
     pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML
+    keeps the last; the API server and many tools refuse the manifest)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise CheckFailed(f"keys given twice {twice} at line {node.start_mark.line + 1}")
+        return super().construct_mapping(node, deep)
+
+
+def load_all(text: str) -> list[dict]:
+    return [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d]
 
 
 def expect(condition: bool, message: str) -> None:
@@ -138,7 +156,7 @@ class Checks:
                    "--namespace", NAMESPACE, "--kube-version", kube]).stdout
         path = self.tmp / f"{name.replace('/', '-')}-{kube}.yaml"
         path.write_text(out)
-        docs = [d for d in yaml.safe_load_all(out) if d]
+        docs = load_all(out)
         expect(docs, "rendered nothing")
         if kube == OLDEST_KUBE:
             self.renders[name] = docs
@@ -155,8 +173,8 @@ class Checks:
             if line.startswith("WARN"):
                 expect(any(f"kind {k} " in line for k in NO_SCHEMA), f"unexpected warning: {line}")
         # And every resource with a schema was validated, each by name.
-        for d in yaml.safe_load_all(path.read_text()):
-            if d and d["kind"] not in NO_SCHEMA:
+        for d in load_all(path.read_text()):
+            if d["kind"] not in NO_SCHEMA:
                 resource = f"{d['kind'].lower()}/{d['metadata']['name']}"
                 expect(f"passed for resource {resource} against version" in report,
                        f"{resource} was not validated:\n{report}")
@@ -208,6 +226,46 @@ class Checks:
                 for rule in spec.get("ingress", []) + spec.get("egress", []):
                     for peer in rule.get("from", []) + rule.get("to", []):
                         check_labels(where + " peer", peer.get("podSelector", {}).get("matchLabels"))
+
+    def selectors(self) -> None:
+        for name, docs in self.renders.items():
+            deploy = self.of_kind(docs, "Deployment")[0]
+            pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+
+            def selects(where: str, match: dict) -> None:
+                expect(match and match.items() <= pod_labels.items(),
+                       f"{name}: {where} selects {match}, not the pods {pod_labels}")
+
+            selects("the Deployment", deploy["spec"]["selector"]["matchLabels"])
+            for svc in self.of_kind(docs, "Service"):
+                selects(f"Service {svc['metadata']['name']}", svc["spec"]["selector"])
+            for pdb in self.of_kind(docs, "PodDisruptionBudget"):
+                selects("the PodDisruptionBudget", pdb["spec"]["selector"]["matchLabels"])
+            for np in self.of_kind(docs, "NetworkPolicy"):
+                selects("the NetworkPolicy", np["spec"]["podSelector"]["matchLabels"])
+            for c in deploy["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+                selects("a topology spread constraint", c["labelSelector"]["matchLabels"])
+            for hpa in self.of_kind(docs, "HorizontalPodAutoscaler"):
+                target = hpa["spec"]["scaleTargetRef"]
+                expect((target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"]),
+                       f"{name}: the HPA scales {target}")
+            # Every resource in one namespace (a ServiceMonitor may be elsewhere).
+            namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] != "ServiceMonitor"}
+            expect(len(namespaces) == 1, f"{name}: resources in namespaces {sorted(namespaces)}")
+            want = (yaml.safe_load(self.values_files[name].read_text()) or {}).get("namespaceOverride") or NAMESPACE
+            expect(namespaces == {want}, f"{name}: resources in {sorted(namespaces)}, want {want}")
+
+    def old_kubernetes(self) -> None:
+        # Before 1.30 there is no preStop sleep, and the grace period has no
+        # room for one.
+        out = run([self.helm, "template", RELEASE, CHART, "--kube-version", "1.29.0"]).stdout
+        deploy = next(d for d in load_all(out) if d["kind"] == "Deployment")
+        pod = deploy["spec"]["template"]["spec"]
+        expect("lifecycle" not in pod["containers"][0], "a preStop sleep rendered for Kubernetes 1.29")
+        values = yaml.safe_load((CHART / "values.yaml").read_text())["drain"]
+        want = values["periodSeconds"] + values["flushSeconds"] + values["killMarginSeconds"]
+        expect(pod["terminationGracePeriodSeconds"] == want,
+               f"grace {pod['terminationGracePeriodSeconds']} for Kubernetes 1.29, want {want}")
 
     def strategy(self) -> None:
         for name, docs in self.renders.items():
@@ -326,7 +384,7 @@ class Checks:
             path = self.tmp / "one-replica-min-available.yaml"
             path.write_text(f"replicaCount: 1\npdb:\n  minAvailable: {min_available}\n")
             out = run([self.helm, "template", RELEASE, CHART, "-f", path, "--kube-version", OLDEST_KUBE]).stdout
-            pdbs = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "PodDisruptionBudget"]
+            pdbs = [d for d in load_all(out) if d["kind"] == "PodDisruptionBudget"]
             expect(len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdbs[0]["spec"],
                    f"minAvailable {min_available} with one replica rendered {[p['spec'] for p in pdbs]}")
 
@@ -343,8 +401,8 @@ class Checks:
                 cmd = tc["command"]
                 expect(cmd[0] == "/usr/local/bin/gsctl" and cmd[-1] == "health", f"{name}: test runs {cmd}")
                 addr = cmd[cmd.index("--addr") + 1]
-                m = re.fullmatch(rf"http://([a-z0-9-]+)\.{NAMESPACE}\.svc:(\d+)", addr)
-                expect(m is not None, f"{name}: test address {addr}")
+                m = re.fullmatch(rf"http://([a-z0-9-]+)\.{t['metadata']['namespace']}\.svc:(\d+)", addr)
+                expect(m is not None, f"{name}: test address {addr} is not a Service in {t['metadata']['namespace']}")
                 svc = services.get(m.group(1))
                 expect(svc is not None, f"{name}: test targets {m.group(1)}, not a rendered Service")
                 expect(int(m.group(2)) in [p["port"] for p in svc["spec"]["ports"]],
@@ -527,10 +585,11 @@ class Checks:
                 value = stand_ins[e["valueFrom"]["fieldRef"]["fieldPath"]]
             else:
                 value = "x-api-key=stand-in"
-            m = re.fullmatch(r"0\.0\.0\.0:(\d+)", value)
-            if m:
-                expect(int(m.group(1)) in local, f"{e['name']}={value} is not a container port")
-                value = f"127.0.0.1:{local[int(m.group(1))]}"
+            if e["name"].endswith("_LISTEN") and value != "off":
+                host, port = value.rsplit(":", 1)
+                expect(host in ("0.0.0.0", "[::]"), f"{e['name']}={value} does not listen on every address")
+                expect(int(port) in local, f"{e['name']}={value} is not a container port")
+                value = f"127.0.0.1:{local[int(port)]}"
             env[e["name"]] = value
         # Export goes to a closed local port: the collector is down.
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
@@ -540,29 +599,55 @@ class Checks:
         log = self.tmp / f"{name.replace('/', '-')}.server.log"
         with open(log, "w") as out:
             server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
+        grpc = local[next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")]
+        # SessionService is on the backend port when there is one.
+        api = local[next((p["containerPort"] for p in c["ports"] if p["name"] == "backend"),
+                         next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc"))]
+        player = None
         try:
-            def health(port: int, service: str | None) -> subprocess.CompletedProcess:
+            def health(port: int, service: str | None) -> int:
                 return run([self.gsctl, "--addr", f"http://127.0.0.1:{local[port]}", "--timeout", "1s",
-                            "health", "--service", service or ""], ok=False)
-            probes = [(k, c[k]["grpc"]) for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+                            "health", "--service", service or ""], ok=False).returncode
+            probes = {k: c[k]["grpc"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
             # The startup probe's budget: failureThreshold x periodSeconds.
             budget = c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"]
             deadline = time.monotonic() + budget
-            while health(probes[0][1]["port"], probes[0][1].get("service")).returncode != 0:
+            while health(probes["startupProbe"]["port"], probes["startupProbe"].get("service")) != 0:
                 expect(server.poll() is None, f"the server exited {server.returncode}:\n{log.read_text()}")
                 expect(time.monotonic() < deadline, f"the startup probe failed for {budget} s:\n{log.read_text()}")
                 time.sleep(0.1)
-            for probe, g in probes:
-                h = health(g["port"], g.get("service"))
-                expect(h.returncode == 0, f"{probe} ({g}) fails: {h.stdout}{h.stderr}")
+            for probe, g in probes.items():
+                expect(health(g["port"], g.get("service")) == 0, f"{probe} ({g}) fails on a running server")
             if any(p["name"] == "backend" for p in c["ports"]):
                 port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
-                h = health(port, None)
-                expect(h.returncode == 0, f"the backend port is not serving: {h.stdout}{h.stderr}")
+                expect(health(port, None) == 0, "the backend port is not serving")
+            # A player holds a session through the drain.
+            player = subprocess.Popen([self.gsctl, "--addr", f"http://127.0.0.1:{grpc}", "play", "--mode", "relay",
+                                       "--player-id", "drain-check"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while True:
+                listed = run([self.gsctl, "--addr", f"http://127.0.0.1:{api}", "--json", "list"], ok=False).stdout
+                if '"playerCount":1' in listed:
+                    break
+                expect(time.monotonic() < deadline, f"the player never joined: {listed}")
+                time.sleep(0.1)
             server.send_signal(signal.SIGTERM)
+            stopping = time.monotonic()
+            # Draining: readiness fails at once, liveness and startup go on
+            # passing, so the pod leaves the Services and is not restarted.
+            while health(probes["readinessProbe"]["port"], probes["readinessProbe"].get("service")) == 0:
+                expect(time.monotonic() - stopping < 5, "readiness still passes 5 s into the drain")
+                time.sleep(0.05)
+            for probe in ("livenessProbe", "startupProbe"):
+                g = probes[probe]
+                expect(health(g["port"], g.get("service")) == 0, f"{probe} fails while draining: the pod would restart")
+            expect(server.poll() is None, "the server exited with a session still running")
+            # The last player leaves; the server exits 0 within the grace period.
+            player.stdin.close()
             grace = pod["terminationGracePeriodSeconds"]
             try:
-                code = server.wait(timeout=grace)
+                code = server.wait(timeout=max(0.0, grace - (time.monotonic() - stopping)))
             except subprocess.TimeoutExpired:
                 raise CheckFailed(f"still running {grace} s after SIGTERM")
             expect(code == 0, f"exited {code} after SIGTERM:\n{log.read_text()}")
@@ -570,9 +655,10 @@ class Checks:
                 lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
                 expect(lines, "no log lines")
         finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+            for process in (server, player):
+                if process and process.poll() is None:
+                    process.kill()
+                    process.wait()
 
     def all(self) -> None:
         self.check("helm lint --strict (defaults)", self.lint, None)
@@ -586,6 +672,8 @@ class Checks:
             self.failed += 1
             print("FAIL not every values file rendered; the checks below see only some")
         self.check("names and label keys are valid, resources unique", self.names_and_labels)
+        self.check("selectors select the pods; one namespace", self.selectors)
+        self.check("Kubernetes 1.29: no preStop sleep", self.old_kubernetes)
         self.check("update strategy", self.strategy)
         self.check("probes are native gRPC on the gRPC port", self.probes)
         self.check("drain fits in terminationGracePeriodSeconds", self.drain)

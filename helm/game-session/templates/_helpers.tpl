@@ -46,23 +46,50 @@ include "game-session.suffixedName" (list . "metrics").
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels of every resource, less the component. */}}
-{{- define "game-session.baseLabels" -}}
-helm.sh/chart: {{ include "game-session.chart" . }}
-app.kubernetes.io/name: {{ include "game-session.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | toString | trunc 63 | trimSuffix "-" | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: game-session
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{/*
+The labels of a resource, as one map rendered once (so no key appears
+twice): the chart's, then commonLabels, then the resource's own ("extra"),
+then the selector labels of its component, which nothing overrides:
+include "game-session.labelsFor" (dict "context" . "component" "metrics" "extra" .Values.x)
+*/}}
+{{- define "game-session.labelsFor" -}}
+{{- $ctx := .context }}
+{{- $labels := dict
+  "helm.sh/chart" (include "game-session.chart" $ctx)
+  "app.kubernetes.io/version" (include "game-session.versionLabel" $ctx)
+  "app.kubernetes.io/managed-by" $ctx.Release.Service
+  "app.kubernetes.io/part-of" "game-session" }}
+{{- $labels = mergeOverwrite $labels ($ctx.Values.commonLabels | default dict) (.extra | default dict) }}
+{{- $labels = mergeOverwrite $labels (dict
+  "app.kubernetes.io/name" (include "game-session.name" $ctx)
+  "app.kubernetes.io/instance" $ctx.Release.Name
+  "app.kubernetes.io/component" .component) }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{/* Labels of the server's resources. */}}
 {{- define "game-session.labels" -}}
-{{ include "game-session.baseLabels" . }}
-app.kubernetes.io/component: server
+{{ include "game-session.labelsFor" (dict "context" . "component" "server") }}
+{{- end }}
+
+{{/*
+Labels of the server's pod template: no chart version, so that a chart
+upgrade that changes nothing in the pod does not restart every pod (and end
+its sessions).
+*/}}
+{{- define "game-session.podLabels" -}}
+{{- $labels := dict "app.kubernetes.io/version" (include "game-session.versionLabel" .) }}
+{{- $labels = mergeOverwrite $labels (.Values.commonLabels | default dict) (.Values.podLabels | default dict) }}
+{{- $labels = mergeOverwrite $labels (include "game-session.selectorLabels" . | fromYaml) }}
+{{- toYaml $labels }}
+{{- end }}
+
+{{/*
+The app.kubernetes.io/version label: the image tag (or the appVersion), cut
+to the 63 characters of a label value, ending alphanumeric.
+*/}}
+{{- define "game-session.versionLabel" -}}
+{{- regexReplaceAll "[-_.]+$" (.Values.image.tag | default .Chart.AppVersion | toString | trunc 63) "" }}
 {{- end }}
 
 {{/* Labels that select the server's pods. */}}
@@ -114,6 +141,11 @@ Deployment) so a bad combination fails at `helm install`, not at start-up.
 {{- if gt (int .Values.config.defaultMaxPlayers) (int .Values.config.maxPlayersLimit) }}
 {{- fail "config.defaultMaxPlayers must not exceed config.maxPlayersLimit" }}
 {{- end }}
+{{- with .Values.updateStrategy.rollingUpdate }}
+{{- if and (eq $.Values.updateStrategy.type "RollingUpdate") (has (toString .maxSurge) (list "0" "0%")) (has (toString .maxUnavailable) (list "0" "0%")) }}
+{{- fail "updateStrategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -148,6 +180,18 @@ are empty.
 {{- else }}
 {{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion | toString) }}
 {{- end }}
+{{- end }}
+
+{{/*
+An address for the server to listen on: listenHost and a port, the host in
+brackets when it is IPv6: include "game-session.listen" (list . port).
+*/}}
+{{- define "game-session.listen" -}}
+{{- $host := (index . 0).Values.listenHost }}
+{{- if contains ":" $host }}
+{{- $host = printf "[%s]" (trimAll "[]" $host) }}
+{{- end }}
+{{- printf "%s:%d" $host (int (index . 1)) }}
 {{- end }}
 
 {{/* The fewest pods the release runs: autoscaling's minimum, or replicaCount. */}}
