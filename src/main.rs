@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
     // The process exits within drain period + shutdown grace of the signal
     // (the pod's grace period is sized on it), so the spans still queued at
     // the end are flushed within what is left of that budget.
-    let (budget, grace) = (config.drain_period + config.shutdown_grace, config.shutdown_grace);
+    let (budget, grace) = (config.drain_period.saturating_add(config.shutdown_grace), config.shutdown_grace);
     let signalled = Arc::new(OnceLock::new());
     let shutdown = {
         let signalled = Arc::clone(&signalled);

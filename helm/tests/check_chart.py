@@ -207,7 +207,7 @@ class Checks:
                 prefix, _, key_name = key.rpartition("/")
                 expect(len(key_name) <= 63 and label_name.fullmatch(key_name), f"{where}: label key {key!r}")
                 expect(not prefix or (len(prefix) <= 253 and dns_subdomain.fullmatch(prefix)), f"{where}: label key {key!r}")
-                value = str(value)
+                expect(isinstance(value, str), f"{where}: label {key}={value!r} is not a string")
                 expect(value == "" or (len(value) <= 63 and label_name.fullmatch(value)), f"{where}: label {key}={value!r}")
 
         for name, docs in self.renders.items():
@@ -357,7 +357,8 @@ class Checks:
                 expect(len(backend) == 1 and backend[0]["spec"]["type"] == "ClusterIP", f"{name}: no ClusterIP backend Service")
                 env = {e["name"]: e.get("value") for e in c["env"]}
                 port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
-                expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"0.0.0.0:{port}", f"{name}: backend listen {env}")
+                host = env["GAME_SESSION_LISTEN"].rsplit(":", 1)[0]
+                expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"{host}:{port}", f"{name}: backend listen {env}")
 
     def pdb(self) -> None:
         seen_min = False
@@ -642,14 +643,21 @@ class Checks:
             for probe in ("livenessProbe", "startupProbe"):
                 g = probes[probe]
                 expect(health(g["port"], g.get("service")) == 0, f"{probe} fails while draining: the pod would restart")
+            # The session goes on through the drain.
             expect(server.poll() is None, "the server exited with a session still running")
-            # The last player leaves; the server exits 0 within the grace period.
+            expect(player.poll() is None, "the player's stream ended at SIGTERM, not after the drain")
+            listed = run([self.gsctl, "--addr", f"http://127.0.0.1:{api}", "--json", "list"], ok=False).stdout
+            expect('"playerCount":1' in listed, f"the session did not survive SIGTERM: {listed}")
+            # The last player leaves; the server exits 0 within what it
+            # promises, drain period + shutdown grace (SIGTERM comes after the
+            # preStop sleep, and the kill margin is the kubelet's).
             player.stdin.close()
-            grace = pod["terminationGracePeriodSeconds"]
+            seconds = lambda v: int(re.fullmatch(r"(\d+)s", v).group(1))
+            promise = seconds(env["GAME_SESSION_DRAIN_PERIOD"]) + seconds(env["GAME_SESSION_SHUTDOWN_GRACE"])
             try:
-                code = server.wait(timeout=max(0.0, grace - (time.monotonic() - stopping)))
+                code = server.wait(timeout=max(0.0, promise + 1 - (time.monotonic() - stopping)))
             except subprocess.TimeoutExpired:
-                raise CheckFailed(f"still running {grace} s after SIGTERM")
+                raise CheckFailed(f"still running {promise} s after SIGTERM")
             expect(code == 0, f"exited {code} after SIGTERM:\n{log.read_text()}")
             if env.get("GAME_SESSION_LOG_FORMAT") == "json":
                 lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]

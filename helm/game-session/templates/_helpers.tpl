@@ -60,10 +60,7 @@ include "game-session.labelsFor" (dict "context" . "component" "metrics" "extra"
   "app.kubernetes.io/managed-by" $ctx.Release.Service
   "app.kubernetes.io/part-of" "game-session" }}
 {{- $labels = mergeOverwrite $labels ($ctx.Values.commonLabels | default dict) (.extra | default dict) }}
-{{- $labels = mergeOverwrite $labels (dict
-  "app.kubernetes.io/name" (include "game-session.name" $ctx)
-  "app.kubernetes.io/instance" $ctx.Release.Name
-  "app.kubernetes.io/component" .component) }}
+{{- $labels = mergeOverwrite $labels (include "game-session.selectorMap" (list $ctx .component) | fromYaml) }}
 {{- toYaml $labels }}
 {{- end }}
 
@@ -89,21 +86,29 @@ The app.kubernetes.io/version label: the image tag (or the appVersion), cut
 to the 63 characters of a label value, ending alphanumeric.
 */}}
 {{- define "game-session.versionLabel" -}}
-{{- regexReplaceAll "[-_.]+$" (.Values.image.tag | default .Chart.AppVersion | toString | trunc 63) "" }}
+{{- regexReplaceAll "^[-_.]+|[-_.]+$" (.Values.image.tag | default .Chart.AppVersion | toString | trunc 63) "" }}
+{{- end }}
+
+{{/*
+The labels that select a component's resources, as a map; its values are
+strings whatever the release is called (a release named 1e3 or true):
+include "game-session.selectorMap" (list . "server") | fromYaml
+*/}}
+{{- define "game-session.selectorMap" -}}
+{{- toYaml (dict
+  "app.kubernetes.io/name" (include "game-session.name" (index . 0))
+  "app.kubernetes.io/instance" (index . 0).Release.Name
+  "app.kubernetes.io/component" (index . 1)) }}
 {{- end }}
 
 {{/* Labels that select the server's pods. */}}
 {{- define "game-session.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "game-session.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: server
+{{ include "game-session.selectorMap" (list . "server") }}
 {{- end }}
 
 {{/* Labels that select the metrics Service (for the ServiceMonitor). */}}
 {{- define "game-session.metricsSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "game-session.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: metrics
+{{ include "game-session.selectorMap" (list . "metrics") }}
 {{- end }}
 
 {{/*
