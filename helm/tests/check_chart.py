@@ -101,6 +101,21 @@ def load_all(text: str) -> list[dict]:
     return [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d]
 
 
+def container_port(c: dict, name: str) -> int | None:
+    """The number of the container's port called `name`, or None."""
+    return next((p["containerPort"] for p in c["ports"] if p["name"] == name), None)
+
+
+def plain_env(c: dict) -> dict[str, str | None]:
+    """The container's env vars by name (None for valueFrom ones)."""
+    return {e["name"]: e.get("value") for e in c["env"]}
+
+
+def seconds(value: str) -> int:
+    """A whole-seconds duration as the chart renders it ("20s")."""
+    return int(re.fullmatch(r"(\d+)s", value).group(1))
+
+
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
@@ -278,9 +293,8 @@ class Checks:
     def probes(self) -> None:
         for name, docs in self.renders.items():
             _, c = self.server_deployment(docs)
-            grpc_ports = [p["containerPort"] for p in c["ports"] if p["name"] == "grpc"]
-            expect(len(grpc_ports) == 1, f"{name}: no containerPort named grpc")
-            port = grpc_ports[0]
+            expect([p["name"] for p in c["ports"]].count("grpc") == 1, f"{name}: not one containerPort named grpc")
+            port = container_port(c, "grpc")
             for probe, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", None)):
                 p = c.get(probe)
                 expect(p is not None, f"{name}: no {probe}")
@@ -298,8 +312,7 @@ class Checks:
     def drain(self) -> None:
         for name, docs in self.renders.items():
             pod, c = self.server_deployment(docs)
-            env = {e["name"]: e.get("value") for e in c["env"]}
-            seconds = lambda v: int(re.fullmatch(r"(\d+)s", v).group(1))
+            env = plain_env(c)
             drain = seconds(env["GAME_SESSION_DRAIN_PERIOD"])
             flush = seconds(env["GAME_SESSION_SHUTDOWN_GRACE"])
             sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -355,8 +368,8 @@ class Checks:
                 backend = [s for s in services.values() if s["spec"].get("clusterIP") != "None"
                            and any(p["name"] == "backend" for p in s["spec"]["ports"])]
                 expect(len(backend) == 1 and backend[0]["spec"]["type"] == "ClusterIP", f"{name}: no ClusterIP backend Service")
-                env = {e["name"]: e.get("value") for e in c["env"]}
-                port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
+                env = plain_env(c)
+                port = container_port(c, "backend")
                 host = env["GAME_SESSION_LISTEN"].rsplit(":", 1)[0]
                 expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"{host}:{port}", f"{name}: backend listen {env}")
 
@@ -411,7 +424,7 @@ class Checks:
                 expect(t["spec"]["restartPolicy"] == "Never", f"{name}: test pod restarts")
                 # A NetworkPolicy on the server's pods must let the test in.
                 target = next(p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == int(m.group(2)))
-                port = next(p["containerPort"] for p in c["ports"] if p["name"] == target)
+                port = container_port(c, target)
                 labels = t["metadata"]["labels"]
                 for np in self.of_kind(docs, "NetworkPolicy"):
                     rules = [r for r in np["spec"].get("ingress", [])
@@ -600,10 +613,9 @@ class Checks:
         log = self.tmp / f"{name.replace('/', '-')}.server.log"
         with open(log, "w") as out:
             server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
-        grpc = local[next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")]
+        grpc = local[container_port(c, "grpc")]
         # SessionService is on the backend port when there is one.
-        api = local[next((p["containerPort"] for p in c["ports"] if p["name"] == "backend"),
-                         next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc"))]
+        api = local[container_port(c, "backend") or container_port(c, "grpc")]
         player = None
         try:
             def health(port: int, service: str | None) -> int:
@@ -619,9 +631,8 @@ class Checks:
                 time.sleep(0.1)
             for probe, g in probes.items():
                 expect(health(g["port"], g.get("service")) == 0, f"{probe} ({g}) fails on a running server")
-            if any(p["name"] == "backend" for p in c["ports"]):
-                port = next(p["containerPort"] for p in c["ports"] if p["name"] == "backend")
-                expect(health(port, None) == 0, "the backend port is not serving")
+            if container_port(c, "backend"):
+                expect(health(container_port(c, "backend"), None) == 0, "the backend port is not serving")
             # A player holds a session through the drain.
             player = subprocess.Popen([self.gsctl, "--addr", f"http://127.0.0.1:{grpc}", "play", "--mode", "relay",
                                        "--player-id", "drain-check"], stdin=subprocess.PIPE,
@@ -652,7 +663,6 @@ class Checks:
             # promises, drain period + shutdown grace (SIGTERM comes after the
             # preStop sleep, and the kill margin is the kubelet's).
             player.stdin.close()
-            seconds = lambda v: int(re.fullmatch(r"(\d+)s", v).group(1))
             promise = seconds(env["GAME_SESSION_DRAIN_PERIOD"]) + seconds(env["GAME_SESSION_SHUTDOWN_GRACE"])
             try:
                 code = server.wait(timeout=max(0.0, promise + 1 - (time.monotonic() - stopping)))
