@@ -3,6 +3,7 @@
 //! start by [`Config::validate`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -11,10 +12,13 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "game-session", version, about)]
 pub struct Config {
-    /// Address serving both PlayerService and SessionService (and health and
-    /// reflection).
-    #[arg(long, env = "GAME_SESSION_LISTEN", default_value = "0.0.0.0:50051")]
-    pub listen: SocketAddr,
+    /// Address serving PlayerService, and SessionService unless
+    /// `--backend-listen` is set (and health and reflection). Default:
+    /// `0.0.0.0:50051` with auth on; with auth off, `127.0.0.1:50051`, so that
+    /// an unauthenticated server is not reachable from other machines unless
+    /// this says so.
+    #[arg(long, env = "GAME_SESSION_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// Optional second address serving SessionService (and health and
     /// reflection) apart from players, so that the backend API can stay
@@ -22,6 +26,12 @@ pub struct Config {
     /// only. Default: unset.
     #[arg(long, env = "GAME_SESSION_BACKEND_LISTEN")]
     pub backend_listen: Option<SocketAddr>,
+
+    /// Address serving grpc.health.v1 alone, in plain text and without
+    /// credentials, for probes (the kubelet's gRPC probes speak neither TLS
+    /// nor auth), or `off`.
+    #[arg(long, env = "GAME_SESSION_HEALTH_LISTEN", default_value = "0.0.0.0:50053", value_parser = parse_optional_addr)]
+    pub health_listen: MaybeAddr,
 
     /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
     /// Metric names and meanings: README, Observability.
@@ -127,6 +137,136 @@ pub struct Config {
     /// drain period + this of the signal, exporting the last spans included.
     #[arg(long, env = "GAME_SESSION_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Player and admin authentication (README, "Security").
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// TLS on the gRPC addresses (README, "Security").
+    #[command(flatten)]
+    pub tls: TlsConfig,
+}
+
+/// Who may call: bearer JWTs on `Play` (the player id is the token's `sub`),
+/// and an admin JWT or API key on SessionService. Auth is on when a JWT key
+/// source is set (`--jwt-hs256-secret*`, `--jwt-public-key-file`,
+/// `--jwks-file` or `--jwks-url`), and off otherwise.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthConfig {
+    /// The HS256 shared secret, as a value (at least 32 bytes). Prefer
+    /// `--jwt-hs256-secret-file`, or the env var: a flag's value shows in
+    /// the process list. Default: unset.
+    #[arg(long, env = "GAME_SESSION_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+
+    /// A file holding the HS256 shared secret (at least 32 bytes; one
+    /// trailing newline is ignored). Default: unset.
+    #[arg(long, env = "GAME_SESSION_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM files of RSA or EC (P-256, P-384) public keys that verify RS*/PS*
+    /// and ES* tokens; repeat the flag, or separate with commas in the env
+    /// var. Read at start. Default: none.
+    #[arg(long, env = "GAME_SESSION_JWT_PUBLIC_KEY_FILES", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PathBuf>,
+
+    /// A JWKS document (RFC 7517) on disk; read at start and again every
+    /// `--jwks-refresh-interval`. Default: unset.
+    #[arg(long, env = "GAME_SESSION_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// An `https://` URL serving a JWKS document; fetched at start and every
+    /// `--jwks-refresh-interval`, and again (at most once per
+    /// `--jwks-refetch-min-interval`) when a token names a key id it does not
+    /// hold. Default: unset.
+    #[arg(long, env = "GAME_SESSION_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Extra CA certificates (PEM) trusted for `--jwks-url`, besides the
+    /// system's. Default: unset.
+    #[arg(long, env = "GAME_SESSION_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+
+    /// How often the JWKS (URL or file) is read again.
+    #[arg(long, env = "GAME_SESSION_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh_interval: Duration,
+
+    /// The least time between two fetches of `--jwks-url` caused by tokens
+    /// naming unknown key ids, so that made-up key ids cannot flood the
+    /// identity provider.
+    #[arg(long, env = "GAME_SESSION_JWKS_REFETCH_MIN_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_refetch_min_interval: Duration,
+
+    /// The `iss` every token must carry. Default: unset (not checked).
+    #[arg(long, env = "GAME_SESSION_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// An `aud` every token must carry. Default: unset (not checked).
+    #[arg(long, env = "GAME_SESSION_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, env = "GAME_SESSION_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// The claim that grants admin rights (SessionService): a string of
+    /// space-separated scopes (as OAuth's `scope`) or an array of strings
+    /// (as `roles`).
+    #[arg(long, env = "GAME_SESSION_ADMIN_CLAIM", default_value = "scope")]
+    pub admin_claim: String,
+
+    /// The value of `--admin-claim` that grants admin rights.
+    #[arg(long, env = "GAME_SESSION_ADMIN_CLAIM_VALUE", default_value = "game-session:admin")]
+    pub admin_claim_value: String,
+
+    /// A file of admin API keys, one per line (at least 16 bytes each; blank
+    /// lines ignored), accepted as `authorization: Bearer <key>` on
+    /// SessionService. Read at start. Default: unset.
+    #[arg(long, env = "GAME_SESSION_ADMIN_API_KEY_FILE")]
+    pub admin_api_key_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// True when a JWT key source is configured, which turns auth on.
+    pub fn enabled(&self) -> bool {
+        self.jwt_hs256_secret.is_some()
+            || self.jwt_hs256_secret_file.is_some()
+            || !self.jwt_public_key_file.is_empty()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+    }
+}
+
+/// TLS (rustls) on the gRPC addresses; the health address stays plain text.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsConfig {
+    /// PEM certificate chain served on `--listen` and `--backend-listen`;
+    /// needs `--tls-key-file`. Default: unset (plain text).
+    #[arg(long, env = "GAME_SESSION_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert-file`.
+    #[arg(long, env = "GAME_SESSION_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that backend clients' certificates must chain
+    /// to: mutual TLS on `--backend-listen`, which it needs. Default: unset.
+    #[arg(long, env = "GAME_SESSION_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// How often the certificate, key and client CA files are checked for
+    /// changes; a change is served to new connections without a restart.
+    #[arg(long, env = "GAME_SESSION_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// True when the gRPC addresses serve TLS.
+    pub fn enabled(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
 }
 
 /// How log lines are written.
@@ -157,6 +297,12 @@ impl Default for Config {
     }
 }
 
+/// True when binding both addresses would collide: the same fixed port on
+/// the same address, or on any address when one is a wildcard.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// The largest id (session or player) and the characters it may use.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -164,7 +310,19 @@ impl Config {
     /// A config for tests: every default, listening on `127.0.0.1:0`, and
     /// untouched by the environment.
     pub fn for_tests() -> Self {
-        Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() }
+        Config {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            health_listen: MaybeAddr(None),
+            metrics_listen: MaybeAddr(None),
+            ..Config::default()
+        }
+    }
+
+    /// The address to serve players on: `--listen`, or port 50051 on every
+    /// interface with auth on and on loopback with auth off.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let host = if self.auth.enabled() { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+        self.listen.unwrap_or(SocketAddr::from((host, 50051)))
     }
 
     /// Checks the settings against each other; called once at start.
@@ -208,12 +366,41 @@ impl Config {
         if self.slow_player_grace.is_zero() {
             return Err("--slow-player-grace must be positive".into());
         }
-        if self.backend_listen.is_some_and(|b| b == self.listen && b.port() != 0) {
+        let listen = self.listen_addr();
+        if self.backend_listen.is_some_and(|b| clash(b, listen)) {
             return Err("--backend-listen must differ from --listen".into());
         }
-        let grpc = [Some(self.listen), self.backend_listen];
-        if let Some(metrics) = self.metrics_listen.0.filter(|m| m.port() != 0 && grpc.contains(&Some(*m))) {
+        let grpc = [Some(listen), self.backend_listen];
+        if let Some(metrics) = self.metrics_listen.0.filter(|m| grpc.iter().flatten().any(|g| clash(*m, *g))) {
             return Err(format!("--metrics-listen ({metrics}) is also a gRPC address; give it a port of its own"));
+        }
+        let taken = [Some(listen), self.backend_listen, self.metrics_listen.0];
+        if let Some(health) = self.health_listen.0.filter(|h| taken.iter().flatten().any(|t| clash(*h, *t))) {
+            return Err(format!("--health-listen ({health}) is also another address; give it a port of its own"));
+        }
+        if self.auth.jwt_hs256_secret.is_some() && self.auth.jwt_hs256_secret_file.is_some() {
+            return Err("give the HS256 secret once: --jwt-hs256-secret or --jwt-hs256-secret-file".into());
+        }
+        if self.auth.admin_api_key_file.is_some() && !self.auth.enabled() {
+            return Err("--admin-api-key-file needs auth on: set a JWT key source for players too".into());
+        }
+        if self.auth.jwks_url.as_deref().is_some_and(|url| !url.starts_with("https://")) {
+            return Err("--jwks-url must be an https:// URL".into());
+        }
+        if self.auth.jwks_ca_file.is_some() && self.auth.jwks_url.is_none() {
+            return Err("--jwks-ca-file needs --jwks-url".into());
+        }
+        if self.auth.admin_claim.is_empty() || self.auth.admin_claim_value.is_empty() {
+            return Err("--admin-claim and --admin-claim-value must not be empty".into());
+        }
+        if self.auth.jwks_refresh_interval.is_zero() || self.tls.tls_reload_interval.is_zero() {
+            return Err("--jwks-refresh-interval and --tls-reload-interval must be positive".into());
+        }
+        if self.tls.tls_client_ca_file.is_some() && !self.tls.enabled() {
+            return Err("--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into());
+        }
+        if self.tls.tls_client_ca_file.is_some() && self.backend_listen.is_none() {
+            return Err("--tls-client-ca-file verifies backend clients: it needs --backend-listen".into());
         }
         Ok(())
     }
@@ -234,7 +421,13 @@ mod tests {
     #[test]
     fn defaults_serve_on_50051_and_validate() {
         let config = Config::try_parse_from(["game-session"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 50051)));
+        assert_eq!(config.listen, None);
+        assert_eq!(config.listen_addr(), SocketAddr::from(([127, 0, 0, 1], 50051)));
+        assert_eq!(config.health_listen, MaybeAddr(Some(SocketAddr::from(([0, 0, 0, 0], 50053)))));
+        let with_auth = Config::try_parse_from(["game-session", "--jwt-hs256-secret-file", "/run/secret"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(with_auth.auth.enabled());
+        assert_eq!(with_auth.listen_addr(), SocketAddr::from(([0, 0, 0, 0], 50051)));
         assert_eq!(config.backend_listen, None);
         assert_eq!(config.metrics_listen, MaybeAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9464)))));
         assert_eq!(config.validate(), Ok(()));

@@ -48,6 +48,12 @@ pub enum Error {
     /// the decode limit); the code is the one tonic's decoder chose.
     #[error("{message}")]
     Protocol { code: Code, message: String },
+    /// No credential, or one that does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid credential that does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),
@@ -78,6 +84,8 @@ impl Error {
             Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
             Error::Protocol { code, .. } => *code,
             Error::JoinTimeout(_) => Code::DeadlineExceeded,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 

@@ -33,20 +33,24 @@
 //! - *mode*: the named logic a session runs (`relay` is built in).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pb;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -55,9 +59,11 @@ pub use config::Config;
 pub use session::Modes;
 
 use api::convert::Limits;
+use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
 use session::{EndReason, ManagerConfig, SessionConfig, SessionManager};
+use tls::Tls;
 
 /// Any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,6 +82,9 @@ pub struct Listeners {
     pub main: TcpListener,
     /// Serves SessionService apart from players.
     pub backend: Option<TcpListener>,
+    /// Serves grpc.health.v1 alone, in plain text and without credentials,
+    /// for probes.
+    pub health: Option<TcpListener>,
 }
 
 /// Serves until `shutdown` resolves, then shuts down gracefully:
@@ -95,16 +104,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     config.validate()?;
+    tls::install_default_provider();
+    let auth = Auth::from_config(&config.auth).await?;
+    let tls = Tls::from_config(&config.tls)?;
     let manager = SessionManager::new(manager_config(&config), modes);
     let limits = Limits::new(&config);
     let decode_limit = config.max_decoding_message_size();
 
-    let player_api =
-        PlayerServiceServer::new(api::PlayerApi::new(manager.clone(), limits.clone(), config.join_timeout))
-            .max_decoding_message_size(decode_limit);
+    let player_api = PlayerServiceServer::new(api::PlayerApi::new(
+        manager.clone(),
+        limits.clone(),
+        config.join_timeout,
+        auth.clone(),
+    ))
+    .max_decoding_message_size(decode_limit);
     // CreateSession carries up to 64 KiB of config whatever the payload limit.
     let backend_decode_limit = decode_limit.max(api::convert::MAX_CONFIG_LEN + 16 * 1024);
-    let session_api = SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits))
+    let session_api = SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits, auth.clone()))
         .max_decoding_message_size(backend_decode_limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -145,18 +161,33 @@ pub async fn run(
     if listeners.backend.is_none() {
         main_router = main_router.add_service(session_api.clone());
     }
-    let mut servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>> = vec![tokio::spawn(
-        main_router.serve_with_incoming_shutdown(incoming(listeners.main), stop.clone().cancelled_owned()),
-    )];
-    info!(address = %main_addr, backend_api = listeners.backend.is_none(), "serving players");
+    let backend_api_here = listeners.backend.is_none();
+    let mut servers = vec![serve(main_router, listeners.main, tls.clone(), false, &stop)];
+    info!(address = %main_addr, backend_api = backend_api_here, tls = tls.is_some(), auth = auth.is_on(), "serving players");
+    if !auth.is_on() {
+        warn!(
+            address = %main_addr,
+            "auth is off: whoever reaches this address can play as any player id and create, end and message any \
+             session; set a JWT key source (README, Security) before exposing it"
+        );
+    }
     if let Some(backend) = listeners.backend {
         let backend_addr = backend.local_addr()?;
         let (v1, v1alpha) = reflection()?;
         let router =
-            builder().add_service(health_service).add_service(v1).add_service(v1alpha).add_service(session_api);
-        servers
-            .push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(backend), stop.clone().cancelled_owned())));
-        info!(address = %backend_addr, "serving the backend API");
+            builder().add_service(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(session_api);
+        servers.push(serve(router, backend, tls.clone(), true, &stop));
+        let mtls = config.tls.tls_client_ca_file.is_some();
+        info!(address = %backend_addr, tls = tls.is_some(), mtls, "serving the backend API");
+    }
+    if let Some(health) = listeners.health {
+        let health_addr = health.local_addr()?;
+        servers.push(serve(builder().add_service(health_service), health, None, false, &stop));
+        info!(address = %health_addr, "serving health checks (plain text)");
+    }
+    tokio::spawn(auth.refresh(stop.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().reload(stop.clone()));
     }
 
     // Run until told to stop, or until a server fails.
@@ -196,10 +227,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepted connections with `TCP_NODELAY`: a game's small messages must not
-/// wait for Nagle's algorithm.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Serves `router` on `listener` until `stop`, over TLS when `tls` is set
+/// (with the backend's settings when `backend`). Connections get
+/// `TCP_NODELAY`: a game's small messages must not wait for Nagle's
+/// algorithm.
+fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    backend: bool,
+    stop: &CancellationToken,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let stop = stop.clone().cancelled_owned();
+    match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener, backend), stop)),
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop),
+        ),
+    }
 }
 
 fn manager_config(config: &Config) -> ManagerConfig {

@@ -53,12 +53,16 @@ async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) 
         tracing::info!(address = %listener.local_addr()?, "serving metrics");
         tokio::spawn(game_session::metrics::serve(listener, handle));
     }
-    let main = bind("--listen", config.listen).await?;
+    let main = bind("--listen", config.listen_addr()).await?;
     let backend = match config.backend_listen {
         Some(addr) => Some(bind("--backend-listen", addr).await?),
         None => None,
     };
-    game_session::run(config, Modes::default(), Listeners { main, backend }, shutdown).await
+    let health = match config.health_listen.0 {
+        Some(addr) => Some(bind("--health-listen", addr).await?),
+        None => None,
+    };
+    game_session::run(config, Modes::default(), Listeners { main, backend, health }, shutdown).await
 }
 
 /// Binds `addr`; a failure names the flag and the address.

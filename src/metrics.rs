@@ -54,6 +54,19 @@ pub const RPC_DURATION: &str = "game_session_rpc_duration_seconds";
 /// that failed (the collector down or refusing).
 pub const SPANS_DROPPED: &str = "game_session_trace_spans_dropped_total";
 
+/// Credentials refused, by `api` (`play`, `session`) and `reason`
+/// (`missing`, `malformed`, `algorithm`, `unknown_key`, `bad_signature`,
+/// `expired`, `not_yet_valid`, `wrong_issuer`, `wrong_audience`,
+/// `missing_claim`, `not_admin`, `no_player`, `impersonation`, `restricted`).
+pub const AUTH_REJECTIONS: &str = "game_session_auth_rejections_total";
+/// JWKS reads on the refresh interval that failed (the last good keys stay).
+pub const JWKS_REFRESH_FAILURES: &str = "game_session_auth_jwks_refresh_failures_total";
+/// TLS handshakes that failed, by `reason` (`error`: e.g. no or a bad client
+/// certificate, or not TLS at all; `timeout`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "game_session_tls_handshake_failures_total";
+/// Certificate reloads after a change on disk, by `result` (`ok`, `error`).
+pub const TLS_RELOADS: &str = "game_session_tls_reloads_total";
+
 /// Histogram buckets of [`RPC_DURATION`], in seconds.
 const RPC_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -79,7 +92,31 @@ fn describe() {
     describe_counter!(MESSAGES_DELIVERED, "Messages queued for a recipient (a relay to 7 players counts 7).");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
+    describe_counter!(AUTH_REJECTIONS, "Credentials refused, by API and reason.");
+    describe_counter!(JWKS_REFRESH_FAILURES, "JWKS reads on the refresh interval that failed.");
+    describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes that failed, by reason.");
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads after a change on disk, by result.");
     describe_counter!(SPANS_DROPPED, "Spans not exported: dropped at the queue's bound or in a failed export.");
+}
+
+/// Counts a refused credential.
+pub(crate) fn auth_rejected(api: &'static str, reason: &'static str) {
+    counter!(AUTH_REJECTIONS, "api" => api, "reason" => reason).increment(1);
+}
+
+/// Counts a failed JWKS refresh.
+pub(crate) fn jwks_refresh_failed() {
+    counter!(JWKS_REFRESH_FAILURES).increment(1);
+}
+
+/// Counts a failed TLS handshake.
+pub(crate) fn tls_handshake_failed(reason: &'static str) {
+    counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Counts a certificate reload.
+pub(crate) fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 /// Scrapes served at once; more wait to be accepted.

@@ -149,7 +149,7 @@ async fn shutdown_finishes_early_once_no_game_is_left() {
 #[tokio::test]
 async fn the_binary_exits_zero_on_sigterm() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
         .env("NO_COLOR", "1")
         .env("GAME_SESSION_DRAIN_PERIOD", "300ms")
         .env("GAME_SESSION_SHUTDOWN_GRACE", "2s")

@@ -49,7 +49,7 @@ impl Binary {
             command.env_remove(name);
         }
         command.envs(env.iter().copied());
-        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
         if !extra.contains(&"--drain-period") {
             command.args(["--drain-period", "100ms"]);
         }

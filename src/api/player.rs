@@ -16,6 +16,7 @@ use tracing::{Instrument, Span};
 
 use super::codec::{self, Outbound};
 use super::convert::{self, Limits};
+use crate::auth::{Auth, Call};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::play_server::player_service_server::PlayerService;
@@ -27,12 +28,13 @@ pub struct PlayerApi {
     manager: SessionManager,
     limits: Arc<Limits>,
     join_timeout: Duration,
+    auth: Auth,
 }
 
 impl PlayerApi {
-    /// Serves players of `manager`'s sessions.
-    pub fn new(manager: SessionManager, limits: Limits, join_timeout: Duration) -> Self {
-        PlayerApi { manager, limits: Arc::new(limits), join_timeout }
+    /// Serves players of `manager`'s sessions, to the callers `auth` admits.
+    pub fn new(manager: SessionManager, limits: Limits, join_timeout: Duration, auth: Auth) -> Self {
+        PlayerApi { manager, limits: Arc::new(limits), join_timeout, auth }
     }
 }
 
@@ -43,6 +45,9 @@ impl PlayerService for PlayerApi {
     async fn play(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, Status> {
         let span = super::rpc_span!("PlayerService", "Play", &request);
         async move {
+            // The token is checked before anything is read from the stream.
+            let call = Call::of(&request);
+            let (token, peer) = (self.auth.player(&call).await?, call.peer);
             let mut inbound = request.into_inner();
             let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
                 Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
@@ -66,7 +71,10 @@ impl PlayerService for PlayerApi {
                     return Err(Error::invalid("join.target", "set session_id or mode").into());
                 }
             };
-            let player = convert::new_player(join, &self.limits)?;
+            let mut player = convert::new_player(join, &self.limits)?;
+            if let Some(token) = &token {
+                player.id = self.auth.admit(token, &player.id, &target, |id| self.manager.mode_of(id), peer)?;
+            }
             let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
             let joined = self.manager.join(target, player, inputs).await?;
             let span = Span::current();

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::convert::{self, Limits, MAX_CONFIG_LEN, MAX_END_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN};
+use crate::auth::{Auth, Call, Caller};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
@@ -24,13 +25,28 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub struct SessionApi {
     manager: SessionManager,
     limits: Arc<Limits>,
+    auth: Auth,
 }
 
 impl SessionApi {
-    /// Serves `manager`'s sessions to backend services.
-    pub fn new(manager: SessionManager, limits: Limits) -> Self {
-        SessionApi { manager, limits: Arc::new(limits) }
+    /// Serves `manager`'s sessions to the backend services `auth` admits as
+    /// admins.
+    pub fn new(manager: SessionManager, limits: Limits, auth: Auth) -> Self {
+        SessionApi { manager, limits: Arc::new(limits), auth }
     }
+}
+
+/// Writes the audit line of a state-changing call: who called, which RPC, on
+/// which session (empty when none, `<invalid>` for an id that failed
+/// validation), and the outcome's gRPC code.
+fn audit<T>(caller: &Caller, rpc: &'static str, session_id: &str, result: &Result<T, Status>) {
+    let session_id =
+        if session_id.is_empty() || convert::check_id("", session_id).is_ok() { session_id } else { "<invalid>" };
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    tracing::info!(target: "game_session::audit", caller = %caller, rpc, audited.session_id = session_id, code = ?code, "audit: admin call");
 }
 
 /// The stream type of WatchSessions.
@@ -44,40 +60,11 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "CreateSession", &request);
         super::rpc("CreateSession", span, async move {
-            let request = request.into_inner();
-            let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
-            if request.config.len() > MAX_CONFIG_LEN {
-                return Err(Error::invalid(
-                    "config",
-                    format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len()),
-                )
-                .into());
-            }
-            let key = match request.idempotency_key {
-                key if key.is_empty() => None,
-                key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                    return Err(Error::invalid(
-                        "idempotency_key",
-                        format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-                    )
-                    .into());
-                }
-                key => Some(key),
-            };
-            tracing::Span::current().record("session.mode", request.mode.as_str());
-            let params = CreateParams {
-                mode: request.mode,
-                max_players: request.max_players,
-                labels,
-                config: request.config,
-                open_to_join_or_create: request.open_to_join_or_create,
-            };
-            let created = self.manager.create(params, key)?;
-            tracing::Span::current().record("session.id", &*created.session.id);
-            Ok(Response::new(pb::CreateSessionResponse {
-                session: Some(convert::session(&created.session)),
-                created: created.created,
-            }))
+            let caller = self.auth.admin(&Call::of(&request)).await?;
+            let result = self.create(request.into_inner()).await;
+            let id = result.as_ref().ok().and_then(|r| r.get_ref().session.as_ref()).map(|s| s.session_id.as_str());
+            audit(&caller, "CreateSession", id.unwrap_or(""), &result);
+            result
         })
         .await
     }
@@ -88,6 +75,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "GetSession", &request);
         super::rpc("GetSession", span, async move {
+            self.auth.admin(&Call::of(&request)).await?;
             let id = request.into_inner().session_id;
             tracing::Span::current().record("session.id", id.as_str());
             convert::check_id("session_id", &id)?;
@@ -103,6 +91,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let span = super::rpc_span!("SessionService", "ListSessions", &request);
         super::rpc("ListSessions", span, async move {
+            self.auth.admin(&Call::of(&request)).await?;
             let request = request.into_inner();
             let filter = convert::filter(request.filter, &self.limits)?;
             let page_size = match request.page_size as usize {
@@ -135,6 +124,7 @@ impl SessionService for SessionApi {
         let span = super::rpc_span!("SessionService", "WatchSessions", &request);
         async move {
             use pb::watch_sessions_response::Kind;
+            self.auth.admin(&Call::of(&request)).await?;
             let filter = convert::filter(request.into_inner().filter, &self.limits)?;
             let watch = self.manager.watch(&filter);
             let initial = watch
@@ -195,15 +185,22 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "EndSession", &request);
         super::rpc("EndSession", span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
             let request = request.into_inner();
-            tracing::Span::current().record("session.id", request.session_id.as_str());
-            convert::check_id("session_id", &request.session_id)?;
-            if request.message.len() > MAX_END_MESSAGE_LEN {
-                return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
+            let session_id = request.session_id.clone();
+            let result = async {
+                tracing::Span::current().record("session.id", request.session_id.as_str());
+                convert::check_id("session_id", &request.session_id)?;
+                if request.message.len() > MAX_END_MESSAGE_LEN {
+                    return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
+                }
+                let handle = self.manager.get(&request.session_id)?;
+                let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
+                Ok(Response::new(pb::EndSessionResponse { sequence }))
             }
-            let handle = self.manager.get(&request.session_id)?;
-            let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
-            Ok(Response::new(pb::EndSessionResponse { sequence }))
+            .await;
+            audit(&caller, "EndSession", &session_id, &result);
+            result
         })
         .await
     }
@@ -214,15 +211,58 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::SendToSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "SendToSession", &request);
         super::rpc("SendToSession", span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
             let request = request.into_inner();
-            tracing::Span::current().record("session.id", request.session_id.as_str());
-            convert::check_id("session_id", &request.session_id)?;
-            convert::check_payload("payload", &request.payload, &self.limits)?;
-            let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
-            let handle = self.manager.get(&request.session_id)?;
-            let sequence = handle.send(request.payload, targets).await?;
-            Ok(Response::new(pb::SendToSessionResponse { sequence }))
+            let session_id = request.session_id.clone();
+            let result = async {
+                tracing::Span::current().record("session.id", request.session_id.as_str());
+                convert::check_id("session_id", &request.session_id)?;
+                convert::check_payload("payload", &request.payload, &self.limits)?;
+                let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
+                let handle = self.manager.get(&request.session_id)?;
+                let sequence = handle.send(request.payload, targets).await?;
+                Ok(Response::new(pb::SendToSessionResponse { sequence }))
+            }
+            .await;
+            audit(&caller, "SendToSession", &session_id, &result);
+            result
         })
         .await
+    }
+}
+
+impl SessionApi {
+    async fn create(&self, request: pb::CreateSessionRequest) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
+        if request.config.len() > MAX_CONFIG_LEN {
+            return Err(Error::invalid(
+                "config",
+                format!("{} bytes; at most {MAX_CONFIG_LEN} allowed", request.config.len()),
+            )
+            .into());
+        }
+        let key = match request.idempotency_key {
+            key if key.is_empty() => None,
+            key if key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                return Err(
+                    Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into()
+                );
+            }
+            key => Some(key),
+        };
+        tracing::Span::current().record("session.mode", request.mode.as_str());
+        let params = CreateParams {
+            mode: request.mode,
+            max_players: request.max_players,
+            labels,
+            config: request.config,
+            open_to_join_or_create: request.open_to_join_or_create,
+        };
+        let created = self.manager.create(params, key)?;
+        tracing::Span::current().record("session.id", &*created.session.id);
+        Ok(Response::new(pb::CreateSessionResponse {
+            session: Some(convert::session(&created.session)),
+            created: created.created,
+        }))
     }
 }

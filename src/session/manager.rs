@@ -285,6 +285,15 @@ impl SessionManager {
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))
     }
 
+    /// The mode of a running session.
+    pub fn mode_of(&self, id: &str) -> Result<Arc<str>, Error> {
+        self.state()
+            .sessions
+            .get(id)
+            .map(|entry| entry.info.mode.clone())
+            .ok_or_else(|| Error::SessionNotFound(id.to_owned()))
+    }
+
     /// Up to `limit` matching sessions with ids after `after`, in id order,
     /// and whether more may follow.
     pub fn list(&self, filter: &SessionFilter, after: Option<&str>, limit: usize) -> (Vec<SessionInfo>, bool) {

@@ -50,9 +50,14 @@ impl TestServer {
         };
         let backend_addr = backend.as_ref().map(|l| l.local_addr().expect("addr"));
         let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(game_session::run(config, Modes::default(), Listeners { main, backend }, async {
-            let _ = signal.await;
-        }));
+        let task = tokio::spawn(game_session::run(
+            config,
+            Modes::default(),
+            Listeners { main, backend, health: None },
+            async {
+                let _ = signal.await;
+            },
+        ));
         TestServer { addr, backend_addr, shutdown: Some(shutdown), task: Some(task) }
     }
 

@@ -7,6 +7,7 @@
 
 mod bench;
 mod render;
+mod token;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +20,10 @@ use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -38,6 +42,29 @@ struct Cli {
     /// Print JSON (one object per line for streams) instead of tables.
     #[arg(long, env = "GSCTL_JSON", global = true)]
     json: bool,
+
+    /// A bearer token (JWT or admin API key) sent as `authorization` on every
+    /// call; `gsctl token` mints one for development.
+    #[arg(long, env = "GSCTL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// CA certificates (PEM) to trust for an `https://` address, besides
+    /// the system's.
+    #[arg(long, env = "GSCTL_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs `--key-file`.
+    #[arg(long, env = "GSCTL_CERT_FILE", global = true, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--cert-file`.
+    #[arg(long, env = "GSCTL_KEY_FILE", global = true, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+
+    /// The name to verify the server's certificate against, when it differs
+    /// from the address's host.
+    #[arg(long, env = "GSCTL_TLS_SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -95,6 +122,8 @@ enum Command {
     Watch(Filter),
     /// Load scenarios (relay, connections, churn) and what they cost the server.
     Bench(bench::Bench),
+    /// Print a development HS256 token for `--token` (see the README, Security).
+    Token(token::Token),
     /// Check grpc.health.v1; exits 0 only when SERVING.
     Health {
         /// The health service name: "" for overall readiness, "liveness", or a gRPC service.
@@ -155,6 +184,7 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    game_session::tls::install_default_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -173,9 +203,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         // It opens its own connections, possibly to servers it starts.
         return bench::run(&cli.addr, bench, cli.json).await.map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Token(args) = &cli.command {
+        println!("{}", token::mint(args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let channel = connect(&cli).await?;
     let out = render::Output { json: cli.json };
-    let mut sessions = SessionServiceClient::new(channel.clone());
+    let bearer = Bearer::new(cli.token.as_deref())?;
+    let mut sessions = SessionServiceClient::with_interceptor(channel.clone(), bearer.clone());
     match cli.command {
         Command::Create { mode, max_players, labels, open, idempotency_key, config_file } => {
             let config = match config_file {
@@ -217,7 +252,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 out.watch(&message)?;
             }
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Token(_) => unreachable!("handled above"),
         Command::Health { service } => {
             let response =
                 HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service }).await?.into_inner();
@@ -232,15 +267,41 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 (None, None) => return Err("give --session or --mode".into()),
             };
             let join = pb::Join { target: Some(target), player_id, display_name: name, metadata: HashMap::new() };
-            return play(PlayerServiceClient::new(channel), join, out).await;
+            return play(PlayerServiceClient::with_interceptor(channel, bearer), join, out).await;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// A channel whose calls carry the bearer token.
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to each call, when there is a token.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    fn new(token: Option<&str>) -> Result<Self, Failure> {
+        let value = token
+            .map(|token| format!("Bearer {}", token.trim()).parse())
+            .transpose()
+            .map_err(|_| "--token: not a valid header value (printable ASCII only)")?;
+        Ok(Bearer(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// Every session matching `filter`, over all pages.
 async fn list_all(
-    sessions: &mut SessionServiceClient<Channel>,
+    sessions: &mut SessionServiceClient<Authed>,
     filter: pb::SessionFilter,
 ) -> Result<Vec<pb::SessionInfo>, tonic::Status> {
     let mut all = Vec::new();
@@ -258,13 +319,34 @@ async fn list_all(
 
 async fn connect(cli: &Cli) -> Result<Channel, Failure> {
     let endpoint = Endpoint::from_shared(cli.addr.clone()).map_err(|e| format!("--addr {:?}: {e}", cli.addr))?;
-    let endpoint = endpoint.connect_timeout(cli.timeout).timeout(cli.timeout);
+    let mut endpoint = endpoint.connect_timeout(cli.timeout).timeout(cli.timeout);
+    if cli.addr.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls_config(cli)?)?;
+    } else if cli.ca_file.is_some() || cli.cert_file.is_some() {
+        return Err("--ca-file and --cert-file need an https:// --addr".into());
+    }
     Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", cli.addr))?)
+}
+
+/// TLS with the system's roots, `--ca-file`, and `--cert-file` for mutual TLS.
+fn tls_config(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
+    let read = |flag: &str, path: &PathBuf| std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()));
+    let mut config = ClientTlsConfig::new().with_native_roots();
+    if let Some(path) = &cli.ca_file {
+        config = config.ca_certificate(Certificate::from_pem(read("--ca-file", path)?));
+    }
+    if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
+        config = config.identity(Identity::from_pem(read("--cert-file", cert)?, read("--key-file", key)?));
+    }
+    if let Some(name) = &cli.tls_server_name {
+        config = config.domain_name(name);
+    }
+    Ok(config)
 }
 
 /// Plays until the stream ends: stdin lines go out, arrivals are printed.
 async fn play(
-    mut client: PlayerServiceClient<Channel>,
+    mut client: PlayerServiceClient<Authed>,
     join: pb::Join,
     out: render::Output,
 ) -> Result<ExitCode, Failure> {

@@ -131,7 +131,7 @@ impl Run for Churn {
         let samples = sampler.await?;
 
         // The registry afterwards: no players left in the pool; then no pool.
-        let mut sessions = SessionServiceClient::new(channels[0].clone());
+        let mut sessions = SessionServiceClient::with_interceptor(channels[0].clone(), crate::Bearer(None));
         let filter = pb::SessionFilter { labels: [label].into(), ..Default::default() };
         let players_left = list(&mut sessions, &filter).await?.map(|s| s.iter().map(|s| s.player_count as f64).sum());
         super::relay::end_sessions(&channels[0], pool).await;
@@ -277,7 +277,7 @@ async fn sample_rss(pid: Option<u32>, start: Instant, duration: Duration, counte
 /// Every session matching the filter; `None` from a server without
 /// ListSessions (the baseline).
 async fn list(
-    client: &mut SessionServiceClient<Channel>,
+    client: &mut SessionServiceClient<crate::Authed>,
     filter: &pb::SessionFilter,
 ) -> Result<Option<Vec<pb::SessionInfo>>, Failure> {
     match crate::list_all(client, filter.clone()).await {

@@ -278,7 +278,7 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, bin: &Path) -> Result<Meas
             // Its defaults, with quiet logs, a short drain at the end, and
             // its metrics endpoint on a free port (metrics on, as deployed).
             command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
-            command.args(["--metrics-listen", "127.0.0.1:0"]);
+            command.args(["--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
             "game-session"
         }
         Spawn::Baseline => "baseline",

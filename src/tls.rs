@@ -1,0 +1,220 @@
+//! TLS on the gRPC addresses, with rustls and its `ring` provider (the one
+//! crypto provider of the whole binary), certificates reloaded from disk
+//! when they change, and optional client-certificate verification (mutual
+//! TLS) on the backend address.
+//!
+//! Handshakes run in their own tasks with a deadline, so a client that
+//! stalls mid-handshake holds nothing but its own socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::BoxError;
+use crate::config::TlsConfig;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted whose handshakes have not finished, per address.
+const HANDSHAKES_IN_FLIGHT: usize = 1024;
+
+/// The process's one rustls crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process-wide default provider, for code that asks for
+/// the default (tonic's client TLS among it). Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Every certificate in a PEM file.
+pub fn certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, BoxError> {
+    let context = |e: &dyn std::fmt::Display| format!("{} ({flag}): {e}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| context(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| context(&e))?;
+    if certs.is_empty() {
+        return Err(context(&"no PEM certificate in it").into());
+    }
+    Ok(certs)
+}
+
+/// The server TLS settings of the main and backend addresses, swapped whole
+/// when the files change; each new connection takes the current ones.
+pub struct Tls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    reload_interval: Duration,
+    /// (main, backend) configs. A std lock: held only to clone or swap.
+    configs: RwLock<(Arc<ServerConfig>, Arc<ServerConfig>)>,
+}
+
+impl Tls {
+    /// Reads the files; `None` when TLS is off.
+    pub fn from_config(config: &TlsConfig) -> Result<Option<Arc<Tls>>, BoxError> {
+        let (Some(cert_file), Some(key_file)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            return Ok(None);
+        };
+        let tls = Tls {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: config.tls_client_ca_file.clone(),
+            reload_interval: config.tls_reload_interval,
+            configs: RwLock::new(Self::load(cert_file, key_file, config.tls_client_ca_file.as_deref())?),
+        };
+        Ok(Some(Arc::new(tls)))
+    }
+
+    fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        client_ca_file: Option<&Path>,
+    ) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), BoxError> {
+        let chain = certificates(cert_file, "--tls-cert-file")?;
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| format!("{} (--tls-key-file): {e}", key_file.display()))?;
+        let builder = || ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions();
+        let finish = |mut config: ServerConfig| {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(config)
+        };
+        let main = builder()?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("--tls-cert-file and --tls-key-file: {e}"))?;
+        let backend = match client_ca_file {
+            None => main.clone(),
+            Some(ca_file) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates(ca_file, "--tls-client-ca-file")? {
+                    roots.add(cert).map_err(|e| format!("{} (--tls-client-ca-file): {e}", ca_file.display()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| format!("--tls-client-ca-file: {e}"))?;
+                builder()?
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(chain, key)
+                    .map_err(|e| format!("--tls-cert-file and --tls-key-file: {e}"))?
+            }
+        };
+        Ok((finish(main), finish(backend)))
+    }
+
+    fn current(&self, backend: bool) -> Arc<ServerConfig> {
+        let configs = self.configs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if backend { configs.1.clone() } else { configs.0.clone() }
+    }
+
+    /// Reads the files every reload interval until `stop`, and serves what
+    /// changed to new connections. Files caught mid-write, or broken, are
+    /// logged and the last good certificates kept.
+    pub async fn reload(self: Arc<Self>, stop: CancellationToken) {
+        let mut seen = self.fingerprint();
+        let mut interval = tokio::time::interval(self.reload_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = self.fingerprint();
+            if now == seen {
+                continue;
+            }
+            match Self::load(&self.cert_file, &self.key_file, self.client_ca_file.as_deref()) {
+                Ok(configs) => {
+                    *self.configs.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = configs;
+                    seen = now;
+                    crate::metrics::tls_reloaded(true);
+                    info!(cert = %self.cert_file.display(), "TLS certificates reloaded");
+                }
+                Err(err) => {
+                    crate::metrics::tls_reloaded(false);
+                    warn!(error = %err, "cannot reload the TLS certificates; serving the previous ones");
+                }
+            }
+        }
+    }
+
+    /// The files' contents, to notice a change (Kubernetes swaps a Secret's
+    /// files through a symlink, which leaves mtimes unreliable).
+    fn fingerprint(&self) -> Vec<Option<Vec<u8>>> {
+        [Some(&self.cert_file), Some(&self.key_file), self.client_ca_file.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|path| std::fs::read(path).ok())
+            .collect()
+    }
+
+    /// The TLS connections of `listener`: accepted, handshaken concurrently
+    /// (each within [`HANDSHAKE_TIMEOUT`]), and yielded once secure. `backend`
+    /// picks the backend settings (client certificates, when configured).
+    /// Ends when the returned stream is dropped.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+        backend: bool,
+    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+        let (tx, rx) = mpsc::channel(HANDSHAKES_IN_FLIGHT);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(5);
+            loop {
+                let accepted = tokio::select! {
+                    () = tx.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => {
+                        backoff = Duration::from_millis(5);
+                        accepted
+                    }
+                    // Out of file descriptors and the like: wait, and try again.
+                    Err(err) => {
+                        warn!(error = %err, ?backoff, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(permit) = tx.clone().reserve_owned().await else { return };
+                let acceptor = TlsAcceptor::from(self.current(backend));
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            permit.send(Ok(stream));
+                        }
+                        Ok(Err(err)) => {
+                            crate::metrics::tls_handshake_failed("error");
+                            debug!(%peer, error = %err, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            crate::metrics::tls_handshake_failed("timeout");
+                            debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
