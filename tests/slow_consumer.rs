@@ -41,9 +41,13 @@ async fn trio(outbound_queue: usize, slow_player_grace: Duration) -> Trio {
     let session = server.create_session(3).await;
     let sender = Player::join_as(server.addr, &session, "sender").await;
     let mut reader = Player::join_as(server.addr, &session, "reader").await;
-    let stalled = Player::try_join(server.addr, join_session(&session, "stalled"), Connect { window: Some(1024) })
-        .await
-        .expect("join");
+    let stalled = Player::try_join(
+        server.addr,
+        join_session(&session, "stalled"),
+        Connect { window: Some(1024), ..Connect::default() },
+    )
+    .await
+    .expect("join");
     reader.next_presence().await;
     Trio { server, sender, reader, stalled }
 }

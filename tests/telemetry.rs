@@ -486,7 +486,7 @@ async fn a_hanging_collector_does_not_stretch_the_exit_past_drain_and_grace() {
     let mut server = Binary::start_with_env(&["--drain-period", "500ms", "--shutdown-grace", "3s"], &env).await;
     let sender = Player::join(server.addr, common::join_mode("relay", "sender")).await;
     let session = sender.welcome.session_id.clone();
-    let connect = common::Connect { window: Some(1024) };
+    let connect = common::Connect { window: Some(1024), ..common::Connect::default() };
     let stalled =
         Player::try_join(server.addr, common::join_session(&session, "stalled"), connect).await.expect("join");
     // More than the stalled player's 1 KiB window: its stream cannot finish.
@@ -578,5 +578,111 @@ async fn a_join_and_a_leave_are_spans_linked_to_their_play_call() {
     let line = server.json_line("player joined").await;
     assert_eq!(line["span"]["trace_id"], Value::String(hex(&joined.trace_id)), "{line}");
     assert_eq!(line["span"]["span_id"], Value::String(hex(&joined.span_id)), "{line}");
+    let _ = server.child.kill().await;
+}
+
+/// Catches refusals that are not counted by reason, logged once each
+/// instead of rate-limited, or logged with the token or the secret in them,
+/// and state-changing admin calls without an audit line naming the caller,
+/// the RPC and the session.
+#[tokio::test]
+async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_audited() {
+    use common::jwt::{self, SECRET, claims, hs256, with};
+    use common::{Connect, assert_status, bearer, join_session};
+
+    let mut server =
+        Binary::start_with_env(&["--log-format", "json"], &[("GAME_SESSION_JWT_HS256_SECRET", SECRET)]).await;
+    let admin = jwt::admin("ops");
+    let mut sessions = server.sessions().await;
+    let create = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+    let session_id = sessions
+        .create_session(bearer(create, &admin))
+        .await
+        .expect("create")
+        .into_inner()
+        .session
+        .expect("a session")
+        .session_id;
+
+    let expired = hs256(&with(claims("eve"), serde_json::json!({ "exp": jwt::now() - 600 })));
+    let alice = hs256(&claims("alice"));
+    let tokens = [expired.clone(), alice.clone(), admin.clone()];
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let refused = Player::try_join(server.addr, join_session(&session_id, ""), Connect::default()).await;
+        assert_status(refused, Code::Unauthenticated, "missing");
+    }
+    let burst = started.elapsed();
+    let refused = Player::try_join(server.addr, join_session(&session_id, ""), Connect::token(&expired)).await;
+    assert_status(refused, Code::Unauthenticated, "expired");
+    let refused = Player::try_join(server.addr, join_session(&session_id, "bob"), Connect::token(&alice)).await;
+    assert_status(refused, Code::PermissionDenied, "another player");
+    assert_status(
+        sessions.list_sessions(bearer(pb::ListSessionsRequest::default(), &alice)).await,
+        Code::PermissionDenied,
+        "admin",
+    );
+    let send =
+        pb::SendToSessionRequest { session_id: session_id.clone(), payload: b"hi".to_vec().into(), player_ids: vec![] };
+    sessions.send_to_session(bearer(send, &admin)).await.expect("send");
+    let end = pb::EndSessionRequest { session_id: session_id.clone(), message: "over".into() };
+    sessions.end_session(bearer(end, &admin)).await.expect("end");
+    let missing = pb::EndSessionRequest { session_id: "no-such-session".into(), message: String::new() };
+    assert_status(sessions.end_session(bearer(missing, &admin)).await, Code::NotFound, "not found");
+
+    let samples = server.scrape().await;
+    for (labels, count) in [
+        ("api=\"play\",reason=\"missing\"", 10.0),
+        ("api=\"play\",reason=\"expired\"", 1.0),
+        ("api=\"play\",reason=\"impersonation\"", 1.0),
+        ("api=\"session\",reason=\"not_admin\"", 1.0),
+    ] {
+        let series = format!("game_session_auth_rejections_total{{{labels}}}");
+        assert_eq!(samples.get(&series), Some(&count), "{series} in {samples:?}");
+    }
+
+    // Audit lines, in call order; everything logged on the way is kept.
+    let mut lines = Vec::new();
+    let mut audits = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while audits.len() < 4 {
+        let line =
+            tokio::time::timeout_at(deadline, server.log.recv()).await.expect("audit lines in time").expect("log");
+        let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if json["message"] == "audit: admin call" {
+            audits.push((
+                json["caller"].as_str().unwrap_or_default().to_owned(),
+                json["rpc"].as_str().unwrap_or_default().to_owned(),
+                json["audited.session_id"].as_str().unwrap_or_default().to_owned(),
+                json["code"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        lines.push(json);
+    }
+    let audit = |rpc: &str, session: &str, code: &str| {
+        ("jwt:ops".to_owned(), rpc.to_owned(), session.to_owned(), code.to_owned())
+    };
+    assert_eq!(
+        audits,
+        [
+            audit("CreateSession", &session_id, "Ok"),
+            audit("SendToSession", &session_id, "Ok"),
+            audit("EndSession", &session_id, "Ok"),
+            audit("EndSession", "no-such-session", "NotFound"),
+        ]
+    );
+    let refusals: Vec<&Value> = lines.iter().filter(|l| l["message"] == "credential refused").collect();
+    let missing: Vec<&&Value> = refusals.iter().filter(|l| l["reason"] == "missing").collect();
+    assert_eq!(missing[0]["suppressed"], 0, "{missing:?}");
+    if burst < std::time::Duration::from_millis(900) {
+        assert_eq!(missing.len(), 1, "ten refusals within a second log one line: {missing:?}");
+    }
+    for reason in ["expired", "impersonation", "not_admin"] {
+        assert_eq!(refusals.iter().filter(|l| l["reason"] == reason).count(), 1, "{reason}: {refusals:?}");
+    }
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    for secret in tokens.iter().map(String::as_str).chain([SECRET]) {
+        assert!(!text.iter().any(|line| line.contains(secret)), "a log line holds a credential");
+    }
     let _ = server.child.kill().await;
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod jwt;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -17,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 /// How long a test waits for something that should happen at once.
@@ -90,6 +93,14 @@ impl TestServer {
         response.expect("get session").into_inner().session.expect("session")
     }
 
+    /// GetSession's answer, asked with an admin `token`, for a session that
+    /// must exist.
+    pub async fn session_info_with(&self, session_id: &str, token: &str) -> pb::SessionInfo {
+        let request = bearer(pb::GetSessionRequest { session_id: session_id.into() }, token);
+        let response = self.sessions().await.get_session(request).await;
+        response.expect("get session").into_inner().session.expect("session")
+    }
+
     /// Starts the shutdown sequence and returns the server's task result.
     pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), BoxError>> {
         if let Some(shutdown) = self.shutdown.take() {
@@ -132,6 +143,24 @@ pub struct Connect {
     /// (`None`: tonic's default). Small windows make a non-reading client
     /// back up into the server's queue quickly.
     pub window: Option<u32>,
+    /// A bearer token sent as `authorization` on the Play call.
+    pub token: Option<String>,
+    /// TLS settings; `None` for plain text.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Connect {
+    /// Plain text, with `token`.
+    pub fn token(token: &str) -> Self {
+        Connect { token: Some(token.to_owned()), ..Connect::default() }
+    }
+}
+
+/// `message` as a request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("a header value"));
+    request
 }
 
 /// One Play stream on its own TCP connection.
@@ -141,6 +170,12 @@ pub struct Player {
     rx: Streaming<pb::ServerMessage>,
     /// The raw socket, to break the connection.
     fd: i32,
+}
+
+impl std::fmt::Debug for Player {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Player({:?})", self.welcome.player.as_ref().map(|p| p.player_id.as_str()))
+    }
 }
 
 /// A join by session id.
@@ -170,7 +205,11 @@ pub async fn open(
     connect: Connect,
 ) -> Result<(mpsc::Sender<pb::ClientMessage>, Streaming<pb::ServerMessage>, i32), Status> {
     let (fd_tx, fd_rx) = std::sync::mpsc::channel();
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+    let scheme = if connect.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).expect("uri");
+    if let Some(tls) = connect.tls.clone() {
+        endpoint = endpoint.tls_config(tls).expect("tls config");
+    }
     if let Some(window) = connect.window {
         endpoint = endpoint.initial_stream_window_size(window).initial_connection_window_size(window);
     }
@@ -189,7 +228,11 @@ pub async fn open(
     let fd = fd_rx.recv().expect("fd");
     let (tx, rx) = mpsc::channel(1024);
     tx.send(first).await.expect("queue first message");
-    let response = PlayerServiceClient::new(channel).play(ReceiverStream::new(rx)).await?;
+    let request = match &connect.token {
+        Some(token) => bearer(ReceiverStream::new(rx), token),
+        None => tonic::Request::new(ReceiverStream::new(rx)),
+    };
+    let response = PlayerServiceClient::new(channel).play(request).await?;
     Ok((tx, response.into_inner(), fd))
 }
 
