@@ -32,6 +32,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The separate SessionService address, when configured.
     pub backend_addr: Option<SocketAddr>,
+    /// The plain-text health address, when configured.
+    pub health_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), BoxError>>>,
 }
@@ -43,7 +45,8 @@ impl TestServer {
     }
 
     /// A server with `config` (its listen addresses are ignored: the server
-    /// binds `127.0.0.1:0`, and a second port if `backend_listen` is set).
+    /// binds `127.0.0.1:0`, and more such ports if `backend_listen` or
+    /// `health_listen` is set).
     pub async fn start_with(config: Config) -> Self {
         let main = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = main.local_addr().expect("addr");
@@ -52,16 +55,17 @@ impl TestServer {
             None => None,
         };
         let backend_addr = backend.as_ref().map(|l| l.local_addr().expect("addr"));
+        let health = match config.health_listen.0 {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind health")),
+            None => None,
+        };
+        let health_addr = health.as_ref().map(|l| l.local_addr().expect("addr"));
         let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(game_session::run(
-            config,
-            Modes::default(),
-            Listeners { main, backend, health: None },
-            async {
-                let _ = signal.await;
-            },
-        ));
-        TestServer { addr, backend_addr, shutdown: Some(shutdown), task: Some(task) }
+        let listeners = Listeners { main, backend, health };
+        let task = tokio::spawn(game_session::run(config, Modes::default(), listeners, async {
+            let _ = signal.await;
+        }));
+        TestServer { addr, backend_addr, health_addr, shutdown: Some(shutdown), task: Some(task) }
     }
 
     /// A channel to the main address.
