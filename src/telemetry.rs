@@ -11,7 +11,11 @@
 //!   carries `service.version` and a `service.instance.id` per process;
 //! - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default
 //!   `parentbased_always_on`);
-//! - `OTEL_TRACES_EXPORTER` (`otlp` or `none`) and `OTEL_SDK_DISABLED`.
+//! - `OTEL_TRACES_EXPORTER` (`otlp` or `none`) and `OTEL_SDK_DISABLED`;
+//! - for an `https://` endpoint (either protocol): the system's roots plus
+//!   `OTEL_EXPORTER_OTLP_CERTIFICATE` (CA certificates, PEM), and
+//!   `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` with `OTEL_EXPORTER_OTLP_CLIENT_KEY`
+//!   for mutual TLS (each also as `OTEL_EXPORTER_OTLP_TRACES_*`).
 //!
 //! Unlike the spec's default (export to `localhost:4317` always), spans are
 //! exported only when an endpoint is set or `OTEL_TRACES_EXPORTER=otlp`: a
@@ -33,7 +37,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -126,10 +130,32 @@ fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::BoxError> {
         None => {}
     }
     let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let signal_or_all = |name: &str| {
+        var(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}")).or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{name}")))
+    };
+    let https = signal_or_all("ENDPOINT").is_some_and(|endpoint| endpoint.starts_with("https://"));
+    let tls = if https { Some(CollectorTls::from_env(signal_or_all)?) } else { None };
     let exporter = match protocol.as_deref().unwrap_or("grpc") {
-        "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?,
+        "grpc" => {
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            match tls {
+                Some(tls) => builder.with_tls_config(tls.tonic()).build()?,
+                None => builder.build()?,
+            }
+        }
         "http/protobuf" => {
-            opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).build()?
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
+            match tls {
+                Some(tls) => {
+                    let timeout = signal_or_all("TIMEOUT")
+                        .and_then(|ms| ms.parse().ok())
+                        .map_or(Duration::from_secs(10), Duration::from_millis);
+                    builder
+                        .with_http_client(opentelemetry_http::hyper::HyperClient::new(tls.https()?, timeout, None))
+                        .build()?
+                }
+                None => builder.build()?,
+            }
         }
         other => {
             return Err(
@@ -155,6 +181,73 @@ fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::BoxError> {
     let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let processor = Bounded { inner: processor, in_flight, limit };
     Ok(Some(SdkTracerProvider::builder().with_resource(resource.build()).with_span_processor(processor).build()))
+}
+
+/// TLS to an `https://` collector, from the standard variables (each also
+/// as `OTEL_EXPORTER_OTLP_TRACES_*`): `OTEL_EXPORTER_OTLP_CERTIFICATE`, CA
+/// certificates (PEM) trusted besides the system's; and
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` with `_CLIENT_KEY` for mutual TLS.
+struct CollectorTls {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CollectorTls {
+    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, crate::BoxError> {
+        let read = |name: &str| -> Result<Option<Vec<u8>>, crate::BoxError> {
+            match var(name) {
+                None => Ok(None),
+                Some(path) => {
+                    std::fs::read(&path).map(Some).map_err(|e| format!("OTEL_EXPORTER_OTLP_{name}={path}: {e}").into())
+                }
+            }
+        };
+        let identity = match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY go together".into()),
+        };
+        Ok(CollectorTls { ca: read("CERTIFICATE")?, identity })
+    }
+
+    fn tonic(self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = self.ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        config
+    }
+
+    fn https(
+        self,
+    ) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, crate::BoxError> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some(ca) = &self.ca {
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
+                roots.add(cert.map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"))?)?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = match self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key)
+                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_KEY: {e}"))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+        };
+        Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build())
+    }
 }
 
 /// Drops (and counts) a span that would take the spans in flight past the

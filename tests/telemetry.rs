@@ -269,6 +269,8 @@ async fn json_logs_parse_and_carry_the_ids() {
 /// An OTLP/gRPC trace receiver: every export request, as it arrives.
 struct Receiver {
     addr: SocketAddr,
+    /// `https` when it serves TLS.
+    scheme: &'static str,
     requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
     /// Every span received so far, with its resource.
     spans: Vec<(Span, Resource)>,
@@ -289,20 +291,44 @@ impl TraceService for Collect {
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::start_with(None).await
+    }
+
+    /// An OTLP/gRPC receiver, over TLS with `leaf` when given.
+    async fn start_with(leaf: Option<&common::certs::Leaf>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, requests) = mpsc::unbounded_channel();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Collect(tx)))
-                .serve_with_incoming(incoming),
-        );
-        Receiver { addr, requests, spans: Vec::new() }
+        let mut server = tonic::transport::Server::builder();
+        if let Some(leaf) = leaf {
+            let identity = tonic::transport::Identity::from_pem(&leaf.cert_pem, &leaf.key_pem);
+            server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).expect("tls");
+        }
+        tokio::spawn(server.add_service(TraceServiceServer::new(Collect(tx))).serve_with_incoming(incoming));
+        Receiver { addr, scheme: if leaf.is_some() { "https" } else { "http" }, requests, spans: Vec::new() }
     }
 
     /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
     async fn start_http() -> Receiver {
+        Receiver::start_http_with(None).await
+    }
+
+    /// An OTLP/HTTP receiver, over TLS with `leaf` when given.
+    async fn start_http_with(leaf: Option<&common::certs::Leaf>) -> Receiver {
+        use rustls_pki_types::pem::PemObject as _;
+        let acceptor = leaf.map(|leaf| {
+            let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("cert")];
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+            let config = rustls::ServerConfig::builder_with_provider(game_session::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config");
+            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+        });
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         use http_body_util::BodyExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -324,13 +350,22 @@ impl Receiver {
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
             }
         });
-        Receiver { addr, requests, spans: Vec::new() }
+        Receiver { addr, scheme, requests, spans: Vec::new() }
     }
 
     /// Waits for the span named `name`; returns it with its resource.
@@ -391,8 +426,33 @@ async fn a_call_in_a_callers_trace_is_exported_over_otlp_http() {
 
 /// Only the endpoint and the service name are set (and a short batch
 /// delay, so that the test need not wait the default 5 s).
+/// Catches OTLP export that cannot reach a collector over TLS: the same,
+/// to an `https://` OTLP/gRPC receiver whose CA is given in
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+#[tokio::test]
+async fn a_call_in_a_callers_trace_is_exported_over_otlp_grpc_with_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::certs::Ca::new("collector CA");
+    let ca_file = common::certs::write(dir.path(), "ca.pem", &ca.pem());
+    let receiver = Receiver::start_with(Some(&ca.server())).await;
+    let ca_file = ca_file.to_str().expect("utf-8 path");
+    a_call_in_a_callers_trace_is_exported(receiver, &[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file)]).await;
+}
+
+/// The same over OTLP/HTTP with TLS.
+#[tokio::test]
+async fn a_call_in_a_callers_trace_is_exported_over_otlp_http_with_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::certs::Ca::new("collector CA");
+    let ca_file = common::certs::write(dir.path(), "ca.pem", &ca.pem());
+    let receiver = Receiver::start_http_with(Some(&ca.server())).await;
+    let ca_file = ca_file.to_str().expect("utf-8 path");
+    let env = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_file)];
+    a_call_in_a_callers_trace_is_exported(receiver, &env).await;
+}
+
 async fn a_call_in_a_callers_trace_is_exported(mut receiver: Receiver, more: &[(&str, &str)]) {
-    let endpoint = format!("http://{}", receiver.addr);
+    let endpoint = format!("{}://{}", receiver.scheme, receiver.addr);
     let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "game-session-test"),
