@@ -18,6 +18,11 @@
 //! - [`session`]: the registry ([`session::SessionManager`]), the cloneable
 //!   [`session::SessionHandle`], the actor that owns each session, the
 //!   per-player outbound queues and their policy, and the modes.
+//! - [`auth`]: who is calling: player tokens on Play (the player id is the
+//!   token's `sub`), admin tokens or API keys on SessionService, and the keys
+//!   that verify them (HS256 secret, PEM keys, JWKS).
+//! - [`tls`]: rustls on the gRPC ports, certificates reloaded on change, and
+//!   mutual TLS on the backend address.
 //! - [`error`]: typed errors and their one mapping to `tonic::Status`.
 //! - [`pb`]: the generated protobuf types, clients and servers.
 //! - [`telemetry`]: logging setup.
