@@ -396,6 +396,9 @@ impl Config {
         if self.auth.jwks_refresh_interval.is_zero() || self.tls.tls_reload_interval.is_zero() {
             return Err("--jwks-refresh-interval and --tls-reload-interval must be positive".into());
         }
+        if self.tls.tls_cert_file.is_some() != self.tls.tls_key_file.is_some() {
+            return Err("--tls-cert-file and --tls-key-file go together".into());
+        }
         if self.tls.tls_client_ca_file.is_some() && !self.tls.enabled() {
             return Err("--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into());
         }
@@ -462,5 +465,24 @@ mod tests {
         assert_eq!(bad(&["--idle-timeout", "0s"]), Err("--idle-timeout must be positive".into()));
         assert!(bad(&["--listen", "127.0.0.1:7000", "--backend-listen", "127.0.0.1:7000"]).is_err());
         assert!(Config::try_parse_from(["game-session", "--drain-period", "soon"]).is_err());
+        assert_eq!(
+            bad(&["--admin-api-key-file", "/keys"]),
+            Err("--admin-api-key-file needs auth on: set a JWT key source for players too".into())
+        );
+        assert_eq!(
+            bad(&["--jwks-url", "http://idp.example/jwks.json"]),
+            Err("--jwks-url must be an https:// URL".into())
+        );
+        let mut half_tls = Config::for_tests();
+        half_tls.tls.tls_cert_file = Some("/tls.crt".into());
+        assert_eq!(half_tls.validate(), Err("--tls-cert-file and --tls-key-file go together".into()));
+        assert_eq!(
+            bad(&["--tls-cert-file", "/c", "--tls-key-file", "/k", "--tls-client-ca-file", "/ca"]),
+            Err("--tls-client-ca-file verifies backend clients: it needs --backend-listen".into())
+        );
+        assert_eq!(
+            bad(&["--health-listen", "0.0.0.0:50051"]),
+            Err("--health-listen (0.0.0.0:50051) is also another address; give it a port of its own".into())
+        );
     }
 }

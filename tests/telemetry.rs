@@ -713,7 +713,7 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
             audits.push((
                 json["caller"].as_str().unwrap_or_default().to_owned(),
                 json["rpc"].as_str().unwrap_or_default().to_owned(),
-                json["audited.session_id"].as_str().unwrap_or_default().to_owned(),
+                json["session.id"].as_str().unwrap_or_default().to_owned(),
                 json["code"].as_str().unwrap_or_default().to_owned(),
             ));
         }

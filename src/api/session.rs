@@ -46,7 +46,7 @@ fn audit<T>(caller: &Caller, rpc: &'static str, session_id: &str, result: &Resul
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
-    tracing::info!(target: "game_session::audit", caller = %caller, rpc, audited.session_id = session_id, code = ?code, "audit: admin call");
+    tracing::info!(target: "game_session::audit", caller = %caller, rpc, session.id = session_id, code = ?code, "audit: admin call");
 }
 
 /// The stream type of WatchSessions.

@@ -178,11 +178,15 @@ impl KeyStore {
 
     /// Reads the JWKS again because a token named an unknown key id, unless
     /// that happened less than `--jwks-refetch-min-interval` ago. Returns
-    /// whether it read.
+    /// whether the keys may have changed since the call: it read them, or
+    /// another call read them while this one waited.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let asked = Instant::now();
         let mut last = self.last_refetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.refetch_min_interval) {
-            return false;
+        match *last {
+            Some(at) if at >= asked => return true,
+            Some(at) if at.elapsed() < self.refetch_min_interval => return false,
+            _ => {}
         }
         *last = Some(Instant::now());
         match self.reload().await {
