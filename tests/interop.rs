@@ -239,10 +239,22 @@ impl std::fmt::Display for Grpcurl {
 
 /// Runs `grpcurl -plaintext <args...> <addr> <rest...>` with `stdin`.
 async fn grpcurl(addr: SocketAddr, args: &[&str], rest: &[&str], stdin: Option<&str>) -> Grpcurl {
+    grpcurl_with(&["-plaintext"], addr, args, rest, stdin).await
+}
+
+/// Runs `grpcurl <transport...> <args...> <addr> <rest...>` with `stdin`.
+async fn grpcurl_with(
+    transport: &[&str],
+    addr: SocketAddr,
+    args: &[&str],
+    rest: &[&str],
+    stdin: Option<&str>,
+) -> Grpcurl {
     let binary = tools_dir().join("grpcurl");
     let mut command = Command::new(&binary);
     command
-        .args(["-plaintext", "-connect-timeout", "5", "-max-time", "15"])
+        .args(transport)
+        .args(["-connect-timeout", "5", "-max-time", "15"])
         .args(args)
         .arg(addr.to_string())
         .args(rest)
@@ -439,5 +451,47 @@ async fn grpcurl_plays_a_bidi_session() {
         .session
         .expect("session");
     assert_eq!(info.player_count, 1, "grpcurl's seat was not freed: {info:?}");
+    server.shutdown().await;
+}
+
+/// Catches a server that a third-party client cannot reach with auth and
+/// TLS on: grpcurl, trusting the test CA, lists the services through
+/// reflection (open), creates a session with an admin token, and without a
+/// token or over plain text is refused.
+#[tokio::test]
+async fn grpcurl_calls_an_auth_and_tls_server_with_a_bearer_token() {
+    use common::certs::{self, Ca};
+    use common::jwt;
+
+    ensure_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let leaf = ca.server();
+    let mut config = common::config();
+    config.auth.jwt_hs256_secret = Some(jwt::SECRET.into());
+    config.tls.tls_cert_file = Some(certs::write(dir.path(), "tls.crt", &leaf.cert_pem));
+    config.tls.tls_key_file = Some(certs::write(dir.path(), "tls.key", &leaf.key_pem));
+    let server = TestServer::start_with(config).await;
+    let ca_file = certs::write(dir.path(), "ca.pem", &ca.pem());
+    let tls = ["-cacert", ca_file.to_str().expect("utf-8 path")];
+    let create = "gamesession.v1.SessionService/CreateSession";
+    let request = r#"{"mode":"relay"}"#;
+
+    let listed = grpcurl_with(&tls, server.addr, &[], &["list"], None).await;
+    assert!(listed.status.success() && listed.stdout.contains("gamesession.v1.SessionService"), "{listed}");
+    let header = format!("authorization: Bearer {}", jwt::admin("grpcurl"));
+    let created = grpcurl_with(&tls, server.addr, &["-H", &header, "-d", request], &[create], None).await;
+    assert!(created.status.success(), "{created}");
+    assert!(created.stdout.contains(r#""created": true"#), "{created}");
+
+    let anonymous = grpcurl_with(&tls, server.addr, &["-d", request], &[create], None).await;
+    // grpcurl exits with 64 + the status code: 64 + UNAUTHENTICATED (16).
+    assert_eq!(anonymous.status.code(), Some(80), "{anonymous}");
+    assert!(anonymous.stderr.contains("Code: Unauthenticated"), "{anonymous}");
+    let player = format!("authorization: Bearer {}", jwt::hs256(&jwt::claims("alice")));
+    let denied = grpcurl_with(&tls, server.addr, &["-H", &player, "-d", request], &[create], None).await;
+    assert_eq!(denied.status.code(), Some(71), "64 + PERMISSION_DENIED (7): {denied}");
+    let plain = grpcurl(server.addr, &["-H", &header, "-d", request], &[create], None).await;
+    assert!(!plain.status.success(), "plain text against TLS: {plain}");
     server.shutdown().await;
 }
