@@ -267,6 +267,29 @@ fn manager_config(config: &Config) -> ManagerConfig {
     }
 }
 
+/// A tick every period, the first one period from now, until a stop; a
+/// tick handled late delays the next one rather than bunching them.
+pub(crate) struct Ticks {
+    interval: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Ticks {
+    pub(crate) fn new(period: std::time::Duration, stop: CancellationToken) -> Self {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { interval, stop }
+    }
+
+    /// Waits for the next tick: `false` once stopped.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

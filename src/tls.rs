@@ -128,14 +128,8 @@ impl Tls {
     /// logged and the last good certificates kept.
     pub async fn reload(self: Arc<Self>, stop: CancellationToken) {
         let mut seen = self.fingerprint();
-        let mut interval = tokio::time::interval(self.reload_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut ticks = crate::Ticks::new(self.reload_interval, stop);
+        while ticks.next().await {
             let now = self.fingerprint();
             if now == seen {
                 continue;

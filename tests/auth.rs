@@ -137,18 +137,7 @@ impl JwksServer {
     async fn start(ca: &Ca, document: String) -> Self {
         use hyper::service::service_fn;
         use hyper_util::rt::TokioIo;
-        use rustls_pki_types::pem::PemObject;
-
-        let leaf = ca.server();
-        let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("cert")];
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(game_session::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = ca.server().acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://127.0.0.1:{}/.well-known/jwks.json", listener.local_addr().expect("addr").port());
         let document = Arc::new(std::sync::Mutex::new(document));

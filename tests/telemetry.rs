@@ -316,18 +316,7 @@ impl Receiver {
 
     /// An OTLP/HTTP receiver, over TLS with `leaf` when given.
     async fn start_http_with(leaf: Option<&common::certs::Leaf>) -> Receiver {
-        use rustls_pki_types::pem::PemObject as _;
-        let acceptor = leaf.map(|leaf| {
-            let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("cert")];
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-            let config = rustls::ServerConfig::builder_with_provider(game_session::tls::provider())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .expect("server config");
-            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
-        });
+        let acceptor = leaf.map(common::certs::Leaf::acceptor);
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         use http_body_util::BodyExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

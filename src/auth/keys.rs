@@ -204,14 +204,8 @@ impl KeyStore {
         if self.source.is_none() {
             return;
         }
-        let mut interval = tokio::time::interval(self.refresh_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut ticks = crate::Ticks::new(self.refresh_interval, stop);
+        while ticks.next().await {
             if let Err(err) = self.reload().await {
                 crate::metrics::jwks_refresh_failed();
                 warn!(error = %err, "cannot read the JWKS; keeping the keys of the last good read");

@@ -63,6 +63,22 @@ impl Ca {
     }
 }
 
+impl Leaf {
+    /// A TLS acceptor serving this certificate (for test servers of our own).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls_pki_types::pem::PemObject as _;
+        let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("cert")];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(game_session::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+}
+
 /// Writes `contents` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
