@@ -331,3 +331,39 @@ pub(crate) fn record_ids(span: &tracing::Span) {
         span.record("span_id", ids.span_id().to_string());
     }
 }
+
+/// Rate-limits a kind of log line: at most one a second per key, each
+/// saying how many were left out since the last, so that a flood of bad
+/// input cannot flood the logs.
+pub struct Throttle<K> {
+    last: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, u64)>>,
+}
+
+impl<K> Default for Throttle<K> {
+    fn default() -> Self {
+        Throttle { last: std::sync::Mutex::default() }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Throttle<K> {
+    /// `Some(suppressed)` when a line for `key` is to be logged now.
+    pub fn admit(&self, key: K) -> Option<u64> {
+        // Keys are a closed set of kinds, so the map stays small.
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        match last.get_mut(&key) {
+            Some((at, suppressed)) if now.duration_since(*at) < Duration::from_secs(1) => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}

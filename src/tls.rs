@@ -21,10 +21,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::BoxError;
 use crate::config::TlsConfig;
+use crate::telemetry::Throttle;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,18 +198,23 @@ impl Tls {
                         Ok(Ok(stream)) => {
                             permit.send(Ok(stream));
                         }
-                        Ok(Err(err)) => {
-                            crate::metrics::tls_handshake_failed("error");
-                            debug!(%peer, error = %err, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            crate::metrics::tls_handshake_failed("timeout");
-                            debug!(%peer, "TLS handshake timed out");
-                        }
+                        Ok(Err(err)) => handshake_failed("error", peer, &err.to_string()),
+                        Err(_) => handshake_failed("timeout", peer, "no handshake within the deadline"),
                     }
                 });
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// Counts a failed handshake, and logs it at most once a second per reason.
+fn handshake_failed(reason: &'static str, peer: std::net::SocketAddr, error: &str) {
+    static LOG: std::sync::LazyLock<Throttle<&'static str>> = std::sync::LazyLock::new(Throttle::default);
+    crate::metrics::tls_handshake_failed(reason);
+    if let Some(suppressed) = LOG.admit(reason) {
+        // rustls's error names the failure (e.g. no client certificate);
+        // it carries nothing of the client's own bytes.
+        warn!(%peer, reason, error, suppressed, "TLS handshake failed");
     }
 }

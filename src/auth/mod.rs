@@ -8,11 +8,10 @@
 
 mod keys;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -30,6 +29,7 @@ use crate::BoxError;
 use crate::config::AuthConfig;
 use crate::error::Error;
 use crate::session::JoinTarget;
+use crate::telemetry::Throttle;
 
 /// The claim listing the session ids a player token may join; absent: any.
 pub const SESSIONS_CLAIM: &str = "gs_sessions";
@@ -203,7 +203,7 @@ struct Inner {
     leeway: Duration,
     admin_claim: String,
     admin_value: String,
-    log: RejectionLog,
+    log: Throttle<(Api, Rejection)>,
 }
 
 impl Auth {
@@ -247,7 +247,7 @@ impl Auth {
                 leeway: config.jwt_leeway,
                 admin_claim: config.admin_claim.clone(),
                 admin_value: config.admin_claim_value.clone(),
-                log: RejectionLog::default(),
+                log: Throttle::default(),
             })),
         })
     }
@@ -418,7 +418,7 @@ impl Inner {
     /// Counts and (rate-limited) logs a refusal, and makes its error.
     fn reject(&self, api: Api, rejection: Rejection, peer: Option<SocketAddr>) -> Error {
         crate::metrics::auth_rejected(api.as_str(), rejection.as_str());
-        if let Some(suppressed) = self.log.admit(api, rejection) {
+        if let Some(suppressed) = self.log.admit((api, rejection)) {
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             warn!(api = api.as_str(), reason = rejection.as_str(), peer, suppressed, "credential refused");
         }
@@ -484,34 +484,5 @@ fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Option<Vec<Str
             .collect::<Result<_, _>>()
             .map(Some),
         Some(_) => Err(Rejection::Malformed),
-    }
-}
-
-/// At most one log line a second per API and reason, saying how many were
-/// left out since the last.
-#[derive(Default)]
-struct RejectionLog {
-    last: Mutex<HashMap<(Api, Rejection), (Instant, u64)>>,
-}
-
-impl RejectionLog {
-    /// `Some(suppressed)` when this refusal is to be logged.
-    fn admit(&self, api: Api, rejection: Rejection) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        match last.get_mut(&(api, rejection)) {
-            Some((at, suppressed)) if now.duration_since(*at) < Duration::from_secs(1) => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                *at = now;
-                Some(std::mem::take(suppressed))
-            }
-            None => {
-                last.insert((api, rejection), (now, 0));
-                Some(0)
-            }
-        }
     }
 }
