@@ -239,9 +239,11 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>, Code, &'static str)> {
     // public key, which every client can read.
     let public_pem = std::fs::read(fixture("rsa-1.pub.pem")).expect("public key");
     let confused = sign(Algorithm::HS256, &EncodingKey::from_secret(&public_pem), None, &claims("eve"));
-    let mut tampered = hs256(&claims("eve"));
-    tampered.pop();
-    tampered.push('A');
+    // The signature's first character changed: its first six bits differ.
+    let signed = hs256(&claims("eve"));
+    let (head, signature) = signed.rsplit_once('.').expect("a JWT");
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{head}.{flipped}{}", &signature[1..]);
     vec![
         ("no token", None, Code::Unauthenticated, "authorization: missing"),
         ("not a JWT", Some("hello".into()), Code::Unauthenticated, "not a readable JWT"),
