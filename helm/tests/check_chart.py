@@ -1335,7 +1335,7 @@ class Checks:
         for f in sorted(BAD_VALUES.glob("*.yaml")):
             self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
         self.check("config values match the server's settings", self.config_matches_server)
-        self.check("hadolint Dockerfile", self.dockerfile)
+        self.check("Dockerfile: hadolint, the chart's ports and listen addresses, the build context", self.dockerfile)
         for name in sorted(self.renders):
             self.check(f"server runs with {name}'s env and files, passes its probes and checks, exits 0 on SIGTERM",
                        self.boots, name)
