@@ -1170,26 +1170,13 @@ class Checks:
                 sock.bind(("127.0.0.1", 0))
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
         fixtures = self.fixtures
-        # The JWKS URL is served here, over HTTPS with the test CA's
-        # certificate, which the render's CA file (a stand-in) trusts.
-        jwks_server = None
-        if "GAME_SESSION_JWKS_URL" in env:
-            expect(env["GAME_SESSION_JWKS_URL"].startswith("https://"), f"JWKS URL {env['GAME_SESSION_JWKS_URL']}")
-            expect("GAME_SESSION_JWKS_CA_FILE" in env, "the JWKS URL's test certificate needs a CA file to be trusted")
-            jwks_server = Served(lambda path: (200, "application/json", fixtures.jwks),
-                                 tls=(fixtures.server_crt, fixtures.server_key)).__enter__()
-            env["GAME_SESSION_JWKS_URL"] = f"https://127.0.0.1:{jwks_server.port}/.well-known/jwks.json"
-        player_token, admins = self.credentials(env)
         tls = "GAME_SESSION_TLS_CERT_FILE" in env
         mtls = "GAME_SESSION_TLS_CLIENT_CA_FILE" in env
         log = self.tmp / f"{name.replace('/', '-')}.server.log"
-        with open(log, "w") as out:
-            server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
         grpc = local[container_port(c, "grpc")]
         # SessionService is on the backend port when there is one; mutual TLS
         # only there.
         api = local[container_port(c, "backend") or container_port(c, "grpc")]
-        player = None
 
         def gsctl(port: int, *args: str, token: str | None = None, client_cert: bool = False,
                   plain: bool = False) -> list:
@@ -1206,8 +1193,21 @@ class Checks:
         def backend(*args: str, token: str | None, client_cert: bool = mtls) -> subprocess.CompletedProcess:
             return run(gsctl(api, "--json", *args, token=token, client_cert=client_cert), ok=False)
 
-        admin = next(iter(admins.values()), None)
+        server = player = jwks_server = None
         try:
+            # The JWKS URL is served here, over HTTPS with the test CA's
+            # certificate, which the render's CA file (a stand-in) trusts.
+            if "GAME_SESSION_JWKS_URL" in env:
+                expect(env["GAME_SESSION_JWKS_URL"].startswith("https://"), f"JWKS URL {env['GAME_SESSION_JWKS_URL']}")
+                expect("GAME_SESSION_JWKS_CA_FILE" in env, "the JWKS URL's test certificate needs a CA file to be trusted")
+                jwks_server = Served(lambda path: (200, "application/json", fixtures.jwks),
+                                     tls=(fixtures.server_crt, fixtures.server_key)).__enter__()
+                env["GAME_SESSION_JWKS_URL"] = f"https://127.0.0.1:{jwks_server.port}/.well-known/jwks.json"
+            player_token, admins = self.credentials(env)
+            admin = next(iter(admins.values()), None)
+            with open(log, "w") as out:
+                server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
+
             def health(port: int, service: str | None) -> int:
                 # The probes: plain text, no credentials.
                 return run([self.gsctl, "--addr", f"http://127.0.0.1:{local[port]}", "--timeout", "1s",
