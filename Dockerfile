@@ -5,7 +5,11 @@
 # shell). Build and run it:
 #
 #   docker build -t game-session:dev .
-#   docker run --rm -p 50051:50051 -p 9464:9464 game-session:dev
+#   docker run --rm -p 50051:50051 -p 50053:50053 -p 9464:9464 game-session:dev
+#
+# That runs with auth off, reachable by anyone who reaches the published
+# ports; give it a key source (e.g. -e GAME_SESSION_JWT_HS256_SECRET_FILE and
+# a mounted file) to turn auth on (README, "Security").
 #
 # Build arguments:
 #   RUST_VERSION  the toolchain of the build stage (default 1.95);
@@ -49,9 +53,16 @@ LABEL org.opencontainers.image.title="game-session" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 COPY --from=build /out/ /usr/local/bin/
 USER 65532:65532
-# 50051: gRPC (players, the backend API, health, reflection).
+# The listen addresses, explicit: with auth off the server would otherwise
+# bind 127.0.0.1, which nothing outside the container reaches. The chart sets
+# both itself.
+ENV GAME_SESSION_LISTEN=0.0.0.0:50051 \
+    GAME_SESSION_HEALTH_LISTEN=0.0.0.0:50053
+# 50051: gRPC (players, the backend API, health, reflection; TLS when
+#        GAME_SESSION_TLS_CERT_FILE is set).
+# 50053: grpc.health.v1 alone, plain text and open, for probes.
 # 9464: Prometheus metrics (GET /metrics).
 # 50052: the backend API apart from players, when run with
 #        --backend-listen 0.0.0.0:50052 (the chart's backend.enabled).
-EXPOSE 50051 9464 50052
+EXPOSE 50051 50053 9464 50052
 ENTRYPOINT ["/usr/local/bin/game-session"]

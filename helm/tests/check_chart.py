@@ -16,39 +16,65 @@ exit status is 1 when any failed. The checks:
 - every rendered manifest through `kubernetes-validate --strict` for both
   versions; every kind must have a schema except ServiceMonitor, whose
   required fields are checked here, against the rendered Service;
+- the defaults: auth on, SessionService on its own backend port, TLS off;
 - the Deployment: native `grpc:` startup, liveness and readiness probes on
-  the container's gRPC port (a number), the health service each checks, the
-  drain inside terminationGracePeriodSeconds, the hardened securityContext;
+  the container's plain-text health port (a number), the health service
+  each checks, the drain inside terminationGracePeriodSeconds, the hardened
+  securityContext;
+- the files the server reads (HS256 secret, admin API keys, public keys,
+  JWKS, certificates): each env var's path is on a read-only mount of the
+  Secret or ConfigMap key the values name, nothing more is mounted, and the
+  TLS files only with tls.enabled; the Secret the chart generates (only
+  without auth.existingSecret) holds random keys of the right length, is
+  kept on uninstall, and an upgrade reuses its data (`lookup`, rendered
+  against a stand-in Kubernetes API server that holds it);
 - names and label keys Kubernetes accepts, and no two resources alike;
-- the Services (metrics only on its own ClusterIP Service), the update
-  strategy, the PodDisruptionBudget (never one that blocks a drain), the
-  `helm test` pods (and that a NetworkPolicy lets them in), and NOTES.txt
+- the Services (metrics and health each only on their own ClusterIP
+  Service), the update strategy, the PodDisruptionBudget (never one that
+  blocks a drain), the `helm test` pods (one on the health port; none on a
+  TLS port; a NetworkPolicy lets them in), and NOTES.txt
   (`helm install --dry-run=client`);
 - each file in `bad-values/` is rejected with the message on its first line;
 - every value in values.yaml has a `## @param`, and the chart README's
   parameter tables are what readme-generator-for-helm makes of them;
 - the chart's `config` values name real server settings, with the server's
-  defaults, and cover every one of them (`game-session --help`);
+  defaults, and with the settings the chart derives from other values
+  (listen addresses, drain, auth.*, tls.*) cover every one of them
+  (`game-session --help`);
 - hadolint passes the Dockerfile (and fails a known-bad one, so the linter
-  is known to be working), and the build context holds what the build reads;
-- the real server, started with each render's environment (on 127.0.0.1),
-  answers the rendered probes (`gsctl health`, the same grpc.health.v1
-  check the kubelet makes); on SIGTERM, with a player in a session, the
-  readiness probe fails while liveness and startup pass, and once the player
-  leaves the server exits 0 within the grace period.
+  is known to be working), its listen addresses and ports are the chart's,
+  and the build context holds what the build reads;
+- the real server, started with each render's environment (on 127.0.0.1)
+  and its mounted files (stand-ins made with the openssl CLI for Secrets the
+  render names but does not make; the JWKS URL served over HTTPS locally),
+  answers the rendered probes on the health port (`gsctl health`, the same
+  grpc.health.v1 check the kubelet makes) and the `helm test` pods' checks;
+  with auth on it refuses calls without a token and accepts an admin token
+  signed by each configured key source (and the admin API key); with TLS on
+  it speaks only TLS on the gRPC ports, and mutual TLS on the backend port
+  when a client CA is set; on SIGTERM, with a player (holding a token minted
+  with `gsctl token` from the render's secret) in a session, the readiness
+  probe fails while liveness and startup pass, and once the player leaves
+  the server exits 0 within the grace period.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import copy
+import http.server
 import json
 import os
 import re
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -66,14 +92,57 @@ OLDEST_KUBE = "1.30.0"
 NEWEST_KUBE = latest_version()
 # Kinds with no schema in kubernetes-validate; checked by hand below.
 NO_SCHEMA = {"ServiceMonitor"}
-# Server settings the chart sets from other values, not from `config`.
+# Server settings the chart sets from other values, not from `config`. Each
+# must be rendered by some values file (so none is listed for nothing).
 DERIVED_ENV = {
-    "GAME_SESSION_LISTEN": "containerPorts.grpc",
+    # Always set: with auth off the server alone would bind 127.0.0.1.
+    "GAME_SESSION_LISTEN": "listenHost and containerPorts.grpc",
     "GAME_SESSION_BACKEND_LISTEN": "backend.enabled and containerPorts.backend",
+    "GAME_SESSION_HEALTH_LISTEN": "listenHost and containerPorts.health",
     "GAME_SESSION_METRICS_LISTEN": "metrics.enabled and containerPorts.metrics",
     "GAME_SESSION_DRAIN_PERIOD": "drain.periodSeconds",
     "GAME_SESSION_SHUTDOWN_GRACE": "drain.flushSeconds",
+    "GAME_SESSION_JWT_HS256_SECRET_FILE": "auth.secretKeys.hs256Secret, in auth.existingSecret or the generated Secret",
+    "GAME_SESSION_ADMIN_API_KEY_FILE": "auth.secretKeys.adminApiKeys, in the same Secret",
+    "GAME_SESSION_JWT_PUBLIC_KEY_FILES": "auth.publicKeys.existingSecret and auth.publicKeys.keys",
+    "GAME_SESSION_JWKS_URL": "auth.jwks.url",
+    "GAME_SESSION_JWKS_CA_FILE": "auth.jwks.caSecret",
+    "GAME_SESSION_JWKS_FILE": "auth.jwks.file (a Secret or a ConfigMap)",
+    "GAME_SESSION_JWKS_REFRESH_INTERVAL": "auth.jwks.refreshInterval",
+    "GAME_SESSION_JWKS_REFETCH_MIN_INTERVAL": "auth.jwks.refetchMinInterval",
+    "GAME_SESSION_JWT_ISSUER": "auth.issuer",
+    "GAME_SESSION_JWT_AUDIENCE": "auth.audience",
+    "GAME_SESSION_JWT_LEEWAY": "auth.leeway",
+    "GAME_SESSION_ADMIN_CLAIM": "auth.adminClaim",
+    "GAME_SESSION_ADMIN_CLAIM_VALUE": "auth.adminClaimValue",
+    "GAME_SESSION_TLS_CERT_FILE": "tls.existingSecret (tls.crt)",
+    "GAME_SESSION_TLS_KEY_FILE": "tls.existingSecret (tls.key)",
+    "GAME_SESSION_TLS_CLIENT_CA_FILE": "tls.clientCA.existingSecret (ca.crt)",
+    "GAME_SESSION_TLS_RELOAD_INTERVAL": "tls.reloadInterval",
 }
+# Derived settings with a server default: the chart's defaults give the same.
+DERIVED_DEFAULTS = {
+    "GAME_SESSION_HEALTH_LISTEN": lambda v: f"{v['listenHost']}:{v['containerPorts']['health']}",
+    "GAME_SESSION_METRICS_LISTEN": lambda v: f"{v['listenHost']}:{v['containerPorts']['metrics']}",
+    "GAME_SESSION_DRAIN_PERIOD": lambda v: f"{v['drain']['periodSeconds']}s",
+    "GAME_SESSION_SHUTDOWN_GRACE": lambda v: f"{v['drain']['flushSeconds']}s",
+    "GAME_SESSION_JWKS_REFRESH_INTERVAL": lambda v: v["auth"]["jwks"]["refreshInterval"],
+    "GAME_SESSION_JWKS_REFETCH_MIN_INTERVAL": lambda v: v["auth"]["jwks"]["refetchMinInterval"],
+    "GAME_SESSION_JWT_LEEWAY": lambda v: v["auth"]["leeway"],
+    "GAME_SESSION_ADMIN_CLAIM": lambda v: v["auth"]["adminClaim"],
+    "GAME_SESSION_ADMIN_CLAIM_VALUE": lambda v: v["auth"]["adminClaimValue"],
+    "GAME_SESSION_TLS_RELOAD_INTERVAL": lambda v: v["tls"]["reloadInterval"],
+}
+# Server settings the chart never sets, and why.
+NOT_SET = {
+    # The server refuses the secret given twice; the chart mounts it as a file.
+    "GAME_SESSION_JWT_HS256_SECRET": "GAME_SESSION_JWT_HS256_SECRET_FILE carries the secret, from a mounted Secret",
+}
+# Settings whose presence turns auth on.
+KEY_SOURCES = ("GAME_SESSION_JWT_HS256_SECRET_FILE", "GAME_SESSION_JWT_PUBLIC_KEY_FILES",
+               "GAME_SESSION_JWKS_FILE", "GAME_SESSION_JWKS_URL")
+# The generated Secret's keys: how long, and the server's least.
+GENERATED_KEY_LENGTHS = {"hs256Secret": (64, 32), "adminApiKeys": (48, 16)}
 # `config` defaults that differ from the server's on purpose.
 CHOSEN_DEFAULTS = {
     # Pods' logs go to a collector, which wants one JSON object per line.
@@ -116,6 +185,38 @@ def seconds(value: str) -> int:
     return int(re.fullmatch(r"(\d+)s", value).group(1))
 
 
+def merged(base: dict, override: dict) -> dict:
+    """Values as Helm merges a values file over the chart's: maps merge,
+    anything else replaces, and null deletes."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def der_signature_to_raw(der: bytes, size: int) -> bytes:
+    """An ECDSA signature as openssl writes it (DER: SEQUENCE of r and s) to
+    the r || s a JWS carries."""
+    expect(der[0] == 0x30, "not a DER ECDSA signature")
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    raw = b""
+    for _ in range(2):
+        expect(der[i] == 0x02, "not a DER ECDSA signature")
+        n = der[i + 1]
+        raw += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(size, b"\0")
+        i += 2 + n
+    return raw
+
+
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
@@ -126,6 +227,177 @@ def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     if ok and proc.returncode != 0:
         raise CheckFailed(f"`{' '.join(map(str, cmd))}` exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+def openssl(*args: str | Path, data: bytes | None = None) -> bytes:
+    proc = subprocess.run(["openssl", *map(str, args)], input=data, capture_output=True)
+    if proc.returncode != 0:
+        raise CheckFailed(f"openssl {' '.join(map(str, args))}: {proc.stderr.decode()}")
+    return proc.stdout
+
+
+class Fixtures:
+    """Stand-ins for the Secrets and ConfigMaps a render names but does not
+    make, written once with the openssl CLI: a test CA; a server certificate
+    for 127.0.0.1 and a client certificate, both signed by it; an RSA and an
+    EC P-256 key pair for the PEM public keys; an RSA key pair in a JWKS."""
+
+    JWKS_KID = "chart-check"
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir()
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        self.ca_key, self.ca_crt = self.dir / "ca.key", self.dir / "ca.crt"
+        openssl("req", "-x509", *ec, "-keyout", self.ca_key, "-out", self.ca_crt, "-days", "2",
+                "-subj", "/CN=chart-check test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self.server_key, self.server_crt = self.leaf("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+        self.client_key, self.client_crt = self.leaf("client", "clientAuth", None)
+        self.rsa_key, self.rsa_pub = self.key_pair("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        self.ec_key, self.ec_pub = self.key_pair("ec", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        self.jwks_key, _ = self.key_pair("jwks", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        modulus = openssl("rsa", "-in", self.jwks_key, "-noout", "-modulus").decode().strip().split("=", 1)[1]
+        expect(b"65537" in openssl("rsa", "-in", self.jwks_key, "-noout", "-text"), "the JWKS key's exponent is not 65537")
+        self.jwks = json.dumps({"keys": [{"kty": "RSA", "kid": self.JWKS_KID, "use": "sig", "alg": "RS256",
+                                          "n": b64url(bytes.fromhex(modulus)), "e": "AQAB"}]}).encode()
+        # Public key PEM -> its private key, to sign tokens it verifies.
+        self.private_of = {self.rsa_pub.read_bytes(): ("RS256", self.rsa_key),
+                           self.ec_pub.read_bytes(): ("ES256", self.ec_key)}
+
+    def leaf(self, name: str, usage: str, san: str | None) -> tuple[Path, Path]:
+        key, crt = self.dir / f"{name}.key", self.dir / f"{name}.crt"
+        ext = ["-addext", "basicConstraints=critical,CA:FALSE", "-addext", f"extendedKeyUsage={usage}"]
+        if san:
+            ext += ["-addext", san]
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", crt, "-days", "2", "-subj", f"/CN=chart-check {name}",
+                "-CA", self.ca_crt, "-CAkey", self.ca_key, *ext)
+        return key, crt
+
+    def key_pair(self, name: str, algorithm: list[str]) -> tuple[Path, Path]:
+        key, pub = self.dir / f"{name}.key", self.dir / f"{name}.pub"
+        openssl("genpkey", *algorithm, "-out", key)
+        openssl("pkey", "-in", key, "-pubout", "-out", pub)
+        return key, pub
+
+    def content(self, env: str, key: str) -> bytes:
+        """A stand-in for the Secret or ConfigMap key that env var's file
+        comes from. Public keys: an `es*` key gets the EC key, others RSA."""
+        if env == "GAME_SESSION_JWT_HS256_SECRET_FILE":
+            return f"fixture-hs256-{secrets.token_hex(24)}\n".encode()
+        if env == "GAME_SESSION_ADMIN_API_KEY_FILE":
+            return f"fixture-admin-{secrets.token_hex(12)}\n\nfixture-admin-{secrets.token_hex(12)}\n".encode()
+        if env == "GAME_SESSION_JWT_PUBLIC_KEY_FILES":
+            return (self.ec_pub if key.startswith("es") else self.rsa_pub).read_bytes()
+        if env == "GAME_SESSION_JWKS_FILE":
+            return self.jwks
+        if env in ("GAME_SESSION_JWKS_CA_FILE", "GAME_SESSION_TLS_CLIENT_CA_FILE"):
+            return self.ca_crt.read_bytes()
+        if env == "GAME_SESSION_TLS_CERT_FILE":
+            return self.server_crt.read_bytes()
+        if env == "GAME_SESSION_TLS_KEY_FILE":
+            return self.server_key.read_bytes()
+        raise CheckFailed(f"no stand-in for {env}")
+
+    def jwt(self, alg: str, key: Path, claims: dict, kid: str | None = None) -> str:
+        """A token signed with openssl: RS256 (PKCS#1 v1.5) or ES256."""
+        header = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        signature = openssl("dgst", "-sha256", "-sign", key, data=signing_input.encode())
+        if alg == "ES256":
+            signature = der_signature_to_raw(signature, 32)
+        return f"{signing_input}.{b64url(signature)}"
+
+
+class Served:
+    """An HTTP(S) server on 127.0.0.1 in a thread, answering GETs with
+    `answer(path) -> (status, content type, body)`; a context manager."""
+
+    def __init__(self, answer, tls: tuple[Path, Path] | None = None):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, kind, body = answer(self.path.split("?")[0])
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[0], tls[1])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StandInApiServer(Served):
+    """Just enough of a Kubernetes API server for `helm template
+    --dry-run=server`: discovery of the kinds the chart renders, and GET of
+    the objects in `objects` ({(resource, namespace, name): object}); every
+    other object is NotFound. Lets a render run the chart's `lookup`."""
+
+    KINDS = {
+        "v1": [("secrets", "Secret"), ("services", "Service"), ("serviceaccounts", "ServiceAccount"),
+               ("pods", "Pod"), ("configmaps", "ConfigMap")],
+        "apps/v1": [("deployments", "Deployment")],
+        "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+        "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+        "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy")],
+        "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor")],
+    }
+
+    def __init__(self, objects: dict[tuple[str, str, str], dict]):
+        def resources(gv: str) -> dict:
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+                {"name": r, "singularName": k.lower(), "namespaced": True, "kind": k, "verbs": ["get", "list"]}
+                for r, k in self.KINDS[gv]]}
+
+        def answer(path: str) -> tuple[int, str, bytes]:
+            groups = sorted({gv.split("/")[0] for gv in self.KINDS if "/" in gv})
+            found = re.fullmatch(r"/apis?/(?:([^/]+)/)?v\d\w*/namespaces/([^/]+)/([^/]+)/([^/]+)", path)
+            body = {
+                "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"},
+                "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+                "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                    {"name": g, "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}
+                                             for gv in self.KINDS if gv.startswith(g + "/")],
+                     "preferredVersion": {"groupVersion": next(gv for gv in self.KINDS if gv.startswith(g + "/")),
+                                          "version": next(gv for gv in self.KINDS if gv.startswith(g + "/")).split("/")[1]}}
+                    for g in groups]},
+            }.get(path)
+            if body is None and path == "/api/v1":
+                body = resources("v1")
+            elif body is None and path.startswith("/apis/") and path[len("/apis/"):] in self.KINDS:
+                body = resources(path[len("/apis/"):])
+            elif body is None and found:
+                body = objects.get((found.group(3), found.group(2), found.group(4)))
+            if body is None:
+                return 404, "application/json", json.dumps(
+                    {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).encode()
+            return 200, "application/json", json.dumps(body).encode()
+
+        super().__init__(answer)
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "stand-in"}}],
+            "users": [{"name": "stand-in", "user": {"token": "stand-in"}}]}))
+        return path
 
 
 class Checks:
@@ -140,6 +412,18 @@ class Checks:
                              for d in (CHART / "ci", EDGE_VALUES) for f in sorted(d.glob("*.yaml"))}
         # The same names -> rendered documents (for Kubernetes 1.30).
         self.renders: dict[str, list[dict]] = {}
+        self.defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+        self._fixtures: Fixtures | None = None
+
+    @property
+    def fixtures(self) -> Fixtures:
+        if self._fixtures is None:
+            self._fixtures = Fixtures(self.tmp / "fixtures")
+        return self._fixtures
+
+    def values(self, name: str) -> dict:
+        """The values a render used: the chart's, merged with its file's."""
+        return merged(self.defaults, yaml.safe_load(self.values_files[name].read_text()) or {})
 
     def check(self, name: str, fn, *args) -> None:
         try:
@@ -293,8 +577,13 @@ class Checks:
     def probes(self) -> None:
         for name, docs in self.renders.items():
             _, c = self.server_deployment(docs)
-            expect([p["name"] for p in c["ports"]].count("grpc") == 1, f"{name}: not one containerPort named grpc")
-            port = container_port(c, "grpc")
+            for port_name in ("grpc", "health"):
+                expect([p["name"] for p in c["ports"]].count(port_name) == 1, f"{name}: not one containerPort named {port_name}")
+            port = container_port(c, "health")
+            expect(port != container_port(c, "grpc"), f"{name}: the health port is the gRPC port")
+            env = plain_env(c)
+            expect(env.get("GAME_SESSION_HEALTH_LISTEN", "").endswith(f":{port}"),
+                   f"{name}: GAME_SESSION_HEALTH_LISTEN={env.get('GAME_SESSION_HEALTH_LISTEN')} is not the health port {port}")
             for probe, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", None)):
                 p = c.get(probe)
                 expect(p is not None, f"{name}: no {probe}")
@@ -302,7 +591,7 @@ class Checks:
                 expect(handlers == {"grpc"}, f"{name}: {probe} uses {sorted(handlers)}, not a native grpc probe")
                 g = p["grpc"]
                 expect(type(g["port"]) is int, f"{name}: {probe} port {g['port']!r} is not a number")
-                expect(g["port"] == port, f"{name}: {probe} port {g['port']} is not the gRPC port {port}")
+                expect(g["port"] == port, f"{name}: {probe} port {g['port']} is not the health port {port}")
                 expect(g.get("service") == service,
                        f"{name}: {probe} checks service {g.get('service')!r}, want {service!r}")
             # Readiness must notice a drain quickly, liveness must not.
@@ -360,6 +649,14 @@ class Checks:
             for svc in with_metrics:
                 expect(svc["spec"]["type"] == "ClusterIP" and len(svc["spec"]["ports"]) == 1,
                        f"{name}: metrics on Service {svc['metadata']['name']} of type {svc['spec']['type']} beside other ports")
+            # The open, plain-text health port likewise: on one ClusterIP
+            # Service of its own (for helm test), never on the player Service.
+            with_health = [s for s in services.values() if any(p["targetPort"] == "health" for p in s["spec"]["ports"])]
+            expect(len(with_health) == 1 and with_health[0]["spec"]["type"] == "ClusterIP"
+                   and len(with_health[0]["spec"]["ports"]) == 1 and with_health[0]["spec"].get("clusterIP") != "None",
+                   f"{name}: the health port is on Services {[s['metadata']['name'] for s in with_health]}")
+            expect(("backend" in container_ports) == self.values(name)["backend"]["enabled"],
+                   f"{name}: backend port rendered is not backend.enabled")
             for svc in services.values():
                 for p in svc["spec"]["ports"]:
                     expect(p["targetPort"] in container_ports,
@@ -372,6 +669,166 @@ class Checks:
                 port = container_port(c, "backend")
                 host = env["GAME_SESSION_LISTEN"].rsplit(":", 1)[0]
                 expect(env.get("GAME_SESSION_BACKEND_LISTEN") == f"{host}:{port}", f"{name}: backend listen {env}")
+
+    def chart_defaults(self) -> None:
+        # What the chart gives with no values at all: auth on (from a
+        # generated Secret), SessionService on its own port and ClusterIP
+        # Service, TLS off, and the listen addresses explicit.
+        v = self.defaults
+        expect(v["auth"]["enabled"] is True and not v["auth"]["existingSecret"], "auth is not on by default")
+        expect(v["backend"]["enabled"] is True, "backend.enabled is not on by default")
+        expect(v["tls"]["enabled"] is False, "TLS is on by default")
+        docs = self.renders["ci/default-values.yaml"]
+        _, c = self.server_deployment(docs)
+        env = plain_env(c)
+        for var in ("GAME_SESSION_LISTEN", "GAME_SESSION_BACKEND_LISTEN", "GAME_SESSION_HEALTH_LISTEN",
+                    "GAME_SESSION_JWT_HS256_SECRET_FILE", "GAME_SESSION_ADMIN_API_KEY_FILE"):
+            expect(env.get(var), f"the default render lacks {var}")
+        expect(not any(k.startswith("GAME_SESSION_TLS_") for k in env), "the default render sets TLS")
+        backend = [s for s in self.of_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"
+                   and [p["name"] for p in s["spec"]["ports"]] == ["backend"]]
+        expect(len(backend) == 1 and backend[0]["spec"]["type"] == "ClusterIP", "no backend ClusterIP Service by default")
+        expect(len(self.of_kind(docs, "Secret")) == 1, "no generated Secret by default")
+        # Auth off still passes the listen address: alone, the server would
+        # bind 127.0.0.1.
+        for name, docs in self.renders.items():
+            _, c = self.server_deployment(docs)
+            env = plain_env(c)
+            expect(env.get("GAME_SESSION_LISTEN", "").rsplit(":", 1)[0] in ("0.0.0.0", "[::]"),
+                   f"{name}: GAME_SESSION_LISTEN={env.get('GAME_SESSION_LISTEN')}")
+            expect(any(k in env for k in KEY_SOURCES) == self.values(name)["auth"]["enabled"],
+                   f"{name}: auth.enabled={self.values(name)['auth']['enabled']} but key sources {sorted(set(KEY_SOURCES) & set(env))}")
+
+    @staticmethod
+    def mounted(pod: dict, c: dict, path: str) -> tuple[str, str, str, str]:
+        """Where a container's file comes from: (kind, name, key, mountPath)
+        of the Secret or ConfigMap key mounted at `path`."""
+        for m in c.get("volumeMounts", []):
+            prefix = m["mountPath"].rstrip("/") + "/"
+            if not path.startswith(prefix):
+                continue
+            expect(m.get("readOnly") is True, f"{m['name']} is mounted writable")
+            # A subPath mount is never updated in place: no reload.
+            expect("subPath" not in m and "subPathExpr" not in m, f"{m['name']} is mounted with a subPath")
+            relative = path[len(prefix):]
+            volume = next((v for v in pod.get("volumes", []) if v["name"] == m["name"]), None)
+            expect(volume is not None, f"no volume {m['name']}")
+            for kind, field, name_field in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+                if field in volume:
+                    source = volume[field]
+                    items = source.get("items")
+                    key = next((i["key"] for i in items if i["path"] == relative), None) if items else relative
+                    expect(key is not None, f"{path}: no item of volume {m['name']} at {relative}")
+                    return kind, source[name_field], key, m["mountPath"]
+            raise CheckFailed(f"volume {m['name']} is neither a Secret nor a ConfigMap")
+        raise CheckFailed(f"{path} is on no volume mount")
+
+    def expected_files(self, name: str, docs: list[dict]) -> dict[str, list[tuple[str, str, str]]]:
+        """The files the values ask for: env var -> the (kind, name, key) of
+        each file it names."""
+        v = self.values(name)
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        auth = v["auth"]
+        if auth["enabled"]:
+            generated = [s["metadata"]["name"] for s in self.of_kind(docs, "Secret")]
+            secret = auth["existingSecret"] or (generated[0] if generated else "<none generated>")
+            if auth["secretKeys"]["hs256Secret"]:
+                out["GAME_SESSION_JWT_HS256_SECRET_FILE"] = [("Secret", secret, auth["secretKeys"]["hs256Secret"])]
+            if auth["secretKeys"]["adminApiKeys"]:
+                out["GAME_SESSION_ADMIN_API_KEY_FILE"] = [("Secret", secret, auth["secretKeys"]["adminApiKeys"])]
+            if auth["publicKeys"]["existingSecret"]:
+                out["GAME_SESSION_JWT_PUBLIC_KEY_FILES"] = [("Secret", auth["publicKeys"]["existingSecret"], k)
+                                                            for k in auth["publicKeys"]["keys"]]
+            jwks = auth["jwks"]["file"]
+            if jwks["existingSecret"]:
+                out["GAME_SESSION_JWKS_FILE"] = [("Secret", jwks["existingSecret"], jwks["key"])]
+            if jwks["existingConfigMap"]:
+                out["GAME_SESSION_JWKS_FILE"] = [("ConfigMap", jwks["existingConfigMap"], jwks["key"])]
+            if auth["jwks"]["caSecret"]["name"]:
+                out["GAME_SESSION_JWKS_CA_FILE"] = [("Secret", auth["jwks"]["caSecret"]["name"], auth["jwks"]["caSecret"]["key"])]
+        tls = v["tls"]
+        if tls["enabled"]:
+            out["GAME_SESSION_TLS_CERT_FILE"] = [("Secret", tls["existingSecret"], "tls.crt")]
+            out["GAME_SESSION_TLS_KEY_FILE"] = [("Secret", tls["existingSecret"], "tls.key")]
+            if tls["clientCA"]["existingSecret"]:
+                out["GAME_SESSION_TLS_CLIENT_CA_FILE"] = [("Secret", tls["clientCA"]["existingSecret"], "ca.crt")]
+        return out
+
+    def files(self) -> None:
+        seen = set()
+        for name, docs in self.renders.items():
+            pod, c = self.server_deployment(docs)
+            env = plain_env(c)
+            expect(not set(NOT_SET) & set(env), f"{name}: renders {sorted(set(NOT_SET) & set(env))}")
+            rendered = {k: v for k, v in env.items() if re.fullmatch(r"GAME_SESSION_\w+_FILES?", k)}
+            want = self.expected_files(name, docs)
+            expect(set(rendered) == set(want), f"{name}: file settings {sorted(rendered)}, want {sorted(want)}")
+            used = set()
+            for var, paths in rendered.items():
+                found = []
+                for path in paths.split(","):
+                    try:
+                        kind, source, key, mount = self.mounted(pod, c, path)
+                    except CheckFailed as e:
+                        raise CheckFailed(f"{name}: {var}: {e}")
+                    found.append((kind, source, key))
+                    used.add(next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == mount))
+                expect(found == want[var], f"{name}: {var} reads {found}, want {want[var]}")
+                seen.add(var)
+            # Nothing mounted that the server does not read.
+            volumes = {v["name"] for v in pod.get("volumes", [])}
+            mounts = {m["name"] for m in c.get("volumeMounts", [])}
+            expect(volumes == mounts == used, f"{name}: volumes {sorted(volumes)}, mounts {sorted(mounts)}, read {sorted(used)}")
+        # Every kind of file is rendered by some values file.
+        every = {v for v in DERIVED_ENV if v.endswith(("_FILE", "_FILES"))}
+        expect(seen == every, f"no values file renders {sorted(every - seen)}")
+
+    def generated_secret(self) -> None:
+        for name, docs in self.renders.items():
+            v = self.values(name)
+            auth = v["auth"]
+            keys = {field: key for field, key in auth["secretKeys"].items() if key}
+            wanted = auth["enabled"] and not auth["existingSecret"] and keys
+            secrets_ = self.of_kind(docs, "Secret")
+            expect(len(secrets_) == (1 if wanted else 0), f"{name}: {len(secrets_)} Secrets rendered")
+            for s in secrets_:
+                expect(s["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+                       f"{name}: the generated Secret is not kept on uninstall")
+                expect(s.get("type") == "Opaque" and "stringData" not in s, f"{name}: Secret {s.get('type')}")
+                expect(set(s["data"]) == set(keys.values()), f"{name}: Secret keys {sorted(s['data'])}, want {sorted(keys.values())}")
+                for field, key in keys.items():
+                    value = base64.b64decode(s["data"][key]).decode()
+                    length, least = GENERATED_KEY_LENGTHS[field]
+                    expect(re.fullmatch(rf"[A-Za-z0-9]{{{length}}}", value) is not None and length >= least,
+                           f"{name}: {key} is {len(value)} characters, want {length} letters and digits (the server needs {least})")
+        # Random: two installs get different keys.
+        first, second = (run([self.helm, "template", RELEASE, CHART, "--namespace", NAMESPACE,
+                              "--show-only", "templates/secret-auth.yaml"]).stdout for _ in range(2))
+        expect(yaml.safe_load(first)["data"] != yaml.safe_load(second)["data"], "two installs generated the same keys")
+
+    def secret_lookup(self) -> None:
+        # An upgrade renders against the cluster: the chart finds its Secret
+        # and reuses its data; a key the Secret lacks is made. A stand-in API
+        # server holds the Secret (with Helm's ownership marks, as a kept one
+        # has), and `helm template --dry-run=server` runs the lookup.
+        name = f"{RELEASE}-game-session-auth"
+        kept = base64.b64encode(b"k" * 40).decode()
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"jwt-hs256-secret": kept},
+                  "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                               "annotations": {"meta.helm.sh/release-name": RELEASE,
+                                               "meta.helm.sh/release-namespace": NAMESPACE}}}
+        with StandInApiServer({("secrets", NAMESPACE, name): secret}) as api:
+            home = self.tmp / "helm-home"
+            env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(self.tmp / "kubeconfig")),
+                   "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+                   "HELM_DATA_HOME": str(home / "data")}
+            proc = subprocess.run([str(self.helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                                   "--dry-run=server", "--disable-openapi-validation",
+                                   "--show-only", "templates/secret-auth.yaml"], capture_output=True, text=True, env=env)
+        expect(proc.returncode == 0, f"helm template --dry-run=server failed:\n{proc.stderr}")
+        data = yaml.safe_load(proc.stdout)["data"]
+        expect(data["jwt-hs256-secret"] == kept, f"the upgrade made a new HS256 secret instead of keeping {kept!r}")
+        expect(len(base64.b64decode(data["admin-api-keys"])) == 48, f"the missing admin API key was not made: {data}")
 
     def pdb(self) -> None:
         seen_min = False
@@ -409,6 +866,8 @@ class Checks:
                      if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
             expect(tests, f"{name}: no helm test pod")
             services = {d["metadata"]["name"]: d for d in self.of_kind(docs, "Service")}
+            tls = "GAME_SESSION_TLS_CERT_FILE" in plain_env(c)
+            targets = []
             for t in tests:
                 tc = t["spec"]["containers"][0]
                 expect(tc["image"] == c["image"], f"{name}: test image {tc['image']} is not the server's {c['image']}")
@@ -425,6 +884,10 @@ class Checks:
                 # A NetworkPolicy on the server's pods must let the test in.
                 target = next(p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == int(m.group(2)))
                 port = container_port(c, target)
+                targets.append(target)
+                # gsctl speaks plain text to an http:// address: with TLS on,
+                # only the health port answers it.
+                expect(not tls or target == "health", f"{name}: test pod {t['metadata']['name']} checks the TLS port {target} in plain text")
                 labels = t["metadata"]["labels"]
                 for np in self.of_kind(docs, "NetworkPolicy"):
                     rules = [r for r in np["spec"].get("ingress", [])
@@ -434,6 +897,7 @@ class Checks:
                         for peer in r["from"]) for r in rules)
                     expect(admitted, f"{name}: NetworkPolicy {np['metadata']['name']} keeps test pod "
                                      f"{t['metadata']['name']} off port {port}")
+            expect("health" in targets, f"{name}: no helm test pod checks the health port (tests check {targets})")
 
     def service_monitors(self) -> None:
         seen = 0
@@ -481,10 +945,24 @@ class Checks:
     def notes(self) -> None:
         for values, needles in (
             (CHART / "ci" / "default-values.yaml",
-             [f"{RELEASE}-game-session.{NAMESPACE}.svc:50051", "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
-              f"helm test {RELEASE}", f"GET /metrics on {RELEASE}-game-session-metrics.{NAMESPACE}.svc:9464"]),
-            (CHART / "ci" / "backend-values.yaml",
-             [f"{RELEASE}-game-session-backend.{NAMESPACE}.svc:50052", "localhost:50052 gamesession.v1.SessionService/CreateSession"]),
+             [f"{RELEASE}-game-session.{NAMESPACE}.svc:50051", "grpcurl -plaintext localhost:50053 grpc.health.v1.Health/Check",
+              f"{RELEASE}-game-session-health.{NAMESPACE}.svc:50053",
+              f"helm test {RELEASE}", f"GET /metrics on {RELEASE}-game-session-metrics.{NAMESPACE}.svc:9464",
+              f"{RELEASE}-game-session-backend.{NAMESPACE}.svc:50052",
+              f"kubectl get secret --namespace {NAMESPACE} {RELEASE}-game-session-auth -o jsonpath='{{.data.jwt-hs256-secret}}' | base64 -d > jwt-hs256-secret",
+              f"kubectl get secret --namespace {NAMESPACE} {RELEASE}-game-session-auth -o jsonpath='{{.data.admin-api-keys}}' | base64 -d | head -n 1",
+              "gsctl token --sub player-1 --secret-file jwt-hs256-secret",
+              "gsctl token --sub ops --admin --secret-file jwt-hs256-secret",
+              '-H "authorization: Bearer $ADMIN_KEY" -d \'{"mode":"relay","max_players":4}\' localhost:50052 gamesession.v1.SessionService/CreateSession']),
+            (CHART / "ci" / "auth-off-values.yaml",
+             ["WARNING: authentication is off", "grpcurl -plaintext -d '{\"mode\":\"relay\",\"max_players\":4}' localhost:50051 gamesession.v1.SessionService/CreateSession"]),
+            (CHART / "ci" / "auth-keys-values.yaml",
+             [r"-o jsonpath='{.data.hs256\.key}'", r"-o jsonpath='{.data.admin\.keys}'", "your Secret game-session-auth",
+              "--admin-claim 'roles' --admin-claim-value 'game-admin'", "--issuer 'https://id.example.com/' --audience 'game-session'",
+              "the public keys in game-session-jwt-keys and the JWKS at https://id.example.com/.well-known/jwks.json"]),
+            (CHART / "ci" / "tls-values.yaml",
+             ["Players (gRPC, TLS)", f"grpcurl -cacert ca.crt -authority {RELEASE}-game-session.{NAMESPACE}.svc localhost:50051 list",
+              f"--ca-file ca.crt --tls-server-name {RELEASE}-game-session-backend.{NAMESPACE}.svc --cert-file client.crt --key-file client.key"]),
             (CHART / "ci" / "autoscaling-values.yaml", [f"{RELEASE}-game-session-headless.{NAMESPACE}.svc"]),
             (EDGE_VALUES / "recreate.yaml", ["a headless Service (headlessService.enabled=true)"]),
         ):
@@ -521,7 +999,8 @@ class Checks:
         help_text = run([self.server, "--help"]).stdout
         server = {}
         for block in re.split(r"\n(?=\s+--)", help_text):
-            env = re.search(r"\[env: (GAME_SESSION_[A-Z_]+)=", block)
+            # `[env: NAME=]`, or `[env: NAME]` for a setting whose value is hidden.
+            env = re.search(r"\[env: (GAME_SESSION_[A-Z0-9_]+)[=\]]", block)
             if env:
                 default = re.search(r"\[default: ([^\]]*)\]", block)
                 server[env.group(1)] = default.group(1) if default else None
@@ -530,17 +1009,28 @@ class Checks:
         chart = {"GAME_SESSION_" + re.sub(r"(?<!^)(?=[A-Z])", "_", k).upper(): v for k, v in values["config"].items()}
         unknown = sorted(set(chart) - set(server))
         expect(not unknown, f"config values the server does not have: {unknown}")
-        missing = sorted(set(server) - set(chart) - set(DERIVED_ENV))
+        missing = sorted(set(server) - set(chart) - set(DERIVED_ENV) - set(NOT_SET))
         expect(not missing, f"server settings the chart cannot set: {missing}")
+        stale = sorted((set(DERIVED_ENV) | set(NOT_SET)) - set(server))
+        expect(not stale, f"DERIVED_ENV or NOT_SET name settings the server does not have: {stale}")
+        overlap = sorted(set(chart) & (set(DERIVED_ENV) | set(NOT_SET)))
+        expect(not overlap, f"settings both in config and set another way: {overlap}")
         for env, value in chart.items():
             want = CHOSEN_DEFAULTS.get(env, server[env])
             expect(str(value) == want, f"config for {env} defaults to {value!r}, the server to {server[env]!r}")
-        # And every GAME_SESSION_* the chart renders is one the server reads.
+        for env, default in DERIVED_DEFAULTS.items():
+            expect(str(default(values)) == server[env],
+                   f"the chart's defaults give {env}={default(values)!r}, the server's default is {server[env]!r}")
+        # And every GAME_SESSION_* the chart renders is one the server reads;
+        # every derived setting is rendered by some values file.
+        rendered = set()
         for name, docs in self.renders.items():
             _, c = self.server_deployment(docs)
             for e in c["env"]:
                 if e["name"].startswith("GAME_SESSION_"):
                     expect(e["name"] in server, f"{name}: renders {e['name']}, which the server does not read")
+                    rendered.add(e["name"])
+        expect(set(DERIVED_ENV) <= rendered, f"no values file renders {sorted(set(DERIVED_ENV) - rendered)}")
 
     # --- Dockerfile ---------------------------------------------------------
 
@@ -555,8 +1045,15 @@ class Checks:
         expect(users and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]), f"final USER {users} is not a numeric non-root UID")
         values = yaml.safe_load((CHART / "values.yaml").read_text())
         exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in line.split()}
-        ports = {values["containerPorts"]["grpc"], values["containerPorts"]["metrics"]}
+        ports = set(values["containerPorts"].values())
         expect(ports <= exposed, f"EXPOSE {sorted(exposed)} lacks the chart's ports {sorted(ports)}")
+        # The listen addresses are explicit (with auth off the server alone
+        # binds 127.0.0.1, which nothing outside the container reaches), on
+        # the chart's ports.
+        for var, port in (("GAME_SESSION_LISTEN", "grpc"), ("GAME_SESSION_HEALTH_LISTEN", "health")):
+            m = re.search(rf"^(?:ENV\s+|\s+){var}=(\S+?)\s*\\?$", text, re.M)
+            want = f"0.0.0.0:{values['containerPorts'][port]}"
+            expect(m is not None and m.group(1) == want, f"the image's {var} is {m and m.group(1)}, want {want}")
         uid = values["containerSecurityContext"]["runAsUser"]
         expect(users[-1].split(":")[0] == str(uid), f"image USER {users[-1]} is not the chart's runAsUser {uid}")
         expect(re.search(r"org\.opencontainers\.image\.", text) is not None, "no OCI labels")
@@ -578,6 +1075,66 @@ class Checks:
                        f"{path.relative_to(ROOT)} includes {inc}, outside the build's mounts")
 
     # --- the real server with the rendered configuration ---------------------
+
+    def materialise(self, name: str, pod: dict, c: dict, env: dict[str, str]) -> None:
+        """Writes the files the render mounts under a directory of its own and
+        points env's file settings at them: the generated Secret's data as
+        rendered, and stand-ins for the Secrets and ConfigMaps it only names."""
+        rendered = {s["metadata"]["name"]: s for s in self.of_kind(self.renders[name], "Secret")}
+        root = self.tmp / f"{name.replace('/', '-')}.files"
+        for var in [k for k in env if re.fullmatch(r"GAME_SESSION_\w+_FILES?", k)]:
+            local = []
+            for path in env[var].split(","):
+                kind, source, key, _ = self.mounted(pod, c, path)
+                target = root / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if kind == "Secret" and source in rendered:
+                    target.write_bytes(base64.b64decode(rendered[source]["data"][key]))
+                else:
+                    target.write_bytes(self.fixtures.content(var, key))
+                local.append(str(target))
+            env[var] = ",".join(local)
+
+    def credentials(self, env: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+        """With auth on, a player token for `drain-check` (from `gsctl token`
+        and the render's HS256 secret when it has one), and an admin
+        credential from each key source the render configures, by name.
+        (None, {}) with auth off."""
+        if not any(k in env for k in KEY_SOURCES):
+            return None, {}
+        now = int(time.time())
+        claims: dict = {"iat": now, "exp": now + 600}
+        flags = []
+        if "GAME_SESSION_JWT_ISSUER" in env:
+            claims["iss"] = env["GAME_SESSION_JWT_ISSUER"]
+            flags += ["--issuer", env["GAME_SESSION_JWT_ISSUER"]]
+        if "GAME_SESSION_JWT_AUDIENCE" in env:
+            claims["aud"] = env["GAME_SESSION_JWT_AUDIENCE"]
+            flags += ["--audience", env["GAME_SESSION_JWT_AUDIENCE"]]
+        admin_claim = env.get("GAME_SESSION_ADMIN_CLAIM", "scope")
+        admin_value = env.get("GAME_SESSION_ADMIN_CLAIM_VALUE", "game-session:admin")
+        admin_claims = {**claims, "sub": "chart-check", admin_claim: admin_value}
+        player_claims = {**claims, "sub": "drain-check"}
+        player = None
+        admins = {}
+        if "GAME_SESSION_JWT_HS256_SECRET_FILE" in env:
+            mint = [self.gsctl, "token", "--secret-file", env["GAME_SESSION_JWT_HS256_SECRET_FILE"], *flags]
+            player = run([*mint, "--sub", "drain-check"]).stdout.strip()
+            admins["an HS256 admin token from gsctl token"] = run(
+                [*mint, "--sub", "chart-check", "--admin", "--admin-claim", admin_claim,
+                 "--admin-claim-value", admin_value]).stdout.strip()
+        if "GAME_SESSION_ADMIN_API_KEY_FILE" in env:
+            lines = Path(env["GAME_SESSION_ADMIN_API_KEY_FILE"]).read_text().splitlines()
+            admins["the admin API key"] = next(line.strip() for line in lines if line.strip())
+        for path in filter(None, env.get("GAME_SESSION_JWT_PUBLIC_KEY_FILES", "").split(",")):
+            alg, key = self.fixtures.private_of[Path(path).read_bytes()]
+            admins[f"an {alg} admin token verified by {Path(path).name}"] = self.fixtures.jwt(alg, key, admin_claims)
+            player = player or self.fixtures.jwt(alg, key, player_claims)
+        if "GAME_SESSION_JWKS_FILE" in env or "GAME_SESSION_JWKS_URL" in env:
+            key, kid = self.fixtures.jwks_key, Fixtures.JWKS_KID
+            admins["an RS256 admin token verified by the JWKS"] = self.fixtures.jwt("RS256", key, admin_claims, kid)
+            player = player or self.fixtures.jwt("RS256", key, player_claims, kid)
+        return player, admins
 
     def boots(self, name: str) -> None:
         pod, c = self.server_deployment(self.renders[name])
@@ -605,20 +1162,54 @@ class Checks:
                 expect(int(port) in local, f"{e['name']}={value} is not a container port")
                 value = f"127.0.0.1:{local[int(port)]}"
             env[e["name"]] = value
+        # The mounted files, from the render's Secret or stand-ins.
+        self.materialise(name, pod, c, env)
         # Export goes to a closed local port: the collector is down.
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        fixtures = self.fixtures
+        tls = "GAME_SESSION_TLS_CERT_FILE" in env
+        mtls = "GAME_SESSION_TLS_CLIENT_CA_FILE" in env
         log = self.tmp / f"{name.replace('/', '-')}.server.log"
-        with open(log, "w") as out:
-            server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
         grpc = local[container_port(c, "grpc")]
-        # SessionService is on the backend port when there is one.
+        # SessionService is on the backend port when there is one; mutual TLS
+        # only there.
         api = local[container_port(c, "backend") or container_port(c, "grpc")]
-        player = None
+
+        def gsctl(port: int, *args: str, token: str | None = None, client_cert: bool = False,
+                  plain: bool = False) -> list:
+            scheme = "https" if tls and not plain else "http"
+            cmd = [self.gsctl, "--addr", f"{scheme}://127.0.0.1:{port}", "--timeout", "2s"]
+            if scheme == "https":
+                cmd += ["--ca-file", fixtures.ca_crt]
+            if client_cert:
+                cmd += ["--cert-file", fixtures.client_crt, "--key-file", fixtures.client_key]
+            if token:
+                cmd += ["--token", token]
+            return cmd + list(args)
+
+        def backend(*args: str, token: str | None, client_cert: bool = mtls) -> subprocess.CompletedProcess:
+            return run(gsctl(api, "--json", *args, token=token, client_cert=client_cert), ok=False)
+
+        server = player = jwks_server = None
         try:
+            # The JWKS URL is served here, over HTTPS with the test CA's
+            # certificate, which the render's CA file (a stand-in) trusts.
+            if "GAME_SESSION_JWKS_URL" in env:
+                expect(env["GAME_SESSION_JWKS_URL"].startswith("https://"), f"JWKS URL {env['GAME_SESSION_JWKS_URL']}")
+                expect("GAME_SESSION_JWKS_CA_FILE" in env, "the JWKS URL's test certificate needs a CA file to be trusted")
+                jwks_server = Served(lambda path: (200, "application/json", fixtures.jwks),
+                                     tls=(fixtures.server_crt, fixtures.server_key)).__enter__()
+                env["GAME_SESSION_JWKS_URL"] = f"https://127.0.0.1:{jwks_server.port}/.well-known/jwks.json"
+            player_token, admins = self.credentials(env)
+            admin = next(iter(admins.values()), None)
+            with open(log, "w") as out:
+                server = subprocess.Popen([self.server, *c.get("args", [])], env=env, stdout=out, stderr=subprocess.STDOUT)
+
             def health(port: int, service: str | None) -> int:
+                # The probes: plain text, no credentials.
                 return run([self.gsctl, "--addr", f"http://127.0.0.1:{local[port]}", "--timeout", "1s",
                             "health", "--service", service or ""], ok=False).returncode
             probes = {k: c[k]["grpc"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
@@ -631,17 +1222,50 @@ class Checks:
                 time.sleep(0.1)
             for probe, g in probes.items():
                 expect(health(g["port"], g.get("service")) == 0, f"{probe} ({g}) fails on a running server")
+            # The helm test pods' checks, each through its Service's target port.
+            services = {s["metadata"]["name"]: s for s in self.of_kind(self.renders[name], "Service")}
+            for t in self.of_kind(self.renders[name], "Pod"):
+                cmd = list(t["spec"]["containers"][0]["command"])
+                i = cmd.index("--addr") + 1
+                scheme, host, port = re.fullmatch(r"(\w+)://([^.]+)\.[^:]+:(\d+)", cmd[i]).groups()
+                target = next(p["targetPort"] for p in services[host]["spec"]["ports"] if p["port"] == int(port))
+                cmd[i] = f"{scheme}://127.0.0.1:{local[container_port(c, target)]}"
+                proc = run([self.gsctl, *cmd[1:]], ok=False)
+                expect(proc.returncode == 0, f"helm test pod {t['metadata']['name']} fails: {proc.stdout}{proc.stderr}")
+            # The gRPC ports serve health too, in TLS when it is on.
+            expect(run(gsctl(grpc, "health"), ok=False).returncode == 0, "health fails on the gRPC port")
             if container_port(c, "backend"):
-                expect(health(container_port(c, "backend"), None) == 0, "the backend port is not serving")
+                expect(run(gsctl(api, "health", client_cert=mtls), ok=False).returncode == 0,
+                       "the backend port is not serving")
+            if tls:
+                expect(run(gsctl(grpc, "health", plain=True), ok=False).returncode != 0,
+                       "the gRPC port answers in plain text with TLS on")
+            if mtls:
+                proc = backend("list", token=admin, client_cert=False)
+                expect(proc.returncode != 0, f"the backend port serves a client without a certificate: {proc.stdout}")
+            # With auth on: no token, or a player's, is refused on
+            # SessionService; an admin credential from each source works.
+            if admins:
+                proc = backend("list", token=None)
+                expect(proc.returncode != 0 and "nauthenticated" in proc.stderr,
+                       f"SessionService without a token: {proc.stdout}{proc.stderr}")
+                proc = backend("list", token=player_token)
+                expect(proc.returncode != 0 and "ermission" in proc.stderr,
+                       f"SessionService with a player token: {proc.stdout}{proc.stderr}")
+                for what, credential in admins.items():
+                    proc = backend("list", token=credential)
+                    expect(proc.returncode == 0, f"SessionService refuses {what}: {proc.stderr}\n{log.read_text()[-2000:]}")
             # A player holds a session through the drain.
-            player = subprocess.Popen([self.gsctl, "--addr", f"http://127.0.0.1:{grpc}", "play", "--mode", "relay",
-                                       "--player-id", "drain-check"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            player = subprocess.Popen(gsctl(grpc, "play", "--mode", "relay", "--player-id", "drain-check",
+                                            token=player_token),
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             deadline = time.monotonic() + 10
             while True:
-                listed = run([self.gsctl, "--addr", f"http://127.0.0.1:{api}", "--json", "list"], ok=False).stdout
+                listed = backend("list", token=admin).stdout
                 if '"playerCount":1' in listed:
                     break
+                if player.poll() is not None:
+                    raise CheckFailed(f"the player left: {player.stderr.read().decode()}")
                 expect(time.monotonic() < deadline, f"the player never joined: {listed}")
                 time.sleep(0.1)
             server.send_signal(signal.SIGTERM)
@@ -657,7 +1281,7 @@ class Checks:
             # The session goes on through the drain.
             expect(server.poll() is None, "the server exited with a session still running")
             expect(player.poll() is None, "the player's stream ended at SIGTERM, not after the drain")
-            listed = run([self.gsctl, "--addr", f"http://127.0.0.1:{api}", "--json", "list"], ok=False).stdout
+            listed = backend("list", token=admin).stdout
             expect('"playerCount":1' in listed, f"the session did not survive SIGTERM: {listed}")
             # The last player leaves; the server exits 0 within what it
             # promises, drain period + shutdown grace (SIGTERM comes after the
@@ -677,6 +1301,8 @@ class Checks:
                 if process and process.poll() is None:
                     process.kill()
                     process.wait()
+            if jwks_server:
+                jwks_server.__exit__(None, None, None)
 
     def all(self) -> None:
         self.check("helm lint --strict (defaults)", self.lint, None)
@@ -693,7 +1319,11 @@ class Checks:
         self.check("selectors select the pods; one namespace", self.selectors)
         self.check("Kubernetes 1.29: no preStop sleep", self.old_kubernetes)
         self.check("update strategy", self.strategy)
-        self.check("probes are native gRPC on the gRPC port", self.probes)
+        self.check("defaults: auth on, backend on its own port, TLS off, listen addresses explicit", self.chart_defaults)
+        self.check("probes are native gRPC on the health port", self.probes)
+        self.check("Secret and ConfigMap files: env paths, read-only mounts, keys", self.files)
+        self.check("generated auth Secret: only without existingSecret, random keys of the right length, kept", self.generated_secret)
+        self.check("generated auth Secret: an upgrade reuses its data (lookup)", self.secret_lookup)
         self.check("drain fits in terminationGracePeriodSeconds", self.drain)
         self.check("hardened securityContext", self.security)
         self.check("Services", self.services)
@@ -705,9 +1335,10 @@ class Checks:
         for f in sorted(BAD_VALUES.glob("*.yaml")):
             self.check(f"schema rejects bad-values/{f.name}", self.bad_values, f)
         self.check("config values match the server's settings", self.config_matches_server)
-        self.check("hadolint Dockerfile", self.dockerfile)
+        self.check("Dockerfile: hadolint, the chart's ports and listen addresses, the build context", self.dockerfile)
         for name in sorted(self.renders):
-            self.check(f"server runs with {name}'s env, passes its probes, exits 0 on SIGTERM", self.boots, name)
+            self.check(f"server runs with {name}'s env and files, passes its probes and checks, exits 0 on SIGTERM",
+                       self.boots, name)
 
 
 def main() -> int:

@@ -143,6 +143,41 @@ Deployment) so a bad combination fails at `helm install`, not at start-up.
 {{- if and .Values.backend.enabled (or (eq (int $ports.backend) (int $ports.grpc)) (eq (int $ports.backend) (int $ports.metrics))) }}
 {{- fail "containerPorts.backend must differ from containerPorts.grpc and containerPorts.metrics" }}
 {{- end }}
+{{- if or (eq (int $ports.health) (int $ports.grpc)) (eq (int $ports.health) (int $ports.metrics)) (and .Values.backend.enabled (eq (int $ports.health) (int $ports.backend))) }}
+{{- fail "containerPorts.health must differ from containerPorts.grpc, containerPorts.metrics and containerPorts.backend" }}
+{{- end }}
+{{- $auth := .Values.auth }}
+{{- if $auth.enabled }}
+{{- if and $auth.secretKeys.hs256Secret (eq $auth.secretKeys.hs256Secret $auth.secretKeys.adminApiKeys) }}
+{{- fail "auth.secretKeys: hs256Secret and adminApiKeys must differ" }}
+{{- end }}
+{{- if not (or $auth.secretKeys.hs256Secret $auth.publicKeys.existingSecret $auth.jwks.url $auth.jwks.file.existingSecret $auth.jwks.file.existingConfigMap) }}
+{{- fail "auth.enabled needs a key source: auth.secretKeys.hs256Secret, auth.publicKeys or auth.jwks" }}
+{{- end }}
+{{- if ne (empty $auth.publicKeys.existingSecret) (empty $auth.publicKeys.keys) }}
+{{- fail "auth.publicKeys: give existingSecret and the keys in it together" }}
+{{- end }}
+{{- if and $auth.jwks.file.existingSecret $auth.jwks.file.existingConfigMap }}
+{{- fail "auth.jwks.file: give existingSecret or existingConfigMap, not both" }}
+{{- end }}
+{{- if and $auth.jwks.url (or $auth.jwks.file.existingSecret $auth.jwks.file.existingConfigMap) }}
+{{- fail "auth.jwks: give url or file, not both" }}
+{{- end }}
+{{- if and $auth.jwks.caSecret.name (not $auth.jwks.url) }}
+{{- fail "auth.jwks.caSecret needs auth.jwks.url" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret, a kubernetes.io/tls Secret with tls.crt and tls.key" }}
+{{- end }}
+{{- if .Values.tls.clientCA.existingSecret }}
+{{- if not .Values.tls.enabled }}
+{{- fail "tls.clientCA needs tls.enabled" }}
+{{- end }}
+{{- if not .Values.backend.enabled }}
+{{- fail "tls.clientCA verifies backend clients: it needs backend.enabled" }}
+{{- end }}
+{{- end }}
 {{- if gt (int .Values.config.defaultMaxPlayers) (int .Values.config.maxPlayersLimit) }}
 {{- fail "config.defaultMaxPlayers must not exceed config.maxPlayersLimit" }}
 {{- end }}
@@ -232,14 +267,15 @@ disruption controller rounds it).
 {{- end }}
 
 {{/*
-A native gRPC probe on the gRPC container port (a number: the kubelet's gRPC
-probe takes no port names). `service` is the grpc.health.v1 service name;
-empty checks the overall status. The kubelet speaks plain text without
-credentials, so the port the probes use must stay plain text.
+A native gRPC probe on the health container port (a number: the kubelet's
+gRPC probe takes no port names). `service` is the grpc.health.v1 service
+name; empty checks the overall status. The kubelet speaks plain text without
+credentials, which the health port always does, whatever tls.* and auth.*
+say.
 */}}
 {{- define "game-session.grpcProbe" -}}
 grpc:
-  port: {{ .context.Values.containerPorts.grpc }}
+  port: {{ .context.Values.containerPorts.health }}
   {{- with .service }}
   service: {{ . }}
   {{- end }}
@@ -248,4 +284,83 @@ periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 successThreshold: {{ .probe.successThreshold }}
+{{- end }}
+
+{{/* The name of the Secret with the HS256 secret and the admin API keys. */}}
+{{- define "game-session.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (include "game-session.suffixedName" (list . "auth")) }}
+{{- end }}
+
+{{/*
+The files the server reads from Secrets and ConfigMaps, as one map of the
+container's env vars, volumes and volume mounts, so the three always agree:
+include "game-session.files" . | fromYaml. Each Secret is mounted read-only
+as a directory (never with subPath), so that Kubernetes updates its files in
+place: the TLS files and a JWKS file are read again without a restart. The
+items pin the keys: a missing key keeps the pod from starting, with an event
+naming it.
+*/}}
+{{- define "game-session.files" -}}
+{{- $env := list }}
+{{- $volumes := list }}
+{{- $mounts := list }}
+{{- $auth := .Values.auth }}
+{{- if $auth.enabled }}
+{{- $keys := $auth.secretKeys }}
+{{- if or $keys.hs256Secret $keys.adminApiKeys }}
+{{- $dir := "/etc/game-session/auth" }}
+{{- $items := list }}
+{{- with $keys.hs256Secret }}
+{{- $items = append $items (dict "key" . "path" "jwt-hs256-secret") }}
+{{- $env = append $env (dict "name" "GAME_SESSION_JWT_HS256_SECRET_FILE" "value" (printf "%s/jwt-hs256-secret" $dir)) }}
+{{- end }}
+{{- with $keys.adminApiKeys }}
+{{- $items = append $items (dict "key" . "path" "admin-api-keys") }}
+{{- $env = append $env (dict "name" "GAME_SESSION_ADMIN_API_KEY_FILE" "value" (printf "%s/admin-api-keys" $dir)) }}
+{{- end }}
+{{- $volumes = append $volumes (dict "name" "auth" "secret" (dict "secretName" (include "game-session.authSecretName" .) "items" $items)) }}
+{{- $mounts = append $mounts (dict "name" "auth" "mountPath" $dir "readOnly" true) }}
+{{- end }}
+{{- with $auth.publicKeys.existingSecret }}
+{{- $dir := "/etc/game-session/jwt-public-keys" }}
+{{- $items := list }}
+{{- $files := list }}
+{{- range $auth.publicKeys.keys }}
+{{- $items = append $items (dict "key" . "path" .) }}
+{{- $files = append $files (printf "%s/%s" $dir .) }}
+{{- end }}
+{{- $env = append $env (dict "name" "GAME_SESSION_JWT_PUBLIC_KEY_FILES" "value" (join "," $files)) }}
+{{- $volumes = append $volumes (dict "name" "jwt-public-keys" "secret" (dict "secretName" . "items" $items)) }}
+{{- $mounts = append $mounts (dict "name" "jwt-public-keys" "mountPath" $dir "readOnly" true) }}
+{{- end }}
+{{- $jwks := $auth.jwks.file }}
+{{- if or $jwks.existingSecret $jwks.existingConfigMap }}
+{{- $items := list (dict "key" $jwks.key "path" "jwks.json") }}
+{{- $source := dict "secret" (dict "secretName" $jwks.existingSecret "items" $items) }}
+{{- if $jwks.existingConfigMap }}
+{{- $source = dict "configMap" (dict "name" $jwks.existingConfigMap "items" $items) }}
+{{- end }}
+{{- $volumes = append $volumes (merge (dict "name" "jwks") $source) }}
+{{- $mounts = append $mounts (dict "name" "jwks" "mountPath" "/etc/game-session/jwks" "readOnly" true) }}
+{{- $env = append $env (dict "name" "GAME_SESSION_JWKS_FILE" "value" "/etc/game-session/jwks/jwks.json") }}
+{{- end }}
+{{- with $auth.jwks.caSecret.name }}
+{{- $volumes = append $volumes (dict "name" "jwks-ca" "secret" (dict "secretName" . "items" (list (dict "key" $auth.jwks.caSecret.key "path" "ca.crt")))) }}
+{{- $mounts = append $mounts (dict "name" "jwks-ca" "mountPath" "/etc/game-session/jwks-ca" "readOnly" true) }}
+{{- $env = append $env (dict "name" "GAME_SESSION_JWKS_CA_FILE" "value" "/etc/game-session/jwks-ca/ca.crt") }}
+{{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $items := list (dict "key" "tls.crt" "path" "tls.crt") (dict "key" "tls.key" "path" "tls.key") }}
+{{- $volumes = append $volumes (dict "name" "tls" "secret" (dict "secretName" .Values.tls.existingSecret "items" $items)) }}
+{{- $mounts = append $mounts (dict "name" "tls" "mountPath" "/etc/game-session/tls" "readOnly" true) }}
+{{- $env = append $env (dict "name" "GAME_SESSION_TLS_CERT_FILE" "value" "/etc/game-session/tls/tls.crt") }}
+{{- $env = append $env (dict "name" "GAME_SESSION_TLS_KEY_FILE" "value" "/etc/game-session/tls/tls.key") }}
+{{- with .Values.tls.clientCA.existingSecret }}
+{{- $volumes = append $volumes (dict "name" "tls-client-ca" "secret" (dict "secretName" . "items" (list (dict "key" "ca.crt" "path" "ca.crt")))) }}
+{{- $mounts = append $mounts (dict "name" "tls-client-ca" "mountPath" "/etc/game-session/tls-client-ca" "readOnly" true) }}
+{{- $env = append $env (dict "name" "GAME_SESSION_TLS_CLIENT_CA_FILE" "value" "/etc/game-session/tls-client-ca/ca.crt") }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "env" $env "volumes" $volumes "mounts" $mounts) }}
 {{- end }}
