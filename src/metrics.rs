@@ -57,7 +57,7 @@ pub const SPANS_DROPPED: &str = "game_session_trace_spans_dropped_total";
 /// Credentials refused, by `api` (`play`, `session`) and `reason`
 /// (`missing`, `malformed`, `algorithm`, `unknown_key`, `bad_signature`,
 /// `expired`, `not_yet_valid`, `wrong_issuer`, `wrong_audience`,
-/// `missing_claim`, `not_admin`, `no_player`, `impersonation`, `restricted`).
+/// `missing_claim`, `bad_subject`, `not_admin`, `no_player`, `impersonation`, `restricted`).
 pub const AUTH_REJECTIONS: &str = "game_session_auth_rejections_total";
 /// JWKS reads on the refresh interval that failed (the last good keys stay).
 pub const JWKS_REFRESH_FAILURES: &str = "game_session_auth_jwks_refresh_failures_total";

@@ -281,6 +281,7 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>, Code, &'static str)> {
             "required claim",
         ),
         ("alg none", Some(unsigned), Code::Unauthenticated, "algorithm"),
+        ("a sub that is no player id", Some(hs256(&claims("auth0|eve"))), Code::Unauthenticated, "not a player id"),
         ("HS256 signed with the RSA public key", Some(confused), Code::Unauthenticated, "signature does not verify"),
         (
             "ES256 with no EC key configured",

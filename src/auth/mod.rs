@@ -81,6 +81,8 @@ pub enum Rejection {
     WrongAudience,
     /// `exp`, `sub`, or a configured `iss` or `aud` is missing.
     MissingClaim,
+    /// `sub` is not a valid player id.
+    BadSubject,
     /// A valid credential without admin rights on SessionService.
     NotAdmin,
     /// An admin API key on Play: it names no player.
@@ -105,6 +107,7 @@ impl Rejection {
             Rejection::WrongIssuer => "wrong_issuer",
             Rejection::WrongAudience => "wrong_audience",
             Rejection::MissingClaim => "missing_claim",
+            Rejection::BadSubject => "bad_subject",
             Rejection::NotAdmin => "not_admin",
             Rejection::NoPlayer => "no_player",
             Rejection::Impersonation => "impersonation",
@@ -127,6 +130,7 @@ impl Rejection {
             Rejection::WrongIssuer => "the token's issuer (iss) is not accepted",
             Rejection::WrongAudience => "the token is not for this audience (aud)",
             Rejection::MissingClaim => "the token lacks a required claim (exp, sub, or the configured iss or aud)",
+            Rejection::BadSubject => "the token's sub is not a player id (1-64 characters of [A-Za-z0-9._:-])",
             Rejection::NotAdmin => return Error::PermissionDenied("SessionService needs an admin credential".into()),
             Rejection::NoPlayer => {
                 return Error::PermissionDenied("an admin API key names no player; Play needs a player token".into());
@@ -470,8 +474,8 @@ fn names_an_algorithm(token: &str) -> bool {
 }
 
 fn sub(claims: &Map<String, Value>) -> Result<String, Rejection> {
-    let sub = claims.get("sub").and_then(Value::as_str).ok_or(Rejection::Malformed)?;
-    crate::api::convert::check_id("sub", sub).map_err(|_| Rejection::Malformed)?;
+    let sub = claims.get("sub").and_then(Value::as_str).ok_or(Rejection::BadSubject)?;
+    crate::api::convert::check_id("sub", sub).map_err(|_| Rejection::BadSubject)?;
     Ok(sub.to_owned())
 }
 
