@@ -22,12 +22,15 @@ exit status is 1 when any failed. The checks:
   each checks, the drain inside terminationGracePeriodSeconds, the hardened
   securityContext;
 - the files the server reads (HS256 secret, admin API keys, public keys,
-  JWKS, certificates): each env var's path is on a read-only mount of the
-  Secret or ConfigMap key the values name, nothing more is mounted, and the
-  TLS files only with tls.enabled; the Secret the chart generates (only
-  without auth.existingSecret) holds random keys of the right length, is
-  kept on uninstall, and an upgrade reuses its data (`lookup`, rendered
-  against a stand-in Kubernetes API server that holds it);
+  JWKS, certificates, and the OTLP collector's CA and client certificate
+  named by OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE and
+  _CLIENT_KEY): each env var's path is on a read-only mount of the Secret or
+  ConfigMap key the values name, nothing more is mounted, the TLS files only
+  with tls.enabled and the collector's only with an https:// otel.endpoint;
+  the Secret the chart generates (only without auth.existingSecret) holds
+  random keys of the right length, is kept on uninstall, and an upgrade
+  reuses its data (`lookup`, rendered against a stand-in Kubernetes API
+  server that holds it);
 - names and label keys Kubernetes accepts, and no two resources alike;
 - the Services (metrics and health each only on their own ClusterIP
   Service), the update strategy, the PodDisruptionBudget (never one that
@@ -44,18 +47,22 @@ exit status is 1 when any failed. The checks:
 - hadolint passes the Dockerfile (and fails a known-bad one, so the linter
   is known to be working), its listen addresses and ports are the chart's,
   and the build context holds what the build reads;
-- the real server, started with each render's environment (on 127.0.0.1)
-  and its mounted files (stand-ins made with the openssl CLI for Secrets the
+- the real server, started with each render's environment (on 127.0.0.1) and
+  its mounted files (stand-ins made with the openssl CLI for Secrets the
   render names but does not make; the JWKS URL served over HTTPS locally),
   answers the rendered probes on the health port (`gsctl health`, the same
   grpc.health.v1 check the kubelet makes) and the `helm test` pods' checks;
   with auth on it refuses calls without a token and accepts an admin token
   signed by each configured key source (and the admin API key); with TLS on
   it speaks only TLS on the gRPC ports, and mutual TLS on the backend port
-  when a client CA is set; on SIGTERM, with a player (holding a token minted
-  with `gsctl token` from the render's secret) in a session, the readiness
-  probe fails while liveness and startup pass, and once the player leaves
-  the server exits 0 within the grace period.
+  when a client CA is set; with an https:// OTLP endpoint, spans go to a
+  stand-in collector that hangs up after the TLS handshake (an http:// one
+  goes to a closed port), and the handshake completes only when the render
+  has a CA file, with the render's client certificate if it has one; on
+  SIGTERM, with a player (holding a token minted with `gsctl token` from the
+  render's secret) in a session, the readiness probe fails while liveness
+  and startup pass, and once the player leaves the server exits 0 within the
+  grace period.
 """
 
 from __future__ import annotations
@@ -133,6 +140,16 @@ DERIVED_DEFAULTS = {
     "GAME_SESSION_ADMIN_CLAIM_VALUE": lambda v: v["auth"]["adminClaimValue"],
     "GAME_SESSION_TLS_RELOAD_INTERVAL": lambda v: v["tls"]["reloadInterval"],
 }
+# The collector's TLS files (read by the server for an https:// endpoint
+# only), named by the standard OTEL_* variables rather than GAME_SESSION_*.
+# Each must be rendered by some values file.
+OTEL_FILE_ENV = {
+    "OTEL_EXPORTER_OTLP_CERTIFICATE": "otel.tls.caSecret",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "otel.tls.clientSecret (tls.crt)",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY": "otel.tls.clientSecret (tls.key)",
+}
+# An env var that names files the server reads (comma-separated for _FILES).
+FILE_ENV = re.compile(r"GAME_SESSION_\w+_FILES?|" + "|".join(OTEL_FILE_ENV))
 # Server settings the chart never sets, and why.
 NOT_SET = {
     # The server refuses the secret given twice; the chart mounts it as a file.
@@ -292,8 +309,12 @@ class Fixtures:
             return (self.ec_pub if key.startswith("es") else self.rsa_pub).read_bytes()
         if env == "GAME_SESSION_JWKS_FILE":
             return self.jwks
-        if env in ("GAME_SESSION_JWKS_CA_FILE", "GAME_SESSION_TLS_CLIENT_CA_FILE"):
+        if env in ("GAME_SESSION_JWKS_CA_FILE", "GAME_SESSION_TLS_CLIENT_CA_FILE", "OTEL_EXPORTER_OTLP_CERTIFICATE"):
             return self.ca_crt.read_bytes()
+        if env == "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE":
+            return self.client_crt.read_bytes()
+        if env == "OTEL_EXPORTER_OTLP_CLIENT_KEY":
+            return self.client_key.read_bytes()
         if env == "GAME_SESSION_TLS_CERT_FILE":
             return self.server_crt.read_bytes()
         if env == "GAME_SESSION_TLS_KEY_FILE":
@@ -341,6 +362,59 @@ class Served:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class StandInCollector:
+    """In place of an https:// OTLP collector, a TLS listener on 127.0.0.1
+    that completes the handshake (the test CA's certificate for 127.0.0.1;
+    a client certificate asked for and, if sent, verified against the test
+    CA), notes what the client presented, and hangs up before a byte of OTLP:
+    no export ever succeeds. A context manager."""
+
+    def __init__(self, fixtures: Fixtures):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(fixtures.server_crt, fixtures.server_key)
+        self.context.load_verify_locations(fixtures.ca_crt)
+        self.context.verify_mode = ssl.CERT_OPTIONAL
+        # tonic offers h2 only, hyper-rustls http/1.1.
+        self.context.set_alpn_protocols(["h2", "http/1.1"])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.connections = 0
+        # One entry per completed handshake: the client certificate's CN, or None.
+        self.handshakes: list[str | None] = []
+        self.failures: list[str] = []
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self.handshake, args=(conn,), daemon=True).start()
+
+    def handshake(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                subject = dict(field for rdn in (tls.getpeercert() or {}).get("subject", ()) for field in rdn)
+                with self.lock:
+                    self.handshakes.append(subject.get("commonName"))
+        except (OSError, ssl.SSLError) as e:
+            with self.lock:
+                self.failures.append(str(e))
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        threading.Thread(target=self.serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
 
 
 class StandInApiServer(Served):
@@ -752,6 +826,13 @@ class Checks:
             out["GAME_SESSION_TLS_KEY_FILE"] = [("Secret", tls["existingSecret"], "tls.key")]
             if tls["clientCA"]["existingSecret"]:
                 out["GAME_SESSION_TLS_CLIENT_CA_FILE"] = [("Secret", tls["clientCA"]["existingSecret"], "ca.crt")]
+        otel = v["otel"]
+        if otel["endpoint"].startswith("https://"):
+            if otel["tls"]["caSecret"]["name"]:
+                out["OTEL_EXPORTER_OTLP_CERTIFICATE"] = [("Secret", otel["tls"]["caSecret"]["name"], otel["tls"]["caSecret"]["key"])]
+            if otel["tls"]["clientSecret"]["name"]:
+                out["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"] = [("Secret", otel["tls"]["clientSecret"]["name"], "tls.crt")]
+                out["OTEL_EXPORTER_OTLP_CLIENT_KEY"] = [("Secret", otel["tls"]["clientSecret"]["name"], "tls.key")]
         return out
 
     def files(self) -> None:
@@ -760,9 +841,14 @@ class Checks:
             pod, c = self.server_deployment(docs)
             env = plain_env(c)
             expect(not set(NOT_SET) & set(env), f"{name}: renders {sorted(set(NOT_SET) & set(env))}")
-            rendered = {k: v for k, v in env.items() if re.fullmatch(r"GAME_SESSION_\w+_FILES?", k)}
+            rendered = {k: v for k, v in env.items() if FILE_ENV.fullmatch(k)}
             want = self.expected_files(name, docs)
             expect(set(rendered) == set(want), f"{name}: file settings {sorted(rendered)}, want {sorted(want)}")
+            # The server reads the collector's files for an https:// endpoint
+            # only: elsewhere they would be mounted for nothing.
+            otel_files = sorted(set(rendered) & set(OTEL_FILE_ENV))
+            expect(not otel_files or (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").startswith("https://"),
+                   f"{name}: {otel_files} without an https:// OTEL_EXPORTER_OTLP_ENDPOINT")
             used = set()
             for var, paths in rendered.items():
                 found = []
@@ -780,7 +866,7 @@ class Checks:
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
             expect(volumes == mounts == used, f"{name}: volumes {sorted(volumes)}, mounts {sorted(mounts)}, read {sorted(used)}")
         # Every kind of file is rendered by some values file.
-        every = {v for v in DERIVED_ENV if v.endswith(("_FILE", "_FILES"))}
+        every = {v for v in DERIVED_ENV if v.endswith(("_FILE", "_FILES"))} | set(OTEL_FILE_ENV)
         expect(seen == every, f"no values file renders {sorted(every - seen)}")
 
     def generated_secret(self) -> None:
@@ -1082,7 +1168,7 @@ class Checks:
         rendered, and stand-ins for the Secrets and ConfigMaps it only names."""
         rendered = {s["metadata"]["name"]: s for s in self.of_kind(self.renders[name], "Secret")}
         root = self.tmp / f"{name.replace('/', '-')}.files"
-        for var in [k for k in env if re.fullmatch(r"GAME_SESSION_\w+_FILES?", k)]:
+        for var in [k for k in env if FILE_ENV.fullmatch(k)]:
             local = []
             for path in env[var].split(","):
                 kind, source, key, _ = self.mounted(pod, c, path)
@@ -1164,12 +1250,16 @@ class Checks:
             env[e["name"]] = value
         # The mounted files, from the render's Secret or stand-ins.
         self.materialise(name, pod, c, env)
-        # Export goes to a closed local port: the collector is down.
-        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+        fixtures = self.fixtures
+        # An http:// export goes to a closed local port: the collector is
+        # down. An https:// one goes to a stand-in that hangs up after the
+        # TLS handshake, which shows the render's CA file and client
+        # certificate in use.
+        https_export = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").startswith("https://")
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env and not https_export:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        fixtures = self.fixtures
         tls = "GAME_SESSION_TLS_CERT_FILE" in env
         mtls = "GAME_SESSION_TLS_CLIENT_CA_FILE" in env
         log = self.tmp / f"{name.replace('/', '-')}.server.log"
@@ -1193,8 +1283,11 @@ class Checks:
         def backend(*args: str, token: str | None, client_cert: bool = mtls) -> subprocess.CompletedProcess:
             return run(gsctl(api, "--json", *args, token=token, client_cert=client_cert), ok=False)
 
-        server = player = jwks_server = None
+        server = player = jwks_server = collector = None
         try:
+            if https_export:
+                collector = StandInCollector(fixtures).__enter__()
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"https://127.0.0.1:{collector.port}"
             # The JWKS URL is served here, over HTTPS with the test CA's
             # certificate, which the render's CA file (a stand-in) trusts.
             if "GAME_SESSION_JWKS_URL" in env:
@@ -1293,6 +1386,22 @@ class Checks:
             except subprocess.TimeoutExpired:
                 raise CheckFailed(f"still running {promise} s after SIGTERM")
             expect(code == 0, f"exited {code} after SIGTERM:\n{log.read_text()}")
+            # The spans (flushed at the latest at shutdown) went to the
+            # collector over TLS: trusted through the render's CA file, with
+            # its client certificate; without a CA file, the test CA is not
+            # trusted (only the system's roots are).
+            if collector:
+                with collector.lock:
+                    connections, handshakes, failures = collector.connections, list(collector.handshakes), list(collector.failures)
+                expect(connections > 0, f"the server never connected to the https:// collector:\n{log.read_text()[-2000:]}")
+                if "OTEL_EXPORTER_OTLP_CERTIFICATE" in env:
+                    client = "chart-check client" if "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" in env else None
+                    expect(handshakes, f"no TLS handshake with the collector completed, though the render's CA "
+                                       f"signed its certificate: {failures}\n{log.read_text()[-2000:]}")
+                    expect(set(handshakes) == {client},
+                           f"the server presented client certificates {handshakes} to the collector, want {client!r}")
+                else:
+                    expect(not handshakes, "the server trusted the collector's test CA without OTEL_EXPORTER_OTLP_CERTIFICATE")
             if env.get("GAME_SESSION_LOG_FORMAT") == "json":
                 lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
                 expect(lines, "no log lines")
@@ -1303,6 +1412,8 @@ class Checks:
                     process.wait()
             if jwks_server:
                 jwks_server.__exit__(None, None, None)
+            if collector:
+                collector.__exit__(None, None, None)
 
     def all(self) -> None:
         self.check("helm lint --strict (defaults)", self.lint, None)

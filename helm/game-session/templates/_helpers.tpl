@@ -178,6 +178,12 @@ Deployment) so a bad combination fails at `helm install`, not at start-up.
 {{- fail "tls.clientCA verifies backend clients: it needs backend.enabled" }}
 {{- end }}
 {{- end }}
+{{- /* The server reads the collector's TLS files only for an https:// endpoint. */}}
+{{- with .Values.otel.tls }}
+{{- if and (or .caSecret.name .clientSecret.name) (not (hasPrefix "https://" $.Values.otel.endpoint)) }}
+{{- fail "otel.tls.caSecret and otel.tls.clientSecret need an https:// otel.endpoint" }}
+{{- end }}
+{{- end }}
 {{- if gt (int .Values.config.defaultMaxPlayers) (int .Values.config.maxPlayersLimit) }}
 {{- fail "config.defaultMaxPlayers must not exceed config.maxPlayersLimit" }}
 {{- end }}
@@ -296,7 +302,9 @@ The files the server reads from Secrets and ConfigMaps, as one map of the
 container's env vars, volumes and volume mounts, so the three always agree:
 include "game-session.files" . | fromYaml. Each Secret is mounted read-only
 as a directory (never with subPath), so that Kubernetes updates its files in
-place: the TLS files and a JWKS file are read again without a restart. The
+place: the TLS files and a JWKS file are read again without a restart (the
+others, the collector's CA and client certificate among them, at the next
+start). The
 items pin the keys: a missing key keeps the pod from starting, with an event
 naming it.
 */}}
@@ -360,6 +368,22 @@ naming it.
 {{- $volumes = append $volumes (dict "name" "tls-client-ca" "secret" (dict "secretName" . "items" (list (dict "key" "ca.crt" "path" "ca.crt")))) }}
 {{- $mounts = append $mounts (dict "name" "tls-client-ca" "mountPath" "/etc/game-session/tls-client-ca" "readOnly" true) }}
 {{- $env = append $env (dict "name" "GAME_SESSION_TLS_CLIENT_CA_FILE" "value" "/etc/game-session/tls-client-ca/ca.crt") }}
+{{- end }}
+{{- end }}
+{{- if hasPrefix "https://" .Values.otel.endpoint }}
+{{- with .Values.otel.tls.caSecret }}
+{{- if .name }}
+{{- $volumes = append $volumes (dict "name" "otel-ca" "secret" (dict "secretName" .name "items" (list (dict "key" .key "path" "ca.crt")))) }}
+{{- $mounts = append $mounts (dict "name" "otel-ca" "mountPath" "/etc/game-session/otel-ca" "readOnly" true) }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_CERTIFICATE" "value" "/etc/game-session/otel-ca/ca.crt") }}
+{{- end }}
+{{- end }}
+{{- with .Values.otel.tls.clientSecret.name }}
+{{- $items := list (dict "key" "tls.crt" "path" "tls.crt") (dict "key" "tls.key" "path" "tls.key") }}
+{{- $volumes = append $volumes (dict "name" "otel-client" "secret" (dict "secretName" . "items" $items)) }}
+{{- $mounts = append $mounts (dict "name" "otel-client" "mountPath" "/etc/game-session/otel-client" "readOnly" true) }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" "value" "/etc/game-session/otel-client/tls.crt") }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_CLIENT_KEY" "value" "/etc/game-session/otel-client/tls.key") }}
 {{- end }}
 {{- end }}
 {{- toYaml (dict "env" $env "volumes" $volumes "mounts" $mounts) }}
