@@ -168,7 +168,8 @@ trait Run {
 }
 
 /// Runs the scenario against the target, then prints the report.
-pub async fn run(addr: &str, bench: Bench, json_output: bool) -> Result<(), Failure> {
+pub async fn run(remote: &crate::Remote, bench: Bench, json_output: bool) -> Result<(), Failure> {
+    let addr = remote.uri.as_str();
     raise_open_files_limit();
     match bench.scenario {
         Scenario::Relay(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
