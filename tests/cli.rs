@@ -734,3 +734,76 @@ async fn help_and_usage_errors_describe_the_cli() {
          --ca-file, --cert-file or --tls-server-name); use https:// or host:port\n"
     );
 }
+
+/// Catches a secure comparison that does not turn TLS on, that leaves the
+/// generated secret and keys on disk, or that loses deliveries: both runs
+/// deliver everything, the secure one over https://, and the ratio is
+/// secure ÷ plain.
+#[tokio::test]
+async fn bench_compare_secure_runs_with_identity_and_without() {
+    let mut args = vec!["--json", "bench", "relay", "--compare-secure"];
+    args.extend(RELAY_WORKLOAD.split(' '));
+    let child = gsctl_at("unused:1").args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id().expect("pid");
+    let output = tokio::time::timeout(WAIT * 3, child.wait_with_output()).await.expect("in time").expect("run");
+    let report = json(&success(&output, &args));
+    for (name, scheme) in [("secure", "https://"), ("plain", "http://")] {
+        let figures = &report["servers"][name];
+        assert_all_delivered(figures);
+        assert!(figures["address"].as_str().is_some_and(|a| a.starts_with(scheme)), "{name}: {figures}");
+        assert!(figures["server_cpu_seconds"].as_f64().is_some_and(|s| s > 0.0), "{name}: {figures}");
+    }
+    let cpu = |name: &str| report["servers"][name]["server_cpu_seconds"].as_f64().expect("cpu");
+    let ratio = report["ratio"]["server_cpu_seconds"].as_f64().expect("ratio");
+    // serde_json parses floats to within one unit in the last place.
+    assert!((ratio - cpu("secure") / cpu("plain")).abs() < 1e-12, "{report}");
+    let prefix = format!("gsctl-bench-{pid}-");
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the secret and keys are removed");
+}
+
+/// Catches a bench that cannot load a server with auth on: with the
+/// server's secret it mints a token per player (a shared or missing one
+/// would be refused) and an admin token, over TLS; without it, it fails
+/// saying what to pass.
+#[tokio::test]
+async fn bench_mints_a_token_per_player_for_a_secure_server() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let secret = secrets.path("secret");
+    let args = [
+        "--json",
+        "bench",
+        "churn",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--lifetime",
+        "200ms",
+        "--connections",
+        "2",
+        "--secret-file",
+        secret.to_str().expect("utf-8"),
+    ];
+    let report = json(&success(&output(secrets.gsctl(server.addr), &args).await, &args));
+    let figures = &report["servers"]["server"];
+    assert_eq!((figures["joins"].as_f64(), figures["leaves"].as_f64()), (Some(50.0), Some(50.0)), "{figures}");
+    assert_eq!(figures["failures"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["sessions_left_after_end"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["address"], format!("https://{}", server.addr).as_str());
+
+    let args = ["bench", "relay", "--sessions", "1", "--players", "2", "--duration", "1s", "--token", API_KEY];
+    let refused = failure(&output(secrets.gsctl(server.addr), &args).await);
+    assert_eq!(
+        refused,
+        "error: UNAUTHENTICATED: authorization: missing; send `authorization: Bearer <token>`; against a server \
+         with auth on, give bench its HS256 secret (--secret-file) to mint a token per player and an admin token, \
+         or --token with an admin credential for SessionService calls\n"
+    );
+    server.shutdown().await;
+}

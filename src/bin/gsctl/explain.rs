@@ -10,10 +10,22 @@ use std::io::ErrorKind;
 use rustls::{AlertDescription, CertificateError};
 use tonic::{Code, Status};
 
-/// The line printed after `error: `. `uri` is the address the command
-/// talked to (`None` when it talked to several, as `bench` does).
-pub fn explain(err: &(dyn StdError + 'static), uri: Option<&str>) -> String {
+/// Who failed, for the message.
+#[derive(Clone, Copy)]
+pub enum Context<'a> {
+    /// A command talking to this address (`http://` or `https://`).
+    Remote(&'a str),
+    /// `gsctl bench`, which may talk to servers it starts.
+    Bench,
+}
+
+/// The line printed after `error: `.
+pub fn explain(err: &(dyn StdError + 'static), context: Context<'_>) -> String {
     let chain = chain(err);
+    let uri = match context {
+        Context::Remote(uri) => Some(uri),
+        Context::Bench => None,
+    };
     let tls = uri.is_some_and(|uri| uri.starts_with("https://"));
     let reach = |cause: String| match uri {
         Some(uri) => format!("cannot reach {uri}: {cause}"),
@@ -26,7 +38,7 @@ pub fn explain(err: &(dyn StdError + 'static), uri: Option<&str>) -> String {
         return reach(cause);
     }
     if let Some(status) = chain.iter().find_map(|e| e.downcast_ref::<Status>()) {
-        return status_line(status);
+        return status_line(status, context);
     }
     joined(&chain)
 }
@@ -158,13 +170,17 @@ fn connect_cause(err: &(dyn StdError + 'static), chain: &[&(dyn StdError + 'stat
 }
 
 /// A gRPC status as `CODE: message`, with a hint for the auth codes.
-fn status_line(status: &Status) -> String {
-    let hint = match status.code() {
-        Code::Unauthenticated => {
+fn status_line(status: &Status, context: Context<'_>) -> String {
+    let hint = match (status.code(), context) {
+        (Code::Unauthenticated | Code::PermissionDenied, Context::Bench) => {
+            "; against a server with auth on, give bench its HS256 secret (--secret-file) to mint a token per \
+             player and an admin token, or --token with an admin credential for SessionService calls"
+        }
+        (Code::Unauthenticated, _) => {
             "; pass a token with --token (or GSCTL_TOKEN): `gsctl token --sub ID` mints one for development \
              (add --admin for SessionService commands)"
         }
-        Code::PermissionDenied => {
+        (Code::PermissionDenied, _) => {
             "; the credential is valid but not allowed this: SessionService commands need an admin token \
              (`gsctl token --admin`) or an admin API key, and play joins as its token's sub"
         }

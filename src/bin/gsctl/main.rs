@@ -227,10 +227,11 @@ async fn main() -> ExitCode {
         Command::Bench(_) | Command::Token(_) => None,
         _ => Remote::uri(&cli).ok(),
     };
+    let context = uri.as_deref().map_or(explain::Context::Bench, explain::Context::Remote);
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", explain::explain(err.as_ref(), uri.as_deref()));
+            eprintln!("error: {}", explain::explain(err.as_ref(), context));
             ExitCode::FAILURE
         }
     }
