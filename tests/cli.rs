@@ -335,9 +335,8 @@ struct Secrets {
 impl Secrets {
     /// A CA; a server certificate it signs for `localhost` and `127.0.0.1`;
     /// a client certificate it signs; another CA and a client certificate
-    /// that one signs;
-    /// the secret (with a trailing newline, which is not the secret's) and
-    /// the API key file.
+    /// that one signs; the secret (with a trailing newline, which is not the
+    /// secret's) and the API key file.
     fn new() -> Secrets {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);

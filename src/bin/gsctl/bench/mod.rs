@@ -73,7 +73,7 @@ pub struct Target {
     /// generated in a temporary directory; each player joins over TLS with a
     /// token of its own (`sub` = its id), and SessionService calls carry an
     /// admin token.
-    #[arg(long, requires = "spawn")]
+    #[arg(long, requires = "spawn", conflicts_with = "compare")]
     secure: bool,
     /// Run against game-session and then the baseline (--baseline-bin), both
     /// started here one after the other, and report them side by side with
