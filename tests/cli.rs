@@ -1,33 +1,82 @@
 //! gsctl, the command-line client, against the real server: the backend
-//! commands in both output formats, health for probes, watch, and play.
+//! commands in both output formats, health for probes, watch, play and the
+//! bench scenarios; and against a server with auth and TLS on: minted
+//! tokens, admin credentials, mutual TLS, and the one-line errors of what
+//! goes wrong (no or the wrong credential, TLS on one side only, an unknown
+//! CA, nothing listening).
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Player, TestServer, WAIT};
+use game_session::Config;
 use game_session::pb::{ListSessionsRequest, PresenceKind};
-use serde_json::Value;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-fn gsctl(server: &TestServer) -> Command {
+/// gsctl aimed at `addr` (`host:port`), untouched by the caller's `GSCTL_*`
+/// settings.
+fn gsctl_at(addr: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gsctl"));
-    command.env("GSCTL_ADDR", format!("http://{}", server.addr)).env_remove("GSCTL_JSON").kill_on_drop(true);
+    command.env("GSCTL_ADDR", addr).kill_on_drop(true);
+    for name in [
+        "GSCTL_JSON",
+        "GSCTL_TOKEN",
+        "GSCTL_TLS",
+        "GSCTL_CA_FILE",
+        "GSCTL_CERT_FILE",
+        "GSCTL_KEY_FILE",
+        "GSCTL_TLS_SERVER_NAME",
+        "GSCTL_TIMEOUT",
+        "GSCTL_JWT_SECRET",
+        "GSCTL_JWT_SECRET_FILE",
+    ] {
+        command.env_remove(name);
+    }
     command
 }
 
+/// gsctl aimed at a plain-text test server, as `host:port`.
+fn gsctl(server: &TestServer) -> Command {
+    gsctl_at(&server.addr.to_string())
+}
+
+/// Runs a prepared gsctl command with `args`, within [`WAIT`].
+async fn output(mut command: Command, args: &[&str]) -> Output {
+    tokio::time::timeout(WAIT, command.args(args).output()).await.expect("in time").expect("run")
+}
+
 async fn run(server: &TestServer, args: &[&str]) -> Output {
-    tokio::time::timeout(WAIT, gsctl(server).args(args).output()).await.expect("in time").expect("run")
+    output(gsctl(server), args).await
+}
+
+/// The stdout of a run that must have exited 0.
+fn success(output: &Output, args: &[&str]) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "gsctl {args:?}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The stderr of a run that must have failed with exit code 1 and printed
+/// nothing on stdout.
+fn failure(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "", "{stderr}");
+    stderr
 }
 
 /// Runs gsctl and returns its stdout; panics unless it exits 0.
 async fn ok(server: &TestServer, args: &[&str]) -> String {
-    let output = run(server, args).await;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "gsctl {args:?}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    stdout
+    success(&run(server, args).await, args)
 }
 
 fn json(text: &str) -> Value {
@@ -66,10 +115,8 @@ async fn backend_commands_in_tables_and_json() {
     assert_eq!(ok(&server, &["send", &id, "hello"]).await.trim(), "sent at sequence 2");
     assert_eq!(json(&ok(&server, &["end", "--json", &id, "--message", "bye"]).await)["sequence"], "3");
 
-    let missing = run(&server, &["get", &id]).await;
-    assert!(!missing.status.success());
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(stderr.contains("NotFound") && stderr.contains(&id), "{stderr}");
+    let missing = failure(&run(&server, &["get", &id]).await);
+    assert_eq!(missing, format!("error: NOT_FOUND: session_id: session \"{id}\" not found\n"));
     server.shutdown().await;
 }
 
@@ -79,6 +126,9 @@ async fn backend_commands_in_tables_and_json() {
 async fn health_exits_zero_only_when_serving() {
     let mut server = TestServer::start().await;
     assert_eq!(ok(&server, &["health"]).await.trim(), "SERVING");
+    // --addr takes a URL as well as host:port.
+    let url = format!("http://{}", server.addr);
+    assert_eq!(ok(&server, &["--addr", &url, "health"]).await.trim(), "SERVING");
     assert_eq!(ok(&server, &["health", "--service", "liveness"]).await.trim(), "SERVING");
     assert!(!run(&server, &["health", "--service", "no.such.Service"]).await.status.success());
 
@@ -266,5 +316,493 @@ async fn bench_churn_leaves_the_registry_empty() {
     let sessions =
         server.sessions().await.list_sessions(ListSessionsRequest::default()).await.expect("list").into_inner();
     assert_eq!(sessions.sessions.len(), 0);
+    server.shutdown().await;
+}
+
+// ---- Against a server with auth and TLS ----
+
+/// The HS256 secret of the secure test servers (at least 32 bytes).
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes-long";
+/// The admin API key of the secure test servers.
+const API_KEY: &str = "an-admin-api-key-of-the-cli-tests";
+
+/// Files a secure server and its clients read, in a directory of their own,
+/// removed on drop.
+struct Secrets {
+    dir: PathBuf,
+}
+
+impl Secrets {
+    /// A CA; a server certificate it signs for `localhost` and `127.0.0.1`;
+    /// a client certificate it signs; another CA and a client certificate
+    /// that one signs; the secret (with a trailing newline, which is not the
+    /// secret's) and the API key file.
+    fn new() -> Secrets {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gsctl-cli-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let secrets = Secrets { dir };
+        let (ca_cert, ca_key) = ca("cli test CA");
+        secrets.write("ca.pem", &ca_cert.pem());
+        let issuer = Issuer::new(ca_params("cli test CA"), ca_key);
+        let (cert, key) = leaf(&["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth, &issuer);
+        secrets.write("server.pem", &cert);
+        secrets.write("server.key", &key);
+        let (cert, key) = leaf(&["backend.example"], ExtendedKeyUsagePurpose::ClientAuth, &issuer);
+        secrets.write("client.pem", &cert);
+        secrets.write("client.key", &key);
+        let (other_ca, other_key) = ca("another CA");
+        secrets.write("other-ca.pem", &other_ca.pem());
+        let other = Issuer::new(ca_params("another CA"), other_key);
+        let (cert, key) = leaf(&["stranger.example"], ExtendedKeyUsagePurpose::ClientAuth, &other);
+        secrets.write("other-client.pem", &cert);
+        secrets.write("other-client.key", &key);
+        secrets.write("secret", &format!("{SECRET}\n"));
+        secrets.write("api-keys", &format!("{API_KEY}\n"));
+        secrets
+    }
+
+    fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.path(name), contents).expect("write");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A server config with auth (the secret and the API key) and TLS.
+    fn config(&self) -> Config {
+        let mut config = common::config();
+        config.auth.jwt_hs256_secret_file = Some(self.path("secret"));
+        config.auth.admin_api_key_file = Some(self.path("api-keys"));
+        config.tls.tls_cert_file = Some(self.path("server.pem"));
+        config.tls.tls_key_file = Some(self.path("server.key"));
+        config
+    }
+
+    /// gsctl aimed at `addr` over TLS, trusting the test CA.
+    fn gsctl(&self, addr: impl ToString) -> Command {
+        let mut command = gsctl_at(&addr.to_string());
+        command.env("GSCTL_CA_FILE", self.path("ca.pem"));
+        command
+    }
+
+    /// `gsctl token --secret-file ... args`.
+    async fn token(&self, args: &[&str]) -> String {
+        let secret = self.path("secret");
+        let mut all = vec!["token", "--secret-file", secret.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        success(&output(gsctl_at("unused:1"), &all).await, &all).trim().to_owned()
+    }
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// A self-signed CA certificate and its key.
+fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("key");
+    let cert = ca_params(name).self_signed(&key).expect("CA");
+    (cert, key)
+}
+
+/// A certificate for `names` signed by `issuer`, as PEM, with its key.
+fn leaf(names: &[&str], usage: ExtendedKeyUsagePurpose, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![usage];
+    (params.signed_by(&key, issuer).expect("sign").pem(), key.serialize_pem())
+}
+
+/// The id of a session created with `gsctl create --json` and `credential`.
+async fn create(secrets: &Secrets, server: &TestServer, credential: &str) -> String {
+    let args = ["create", "--json", "--token", credential];
+    let created = json(&success(&output(secrets.gsctl(server.addr), &args).await, &args));
+    created["session"]["sessionId"].as_str().expect("id").to_owned()
+}
+
+/// Catches a token that says something other than what was asked, is signed
+/// with something other than the secret file's content (its trailing newline
+/// included), or that the server does not accept: every claim is checked,
+/// and a server requiring that issuer and audience takes it as an admin's.
+#[tokio::test]
+async fn token_carries_exactly_the_claims_asked_for() {
+    let secrets = Secrets::new();
+    let token = secrets
+        .token(&[
+            "--sub",
+            "ops",
+            "--admin",
+            "--ttl",
+            "10m",
+            "--issuer",
+            "https://id.example",
+            "--audience",
+            "game-session",
+            "--session",
+            "s1",
+            "--session",
+            "s2",
+            "--mode",
+            "relay",
+        ])
+        .await;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&["https://id.example"]);
+    validation.set_audience(&["game-session"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+    let mut claims = jsonwebtoken::decode::<Value>(&token, &key, &validation).expect("signed with the secret").claims;
+    let iat = claims["iat"].as_u64().expect("iat");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(now.abs_diff(iat) <= 5, "iat {iat}, now {now}");
+    assert_eq!(claims["exp"].as_u64(), Some(iat + 600));
+    let object = claims.as_object_mut().expect("object");
+    object.remove("iat");
+    object.remove("exp");
+    assert_eq!(
+        claims,
+        json!({
+            "sub": "ops", "scope": "game-session:admin", "iss": "https://id.example", "aud": "game-session",
+            "gs_sessions": ["s1", "s2"], "gs_modes": ["relay"],
+        })
+    );
+
+    let mut config = secrets.config();
+    config.auth.jwt_issuer = Some("https://id.example".into());
+    config.auth.jwt_audience = Some("game-session".into());
+    let server = TestServer::start_with(config).await;
+    let args = ["list", "--token", &token];
+    let listed = success(&output(secrets.gsctl(server.addr), &args).await, &args);
+    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  SEQUENCE  AGE  LABELS\n");
+    server.shutdown().await;
+}
+
+/// Catches a play that ignores the token (the server then names no player),
+/// prints the wrong thing, or does not exit when its session ends: with
+/// stdin still open, it must print the welcome as the token's sub and the
+/// end, and exit 0 on its own.
+#[tokio::test]
+async fn play_with_a_minted_token_exits_zero_when_the_session_ends() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let session = create(&secrets, &server, API_KEY).await;
+    let token = secrets.token(&["--sub", "alice"]).await;
+    let mut child = secrets
+        .gsctl(server.addr)
+        .args(["play", "--session", &session, "--token", &token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = async || tokio::time::timeout(WAIT, lines.next_line()).await.expect("in time").expect("read");
+    assert_eq!(next().await, Some(format!("#1 joined session {session} (relay) as alice; present: nobody else")));
+
+    let admin = secrets.token(&["--sub", "ops", "--admin"]).await;
+    let args = ["end", &session, "--message", "match over", "--token", &admin];
+    assert_eq!(success(&output(secrets.gsctl(server.addr), &args).await, &args), "ended at sequence 2\n");
+    assert_eq!(next().await, Some("#2 session ended (ENDED_BY_BACKEND): match over".to_owned()));
+    assert_eq!(next().await, None);
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits with stdin open").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    drop(stdin);
+    server.shutdown().await;
+}
+
+/// Catches admin commands that do not send the credential they are given:
+/// each SessionService command works with an admin JWT and with an API key.
+#[tokio::test]
+async fn admin_commands_take_an_admin_token_or_an_api_key() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let admin = secrets.token(&["--sub", "ops", "--admin"]).await;
+    for credential in [admin.as_str(), API_KEY] {
+        let run = async |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(["--token", credential]);
+            success(&output(secrets.gsctl(server.addr), &all).await, &all)
+        };
+        let created = json(&run(&["create", "--json", "--label", "team=ops"]).await);
+        let id = created["session"]["sessionId"].as_str().expect("id").to_owned();
+        let listed = json(&run(&["list", "--json", "--label", "team=ops"]).await);
+        assert_eq!(listed["sessions"][0]["sessionId"], id.as_str(), "{listed}");
+        assert_eq!(json(&run(&["get", "--json", &id]).await)["sessionId"], id.as_str());
+        assert_eq!(run(&["send", &id, "hello"]).await, "sent at sequence 1\n");
+        assert_eq!(run(&["end", &id]).await, "ended at sequence 2\n");
+    }
+    server.shutdown().await;
+}
+
+/// Catches auth failures that do not say what is wrong or what to do: no
+/// token (UNAUTHENTICATED), a player's token on an admin command, and a
+/// join as another player (PERMISSION_DENIED), each one line and exit 1.
+#[tokio::test]
+async fn auth_failures_name_the_code_and_what_to_pass() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let missing = failure(&output(secrets.gsctl(server.addr), &["list"]).await);
+    assert_eq!(
+        missing,
+        "error: UNAUTHENTICATED: authorization: missing; send `authorization: Bearer <token>`; pass a token with \
+         --token (or GSCTL_TOKEN): `gsctl token --sub ID` mints one for development (add --admin for \
+         SessionService commands)\n"
+    );
+    let player = secrets.token(&["--sub", "alice"]).await;
+    let denied = "the credential is valid but not allowed this: SessionService commands need an admin token \
+                  (`gsctl token --admin`) or an admin API key, and play joins as its token's sub\n";
+    let not_admin = failure(&output(secrets.gsctl(server.addr), &["list", "--token", &player]).await);
+    assert_eq!(not_admin, format!("error: PERMISSION_DENIED: SessionService needs an admin credential; {denied}"));
+
+    let session = create(&secrets, &server, API_KEY).await;
+    let args = ["play", "--session", &session, "--player-id", "bob", "--token", &player];
+    let impersonation = failure(&output(secrets.gsctl(server.addr), &args).await);
+    assert_eq!(
+        impersonation,
+        format!("error: PERMISSION_DENIED: join.player_id: the token is for another player; {denied}")
+    );
+    server.shutdown().await;
+}
+
+/// Catches connection failures reported as a bare "transport error": plain
+/// text against TLS, TLS against plain text, a CA that did not sign the
+/// server's certificate, a host name the certificate is not for, a port
+/// nobody listens on, and a host name that does not resolve each get one
+/// line naming the cause and the flag to fix it.
+#[tokio::test]
+async fn connection_failures_say_why() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let addr = server.addr;
+    let token = ["--token", API_KEY];
+    let fails = async |mut command: Command, args: &[&str]| {
+        command.env_remove("GSCTL_CA_FILE");
+        let mut all = vec!["list"];
+        all.extend_from_slice(args);
+        failure(&output(command, &all).await)
+    };
+
+    let plain = fails(gsctl_at(&addr.to_string()), &token).await;
+    assert_eq!(
+        plain,
+        format!(
+            "error: cannot reach http://{addr}: the server did not answer in plain-text HTTP/2 (it closed the \
+             connection, or sent something else); if it serves TLS, use an https:// address or a TLS flag (--tls, \
+             --ca-file)\n"
+        )
+    );
+    let other_ca = secrets.path("other-ca.pem");
+    let unknown_ca =
+        fails(gsctl_at(&addr.to_string()), &["--ca-file", other_ca.to_str().expect("utf-8"), token[0], token[1]]).await;
+    assert_eq!(
+        unknown_ca,
+        format!(
+            "error: cannot reach https://{addr}: TLS: the server's certificate is not signed by a CA this client \
+             trusts (unknown issuer); pass the CA's certificate with --ca-file\n"
+        )
+    );
+    let ca = secrets.path("ca.pem");
+    let ca = ca.to_str().expect("utf-8");
+    let wrong_name = fails(gsctl_at(&addr.to_string()), &["--ca-file", ca, "--tls-server-name", "example.com"]).await;
+    assert_eq!(
+        wrong_name,
+        format!(
+            "error: cannot reach https://{addr}: TLS: the server's certificate is not for this host name; pass \
+             the name it is for with --tls-server-name\n"
+        )
+    );
+
+    let plain_server = TestServer::start().await;
+    let tls_to_plain = fails(gsctl(&plain_server), &["--ca-file", ca]).await;
+    assert_eq!(
+        tls_to_plain,
+        format!(
+            "error: cannot reach https://{}: TLS: the server does not speak TLS on this port; use an http:// \
+             address (or host:port without TLS flags)\n",
+            plain_server.addr
+        )
+    );
+    plain_server.shutdown().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let refused = fails(gsctl_at(&closed.to_string()), &[]).await;
+    assert_eq!(
+        refused,
+        format!(
+            "error: cannot reach http://{closed}: connection refused: nothing listens on that port (is the server \
+             running? is --addr right?)\n"
+        )
+    );
+    let unresolved = fails(gsctl_at("no-such-host.invalid:50051"), &[]).await;
+    let prefix = "error: cannot reach http://no-such-host.invalid:50051: cannot resolve the host name (";
+    assert!(unresolved.starts_with(prefix) && unresolved.ends_with("); check --addr\n"), "{unresolved}");
+    server.shutdown().await;
+}
+
+/// Catches a client certificate that is not presented, and a refusal that
+/// does not point at it: on a backend address with mutual TLS, admin
+/// commands work with --cert-file and --key-file, and fail naming them
+/// without a certificate or with one from another CA.
+#[tokio::test]
+async fn mutual_tls_takes_the_client_certificate() {
+    let secrets = Secrets::new();
+    let mut config = secrets.config();
+    config.backend_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    config.tls.tls_client_ca_file = Some(secrets.path("ca.pem"));
+    let server = TestServer::start_with(config).await;
+    let backend = server.backend_addr.expect("backend address");
+    let (cert, key) = (secrets.path("client.pem"), secrets.path("client.key"));
+    let args = [
+        "list",
+        "--token",
+        API_KEY,
+        "--cert-file",
+        cert.to_str().expect("utf-8"),
+        "--key-file",
+        key.to_str().expect("utf-8"),
+    ];
+    let listed = success(&output(secrets.gsctl(backend), &args).await, &args);
+    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  SEQUENCE  AGE  LABELS\n");
+
+    // The server's alert arrives, or the connection closes before it is read.
+    let closed = format!(
+        "error: cannot reach https://{backend}: the server closed the connection after the TLS handshake; if it \
+         checks client certificates (mutual TLS), pass --cert-file and --key-file, signed by a CA it trusts\n"
+    );
+    let without = failure(&output(secrets.gsctl(backend), &["list", "--token", API_KEY]).await);
+    let asked = format!(
+        "error: cannot reach https://{backend}: TLS: the server asks for a client certificate (mutual TLS); pass \
+         --cert-file and --key-file\n"
+    );
+    assert!(without == asked || without == closed, "{without}");
+    let (cert, key) = (secrets.path("other-client.pem"), secrets.path("other-client.key"));
+    let args = [
+        "list",
+        "--token",
+        API_KEY,
+        "--cert-file",
+        cert.to_str().expect("utf-8"),
+        "--key-file",
+        key.to_str().expect("utf-8"),
+    ];
+    let stranger = failure(&output(secrets.gsctl(backend), &args).await);
+    let refused = format!(
+        "error: cannot reach https://{backend}: TLS: the server refused this client's certificate (UnknownCA); \
+         check --cert-file and --key-file\n"
+    );
+    assert!(stranger == refused || stranger == closed, "{stranger}");
+    server.shutdown().await;
+}
+
+/// Catches a help text that describes the server instead of the CLI, a
+/// play whose usage error names only one of its two targets, and an
+/// http:// address silently combined with TLS flags.
+#[tokio::test]
+async fn help_and_usage_errors_describe_the_cli() {
+    let help = output(gsctl_at("unused:1"), &["--help"]).await;
+    let help = success(&help, &["--help"]);
+    assert_eq!(help.lines().next(), Some("gsctl, the command-line client of game-session."), "{help}");
+
+    let play = output(gsctl_at("unused:1"), &["play"]).await;
+    assert_eq!(play.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&play.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: the following required arguments were not provided:\n  <--session <SESSION>|--mode <MODE>>\n"
+        ),
+        "{stderr}"
+    );
+
+    let mixed = failure(&output(gsctl_at("http://127.0.0.1:1"), &["--tls", "list"]).await);
+    assert_eq!(
+        mixed,
+        "error: --addr http://127.0.0.1:1: an http:// address is plain text, but a TLS flag is given (--tls, \
+         --ca-file, --cert-file or --tls-server-name); use https:// or host:port\n"
+    );
+}
+
+/// Catches a secure comparison that does not turn TLS on, that leaves the
+/// generated secret and keys on disk, or that loses deliveries: both runs
+/// deliver everything, the secure one over https://, and the ratio is
+/// secure ÷ plain.
+#[tokio::test]
+async fn bench_compare_secure_runs_with_identity_and_without() {
+    let mut args = vec!["--json", "bench", "relay", "--compare-secure"];
+    args.extend(RELAY_WORKLOAD.split(' '));
+    let child = gsctl_at("unused:1").args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id().expect("pid");
+    let output = tokio::time::timeout(WAIT * 3, child.wait_with_output()).await.expect("in time").expect("run");
+    let report = json(&success(&output, &args));
+    for (name, scheme) in [("secure", "https://"), ("plain", "http://")] {
+        let figures = &report["servers"][name];
+        assert_all_delivered(figures);
+        assert!(figures["address"].as_str().is_some_and(|a| a.starts_with(scheme)), "{name}: {figures}");
+        assert!(figures["server_cpu_seconds"].as_f64().is_some_and(|s| s > 0.0), "{name}: {figures}");
+    }
+    let cpu = |name: &str| report["servers"][name]["server_cpu_seconds"].as_f64().expect("cpu");
+    let ratio = report["ratio"]["server_cpu_seconds"].as_f64().expect("ratio");
+    // serde_json parses floats to within one unit in the last place.
+    assert!((ratio - cpu("secure") / cpu("plain")).abs() < 1e-12, "{report}");
+    let prefix = format!("gsctl-bench-{pid}-");
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the secret and keys are removed");
+}
+
+/// Catches a bench that cannot load a server with auth on: with the
+/// server's secret it mints a token per player (a shared or missing one
+/// would be refused) and an admin token, over TLS; without it, it fails
+/// saying what to pass.
+#[tokio::test]
+async fn bench_mints_a_token_per_player_for_a_secure_server() {
+    let secrets = Secrets::new();
+    let server = TestServer::start_with(secrets.config()).await;
+    let secret = secrets.path("secret");
+    let args = [
+        "--json",
+        "bench",
+        "churn",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--lifetime",
+        "200ms",
+        "--connections",
+        "2",
+        "--secret-file",
+        secret.to_str().expect("utf-8"),
+    ];
+    let report = json(&success(&output(secrets.gsctl(server.addr), &args).await, &args));
+    let figures = &report["servers"]["server"];
+    assert_eq!((figures["joins"].as_f64(), figures["leaves"].as_f64()), (Some(50.0), Some(50.0)), "{figures}");
+    assert_eq!(figures["failures"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["sessions_left_after_end"].as_f64(), Some(0.0), "{figures}");
+    assert_eq!(figures["address"], format!("https://{}", server.addr).as_str());
+
+    let args = ["bench", "relay", "--sessions", "1", "--players", "2", "--duration", "1s", "--token", API_KEY];
+    let refused = failure(&output(secrets.gsctl(server.addr), &args).await);
+    assert_eq!(
+        refused,
+        "error: UNAUTHENTICATED: authorization: missing; send `authorization: Bearer <token>`; against a server \
+         with auth on, give bench its HS256 secret (--secret-file) to mint a token per player and an admin token, \
+         or --token with an admin credential for SessionService calls\n"
+    );
     server.shutdown().await;
 }

@@ -4,12 +4,23 @@
 //! check for probes and scripts (`health`), and an interactive player
 //! (`play`). Output is a readable table by default, and JSON (the canonical
 //! proto3 mapping, one object per line for streams) with `--json`.
+//!
+//! # Layout
+//!
+//! - here: the flags, the commands, and how the server is reached
+//!   ([`Remote`]: the address, TLS and the bearer token);
+//! - `explain`: a failure as one line that names its cause;
+//! - `render`: tables and JSON;
+//! - `token`: development HS256 tokens;
+//! - `bench`: the load scenarios.
 
 mod bench;
+mod explain;
 mod render;
 mod token;
 
 use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +29,6 @@ use clap::{Args, Parser, Subcommand};
 use game_session::pb::player_service_client::PlayerServiceClient;
 use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -27,12 +37,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A command-line client for game-session.
+/// gsctl, the command-line client of game-session.
+///
+/// Backend calls (create, get, list, end, send, watch), a player in the
+/// terminal (play), a health check (health), load scenarios (bench) and
+/// development tokens (token). A server with auth on wants --token; one with
+/// TLS wants an https:// address, or --ca-file, --tls or --cert-file.
 #[derive(Debug, Parser)]
-#[command(name = "gsctl", version, about)]
+#[command(name = "gsctl", version)]
 struct Cli {
-    /// The server's address.
-    #[arg(long, env = "GSCTL_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    /// The server's address: `host:port` as grpcurl takes it, in plain text
+    /// unless a TLS flag is given (--tls, --ca-file, --cert-file or
+    /// --tls-server-name), or a URL: `http://host:port` (plain text) or
+    /// `https://host:port` (TLS).
+    #[arg(long, env = "GSCTL_ADDR", default_value = "127.0.0.1:50051", global = true)]
     addr: String,
 
     /// Timeout of connecting, and of each unary call.
@@ -48,12 +66,17 @@ struct Cli {
     #[arg(long, env = "GSCTL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
-    /// CA certificates (PEM) to trust for an `https://` address, besides
-    /// the system's.
+    /// Use TLS, trusting the system's CA certificates (and --ca-file's), for
+    /// a `host:port` address; an `https://` address needs no flag.
+    #[arg(long, env = "GSCTL_TLS", global = true)]
+    tls: bool,
+
+    /// CA certificates (PEM) to trust besides the system's; implies TLS.
     #[arg(long, env = "GSCTL_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
 
-    /// Client certificate (PEM) for mutual TLS; needs `--key-file`.
+    /// Client certificate (PEM) for mutual TLS; needs `--key-file`; implies
+    /// TLS.
     #[arg(long, env = "GSCTL_CERT_FILE", global = true, requires = "key_file")]
     cert_file: Option<PathBuf>,
 
@@ -62,7 +85,7 @@ struct Cli {
     key_file: Option<PathBuf>,
 
     /// The name to verify the server's certificate against, when it differs
-    /// from the address's host.
+    /// from the address's host; implies TLS.
     #[arg(long, env = "GSCTL_TLS_SERVER_NAME", global = true)]
     tls_server_name: Option<String>,
 
@@ -135,20 +158,32 @@ enum Command {
     /// Lines starting with `/` are commands: `/ping`, `/leave`, and
     /// `/to ID[,ID...] TEXT` to relay to some players only. End of input
     /// leaves the session.
+    ///
+    /// It exits when the session ends (0), when the server ends the stream
+    /// (0 if with OK), or on an error (1).
     Play {
-        /// Join this session.
-        #[arg(long, required_unless_present = "mode", conflicts_with = "mode")]
-        session: Option<String>,
-        /// Join-or-create a session of this mode.
-        #[arg(long)]
-        mode: Option<String>,
-        /// The player's id; the server assigns one if not given.
+        #[command(flatten)]
+        target: PlayTarget,
+        /// The player's id; without it, the server uses the token's `sub`
+        /// (auth on) or assigns one (auth off).
         #[arg(long, default_value = "")]
         player_id: String,
         /// The name shown to other players.
         #[arg(long, default_value = "")]
         name: String,
     },
+}
+
+/// Where `play` joins: exactly one of `--session` and `--mode`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct PlayTarget {
+    /// Join this session.
+    #[arg(long)]
+    session: Option<String>,
+    /// Join-or-create a session of this mode.
+    #[arg(long)]
+    mode: Option<String>,
 }
 
 /// Which sessions `list` and `watch` show.
@@ -186,31 +221,35 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> ExitCode {
     game_session::tls::install_default_provider();
     let cli = Cli::parse();
+    // A failure names the address it could not reach; bench talks to the
+    // servers it starts as well, so its failures name their own.
+    let uri = match &cli.command {
+        Command::Bench(_) | Command::Token(_) => None,
+        _ => Remote::uri(&cli).ok(),
+    };
+    let context = uri.as_deref().map_or(explain::Context::Bench, explain::Context::Remote);
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            match err.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
-                None => eprintln!("error: {err}"),
-            }
+            eprintln!("error: {}", explain::explain(err.as_ref(), context));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    if let Command::Bench(bench) = cli.command {
-        // It opens its own connections, possibly to servers it starts.
-        return bench::run(&cli.addr, bench, cli.json).await.map(|()| ExitCode::SUCCESS);
-    }
     if let Command::Token(args) = &cli.command {
         println!("{}", token::mint(args)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let channel = connect(&cli).await?;
+    let remote = Remote::from_cli(&cli)?;
+    if let Command::Bench(bench) = cli.command {
+        // It opens its own connections, possibly to servers it starts.
+        return bench::run(&remote, bench, cli.json).await.map(|()| ExitCode::SUCCESS);
+    }
+    let channel = remote.endpoint.connect().await?;
     let out = render::Output { json: cli.json };
-    let bearer = Bearer::new(cli.token.as_deref())?;
-    let mut sessions = SessionServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    let mut sessions = SessionServiceClient::with_interceptor(channel.clone(), remote.bearer.clone());
     match cli.command {
         Command::Create { mode, max_players, labels, open, idempotency_key, config_file } => {
             let config = match config_file {
@@ -260,17 +299,64 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("{}", status.as_str_name());
             return Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Play { session, mode, player_id, name } => {
-            let target = match (session, mode) {
+        Command::Play { target, player_id, name } => {
+            let target = match (target.session, target.mode) {
                 (Some(id), _) => pb::join::Target::SessionId(id),
                 (None, Some(mode)) => pb::join::Target::Mode(mode),
+                // clap's group requires one of them.
                 (None, None) => return Err("give --session or --mode".into()),
             };
             let join = pb::Join { target: Some(target), player_id, display_name: name, metadata: HashMap::new() };
-            return play(PlayerServiceClient::with_interceptor(channel, bearer), join, out).await;
+            return play(PlayerServiceClient::with_interceptor(channel, remote.bearer), join, out).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the server at `--addr` is reached, as the global flags say.
+pub struct Remote {
+    /// `--addr` as a URL: `http://` (plain text) or `https://` (TLS).
+    pub uri: String,
+    /// The TLS settings of an `https://` address.
+    pub tls: Option<ClientTlsConfig>,
+    /// The URL with the TLS settings and `--timeout`.
+    endpoint: Endpoint,
+    /// `--token`, for every call.
+    pub bearer: Bearer,
+}
+
+impl Remote {
+    /// `--addr` as a URL. `host:port` is plain text (`http://`) unless a TLS
+    /// flag is given, as grpcurl's `-plaintext` is the exception there.
+    fn uri(cli: &Cli) -> Result<String, Failure> {
+        let tls_flag = cli.tls || cli.ca_file.is_some() || cli.cert_file.is_some() || cli.tls_server_name.is_some();
+        match cli.addr.split_once("://") {
+            None => Ok(format!("{}://{}", if tls_flag { "https" } else { "http" }, cli.addr)),
+            Some(("https", _)) => Ok(cli.addr.clone()),
+            Some(("http", _)) if tls_flag => Err(format!(
+                "--addr {}: an http:// address is plain text, but a TLS flag is given (--tls, --ca-file, \
+                 --cert-file or --tls-server-name); use https:// or host:port",
+                cli.addr
+            )
+            .into()),
+            Some(("http", _)) => Ok(cli.addr.clone()),
+            Some((scheme, _)) => {
+                Err(format!("--addr {}: {scheme}:// is neither http:// nor https://; or give host:port", cli.addr)
+                    .into())
+            }
+        }
+    }
+
+    fn from_cli(cli: &Cli) -> Result<Self, Failure> {
+        let uri = Self::uri(cli)?;
+        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| format!("--addr {}: {e}", cli.addr))?;
+        let mut endpoint = endpoint.connect_timeout(cli.timeout).timeout(cli.timeout);
+        let tls = if uri.starts_with("https://") { Some(tls_config(cli)?) } else { None };
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(Remote { uri, tls, endpoint, bearer: Bearer::new(cli.token.as_deref())? })
+    }
 }
 
 /// A channel whose calls carry the bearer token.
@@ -278,7 +364,7 @@ type Authed = InterceptedService<Channel, Bearer>;
 
 /// Adds `authorization: Bearer <token>` to each call, when there is a token.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Bearer {
     fn new(token: Option<&str>) -> Result<Self, Failure> {
@@ -287,6 +373,11 @@ impl Bearer {
             .transpose()
             .map_err(|_| "--token: not a valid header value (printable ASCII only)")?;
         Ok(Bearer(value))
+    }
+
+    /// True when there is a token.
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -317,21 +408,16 @@ async fn list_all(
     }
 }
 
-async fn connect(cli: &Cli) -> Result<Channel, Failure> {
-    let endpoint = Endpoint::from_shared(cli.addr.clone()).map_err(|e| format!("--addr {:?}: {e}", cli.addr))?;
-    let mut endpoint = endpoint.connect_timeout(cli.timeout).timeout(cli.timeout);
-    if cli.addr.starts_with("https://") {
-        endpoint = endpoint.tls_config(tls_config(cli)?)?;
-    } else if cli.ca_file.is_some() || cli.cert_file.is_some() {
-        return Err("--ca-file and --cert-file need an https:// --addr".into());
-    }
-    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", cli.addr))?)
-}
-
-/// TLS with the system's roots, `--ca-file`, and `--cert-file` for mutual TLS.
+/// TLS with the system's roots (when it has any), `--ca-file`, and
+/// `--cert-file` for mutual TLS.
 fn tls_config(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
     let read = |flag: &str, path: &PathBuf| std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()));
-    let mut config = ClientTlsConfig::new().with_native_roots();
+    let mut config = ClientTlsConfig::new();
+    // tonic refuses to connect when asked for the system's roots and there
+    // are none (a distroless image), even with --ca-file.
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        config = config.with_native_roots();
+    }
     if let Some(path) = &cli.ca_file {
         config = config.ca_certificate(Certificate::from_pem(read("--ca-file", path)?));
     }
@@ -344,7 +430,9 @@ fn tls_config(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
     Ok(config)
 }
 
-/// Plays until the stream ends: stdin lines go out, arrivals are printed.
+/// Plays until the session or the stream ends: stdin lines go out, arrivals
+/// are printed. A session that ends, or a stream the server ends with OK,
+/// exits 0.
 async fn play(
     mut client: PlayerServiceClient<Authed>,
     join: pb::Join,
@@ -356,10 +444,28 @@ async fn play(
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.set_timeout(Duration::from_secs(365 * 24 * 3600));
     let mut inbound = client.play(request).await?.into_inner();
+    read_stdin(tx);
+    while let Some(message) = inbound.message().await? {
+        out.play(&message)?;
+        if matches!(message.kind, Some(server_message::Kind::SessionEnded(_))) {
+            break;
+        }
+    }
+    // Returning ends the process, and with it the thread reading stdin.
+    Ok(ExitCode::SUCCESS)
+}
 
-    let sender = tokio::spawn(async move {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+/// Sends each stdin line as a message, from a thread of its own; the end of
+/// input (or `/leave`) half-closes the stream, a leave.
+///
+/// Not tokio's stdin: it reads on a thread of tokio's blocking pool, which
+/// the runtime waits for on exit, so gsctl would outlive its session until
+/// the next line was typed, and swallow that line. A std thread dies with
+/// the process.
+fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::ClientMessage>) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
             let kind = match parse_input(&line) {
                 Ok(Some(kind)) => kind,
                 Ok(None) => continue,
@@ -369,24 +475,11 @@ async fn play(
                 }
             };
             let leave = matches!(kind, client_message::Kind::Leave(_));
-            if tx.send(pb::ClientMessage { kind: Some(kind) }).await.is_err() || leave {
+            if tx.blocking_send(pb::ClientMessage { kind: Some(kind) }).is_err() || leave {
                 return;
             }
         }
-        // End of input: dropping `tx` half-closes the stream, a leave.
     });
-    let result = async {
-        while let Some(message) = inbound.message().await? {
-            out.play(&message)?;
-            if matches!(message.kind, Some(server_message::Kind::SessionEnded(_))) {
-                break;
-            }
-        }
-        Ok::<_, Failure>(())
-    }
-    .await;
-    sender.abort();
-    result.map(|()| ExitCode::SUCCESS)
 }
 
 /// One stdin line as a client message; `None` for a blank line.

@@ -40,6 +40,14 @@ pub struct Token {
     /// Only sessions of this mode may be joined (`gs_modes`); repeat for more.
     #[arg(long = "mode")]
     modes: Vec<String>,
+    #[command(flatten)]
+    secret: Secret,
+}
+
+/// The HS256 secret tokens are signed with: the server's
+/// `--jwt-hs256-secret-file` (or `--jwt-hs256-secret`).
+#[derive(Debug, Args)]
+pub struct Secret {
     /// A file holding the HS256 secret (the server's --jwt-hs256-secret-file).
     #[arg(long, env = "GSCTL_JWT_SECRET_FILE")]
     secret_file: Option<PathBuf>,
@@ -48,28 +56,31 @@ pub struct Token {
     secret: Option<String>,
 }
 
+impl Secret {
+    /// The secret's bytes, if one is given.
+    pub fn bytes(&self) -> Result<Option<Vec<u8>>, Failure> {
+        match (&self.secret, &self.secret_file) {
+            (Some(secret), _) => Ok(Some(secret.as_bytes().to_vec())),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path).map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
+                // As the server reads it: one trailing newline is not the secret's.
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                Ok(Some(bytes))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// The signed token.
 pub fn mint(args: &Token) -> Result<String, Failure> {
-    let secret = match (&args.secret, &args.secret_file) {
-        (Some(secret), _) => secret.as_bytes().to_vec(),
-        (None, Some(path)) => {
-            let mut bytes = std::fs::read(path).map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
-            // As the server reads it: one trailing newline is not the secret's.
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            bytes
-        }
-        (None, None) => return Err("give the HS256 secret: --secret-file, or GSCTL_JWT_SECRET".into()),
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let secret = args.secret.bytes()?.ok_or("give the HS256 secret: --secret-file, or GSCTL_JWT_SECRET")?;
     let mut claims = Map::new();
-    claims.insert("sub".into(), json!(args.sub));
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now + args.ttl.as_secs().max(1)));
     if args.admin {
         claims.insert(args.admin_claim.clone(), json!(args.admin_claim_value));
     }
@@ -85,10 +96,38 @@ pub fn mint(args: &Token) -> Result<String, Failure> {
     if !args.modes.is_empty() {
         claims.insert(game_session::auth::MODES_CLAIM.into(), json!(args.modes));
     }
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &Value::Object(claims),
-        &EncodingKey::from_secret(&secret),
-    )?;
-    Ok(token)
+    Signer::new(&secret, args.ttl).sign(&args.sub, claims)
+}
+
+/// Signs HS256 tokens with one secret; the bench mints a token per player
+/// with it.
+pub struct Signer {
+    key: EncodingKey,
+    ttl: Duration,
+}
+
+impl Signer {
+    /// Tokens valid for `ttl` (at least a second), signed with `secret`.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Signer { key: EncodingKey::from_secret(secret), ttl }
+    }
+
+    /// A player's token: `sub` is its id.
+    pub fn player(&self, sub: &str) -> Result<String, Failure> {
+        self.sign(sub, Map::new())
+    }
+
+    /// An admin token with the server's default admin claim.
+    pub fn admin(&self, sub: &str) -> Result<String, Failure> {
+        self.sign(sub, [("scope".to_owned(), json!("game-session:admin"))].into_iter().collect())
+    }
+
+    /// A token for `sub` with `claims` besides `sub`, `iat` and `exp`.
+    fn sign(&self, sub: &str, mut claims: Map<String, Value>) -> Result<String, Failure> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        claims.insert("sub".into(), json!(sub));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(now + self.ttl.as_secs().max(1)));
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &Value::Object(claims), &self.key)?)
+    }
 }

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use clap::Args;
 use game_session::pb::player_service_client::PlayerServiceClient;
-use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tonic::Code;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use super::{Failure, Measured, Run, Server, Target};
@@ -97,7 +97,7 @@ impl Run for Churn {
         let population = self.rate * self.lifetime.as_secs_f64().max(0.001);
         let pool_size = ((2.0 * population / self.players_per_session as f64).ceil() as usize).max(1);
         let labels = [label.clone()].into();
-        let pool = super::create_sessions(&channels, pool_size, self.players_per_session, &labels).await?;
+        let pool = super::create_sessions(server, &channels, pool_size, self.players_per_session, &labels).await?;
 
         // The schedule, with the server's RSS every second.
         let counters = Arc::new(Counters::default());
@@ -115,10 +115,13 @@ impl Run for Churn {
                 counters.late_joins.fetch_add(1, Ordering::Relaxed);
             }
             let n = n as usize;
+            let player_id = format!("churn-{n}");
+            // Minted before the join is timed, as a client holds its token.
+            let token = server.credentials.player_token(&player_id)?;
             players.push(tokio::spawn(player(
                 channels[n % channels.len()].clone(),
                 pool[n % pool.len()].clone(),
-                format!("churn-{n}"),
+                (player_id, token),
                 self.lifetime,
                 counters.clone(),
                 join_latency.clone(),
@@ -131,10 +134,10 @@ impl Run for Churn {
         let samples = sampler.await?;
 
         // The registry afterwards: no players left in the pool; then no pool.
-        let mut sessions = SessionServiceClient::with_interceptor(channels[0].clone(), crate::Bearer(None));
+        let mut sessions = server.credentials.sessions(channels[0].clone());
         let filter = pb::SessionFilter { labels: [label].into(), ..Default::default() };
         let players_left = list(&mut sessions, &filter).await?.map(|s| s.iter().map(|s| s.player_count as f64).sum());
-        super::relay::end_sessions(&channels[0], pool).await;
+        super::end_sessions(server, &channels[0], pool).await;
         let sessions_left = list(&mut sessions, &filter).await?.map(|s| s.len() as f64);
 
         // RSS over the second half, against its level at the start of it.
@@ -186,7 +189,7 @@ impl Run for Churn {
 async fn player(
     channel: Channel,
     session: String,
-    player_id: String,
+    (player_id, token): (String, Option<MetadataValue<Ascii>>),
     lifetime: Duration,
     counters: Arc<Counters>,
     join_latency: Arc<std::sync::Mutex<Histogram<u64>>>,
@@ -198,8 +201,8 @@ async fn player(
     // Capacity 2: neither send waits.
     let _ = tx.try_send(pb::ClientMessage { kind: Some(client_message::Kind::Join(join)) });
     let welcomed = async {
-        let mut responses =
-            PlayerServiceClient::new(channel).play(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let request = super::play_request(token, tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut responses = PlayerServiceClient::new(channel).play(request).await?.into_inner();
         match responses.message().await?.and_then(|m| m.kind) {
             Some(server_message::Kind::Welcome(_)) => Ok(responses),
             other => Err(Failure::from(format!("expected a welcome, got {other:?}"))),
@@ -277,7 +280,7 @@ async fn sample_rss(pid: Option<u32>, start: Instant, duration: Duration, counte
 /// Every session matching the filter; `None` from a server without
 /// ListSessions (the baseline).
 async fn list(
-    client: &mut SessionServiceClient<crate::Authed>,
+    client: &mut super::SessionClient,
     filter: &pb::SessionFilter,
 ) -> Result<Option<Vec<pb::SessionInfo>>, Failure> {
     match crate::list_all(client, filter.clone()).await {

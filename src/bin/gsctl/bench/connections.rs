@@ -128,15 +128,21 @@ impl Run for Connections {
         // Warm-up, on connections of its own when each player has one.
         let warmup_channels = server.connect(if self.connection_per_player { warmup_players } else { 1 }).await?;
         let no_labels = HashMap::new();
-        let warmup =
-            super::create_sessions(&warmup_channels[..1], self.warmup_sessions, self.players_per_session, &no_labels)
-                .await?;
+        let warmup = super::create_sessions(
+            server,
+            &warmup_channels[..1],
+            self.warmup_sessions,
+            self.players_per_session,
+            &no_labels,
+        )
+        .await?;
         let joiner = Joiner {
             per_session: self.per_session(),
             parallel: self.parallel,
             ping: self.ping_interval,
             counters: &counters,
             close: &close,
+            credentials: &server.credentials,
         };
         let mut readers = joiner.join_all(&warmup_channels, &warmup, warmup_players, "warmup").await?;
         tokio::time::sleep(self.settle).await;
@@ -145,6 +151,7 @@ impl Run for Connections {
         // The sessions, empty.
         let control = server.connect(1).await?;
         let sessions = super::create_sessions(
+            server,
             &control,
             self.players.div_ceil(self.per_session()),
             self.players_per_session,
@@ -178,7 +185,7 @@ impl Run for Connections {
         let close_time = closing.elapsed();
         drop(channels);
         drop(warmup_channels);
-        super::relay::end_sessions(&control[0], sessions.into_iter().chain(warmup).collect()).await;
+        super::end_sessions(server, &control[0], sessions.into_iter().chain(warmup).collect()).await;
         tokio::time::sleep(self.settle).await;
         let rss_idle = server.rss();
 
@@ -224,6 +231,8 @@ struct Joiner<'a> {
     counters: &'a Arc<Counters>,
     /// Half-closes every request stream when cancelled.
     close: &'a CancellationToken,
+    /// Each player's token, when the server checks them.
+    credentials: &'a super::Credentials,
 }
 
 impl Joiner<'_> {
@@ -270,7 +279,9 @@ impl Joiner<'_> {
         let counters = self.counters.clone();
         let close = self.close.clone();
         let ping = self.ping;
+        let token = self.credentials.player_token(&player);
         async move {
+            let token = token?;
             let join = pb::Join {
                 target: Some(pb::join::Target::SessionId(session)),
                 player_id: player,
@@ -284,8 +295,7 @@ impl Joiner<'_> {
                 pb::ClientMessage { kind: Some(client_message::Kind::Ping(pb::Ping { client_time: 0 })) }
             });
             let requests = stream::once(async move { first }).chain(pings).take_until(close.cancelled_owned());
-            let mut request = tonic::Request::new(requests);
-            request.set_timeout(Duration::from_secs(24 * 3600));
+            let request = super::play_request(token, requests);
             let mut responses = PlayerServiceClient::new(channel).play(request).await?.into_inner();
             match responses.message().await?.and_then(|m| m.kind) {
                 Some(server_message::Kind::Welcome(_)) => {}

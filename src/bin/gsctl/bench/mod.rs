@@ -12,10 +12,19 @@
 //! and memory), against a game-session it starts itself (`--spawn`), or
 //! against game-session and then the baseline, a bare tonic relay with the
 //! same proto shape (`--compare`); the table then shows both and their ratio.
+//!
+//! Identity: `--spawn --secure` starts game-session with auth and TLS on
+//! (`secure`); every player then joins over TLS with a token of its own,
+//! and SessionService calls carry an admin token. `--compare-secure` runs
+//! the scenario with both on and then with both off, on the same binary,
+//! and reports what they cost. Against a server at `--addr`, the global
+//! `--token` and TLS flags apply, and `--secret-file` lets the bench mint
+//! the players' tokens.
 
 mod churn;
 mod connections;
 mod relay;
+mod secure;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,9 +34,11 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use super::Failure;
+use super::{Bearer, Failure, Remote};
+use crate::token::{Secret, Signer};
 
 /// `gsctl bench`'s scenario and the server it runs against.
 #[derive(Debug, Args)]
@@ -57,11 +68,28 @@ pub struct Target {
     /// defaults, run against it, and stop it afterwards.
     #[arg(long)]
     spawn: bool,
+    /// With --spawn: turn auth and TLS on, as deployed. An HS256 secret and
+    /// a certificate (ECDSA P-256, signed by a CA made for the run) are
+    /// generated in a temporary directory; each player joins over TLS with a
+    /// token of its own (`sub` = its id), and SessionService calls carry an
+    /// admin token.
+    #[arg(long, requires = "spawn", conflicts_with = "compare")]
+    secure: bool,
     /// Run against game-session and then the baseline (--baseline-bin), both
     /// started here one after the other, and report them side by side with
     /// their ratio.
     #[arg(long)]
     compare: bool,
+    /// What identity costs: run against game-session with auth and TLS on
+    /// (as --spawn --secure), then with both off, and report them side by
+    /// side with their ratio (secure ÷ plain).
+    #[arg(long, conflicts_with_all = ["spawn", "compare", "server_pid"])]
+    compare_secure: bool,
+    /// Against --addr with auth on: the server's HS256 secret, to mint a
+    /// token per player (`sub` = its id) and, without --token, an admin token
+    /// for SessionService calls. Ignored by --spawn and the comparisons.
+    #[command(flatten)]
+    secret: Secret,
     /// The game-session binary for --spawn and --compare. Default: the one
     /// beside gsctl.
     #[arg(long)]
@@ -74,23 +102,101 @@ pub struct Target {
 
 /// A server a scenario runs against.
 pub struct Server {
-    /// "game-session", "baseline", or "server" (the one at --addr).
+    /// "game-session", "baseline", "secure", "plain", or "server" (the one
+    /// at --addr).
     name: &'static str,
     addr: String,
+    /// How to connect: the address, with TLS when it serves TLS.
+    endpoint: Endpoint,
     /// Its pid, when its CPU and memory can be read from /proc.
     pid: Option<u32>,
+    /// What the calls carry when it checks who calls.
+    credentials: Credentials,
 }
 
+/// What the bench's calls carry when the server checks who calls.
+pub struct Credentials {
+    /// `authorization` of SessionService calls (none: auth is off).
+    admin: Bearer,
+    /// Signs each player's own token (none: players send no token).
+    players: Option<Signer>,
+}
+
+impl Credentials {
+    /// Nothing: for a server with auth off.
+    fn none() -> Self {
+        Credentials { admin: Bearer(None), players: None }
+    }
+
+    /// A SessionService client on `channel`, carrying the admin credential.
+    fn sessions(&self, channel: Channel) -> SessionClient {
+        game_session::pb::session_service_client::SessionServiceClient::with_interceptor(channel, self.admin.clone())
+    }
+
+    /// The `authorization` value of `player_id`'s Play calls: a token of
+    /// its own, when tokens are minted. Minting costs the client a few
+    /// microseconds: callers that time the join mint first.
+    fn player_token(&self, player_id: &str) -> Result<Option<MetadataValue<Ascii>>, Failure> {
+        let Some(signer) = &self.players else { return Ok(None) };
+        Ok(Some(format!("Bearer {}", signer.player(player_id)?).parse()?))
+    }
+}
+
+/// A Play request carrying `token`, if any, without a deadline (the
+/// streams are long-lived).
+fn play_request<T>(token: Option<MetadataValue<Ascii>>, body: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request.set_timeout(Duration::from_secs(24 * 3600));
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", token);
+    }
+    request
+}
+
+/// A SessionService client whose calls carry the admin credential.
+type SessionClient = game_session::pb::session_service_client::SessionServiceClient<crate::Authed>;
+
+/// How long the bench's tokens are valid: longer than any run.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 impl Server {
+    /// The server at --addr, reached as the global flags say.
+    fn remote(remote: &Remote, target: &Target) -> Result<Server, Failure> {
+        let mut endpoint = Endpoint::from_shared(remote.uri.clone())?.tcp_nodelay(true);
+        if let Some(tls) = &remote.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let players = target.secret.bytes()?.map(|secret| Signer::new(&secret, TOKEN_TTL));
+        let admin = match (&players, remote.bearer.is_some()) {
+            (Some(signer), false) => Bearer::new(Some(&signer.admin("gsctl-bench")?))?,
+            _ => remote.bearer.clone(),
+        };
+        Ok(Server {
+            name: "server",
+            addr: remote.uri.clone(),
+            endpoint,
+            pid: target.server_pid,
+            credentials: Credentials { admin, players },
+        })
+    }
+
+    /// Runs `scenario` against the server; the report gives its address too
+    /// (`https://` when it served TLS).
+    async fn run(&self, scenario: &impl Run) -> Result<Measured, Failure> {
+        let mut measured = scenario.run(self).await?;
+        measured.details.insert("address".into(), json!(self.addr));
+        Ok(measured)
+    }
+
     /// Opens `count` HTTP/2 connections to the server, at most 64 at a time.
     async fn connect(&self, count: usize) -> Result<Vec<Channel>, Failure> {
         use futures_util::{StreamExt, stream};
-        let endpoint = Endpoint::from_shared(self.addr.clone())?.tcp_nodelay(true);
+        let endpoint = &self.endpoint;
         // `connect` (not `connect_lazy`) opens one connection per channel.
         let connects = (0..count.max(1)).map(|_| endpoint.connect());
         let channels: Result<Vec<Channel>, _> =
             stream::iter(connects).buffered(64).collect::<Vec<_>>().await.into_iter().collect();
-        Ok(channels.map_err(|e| format!("cannot connect to {}: {e}", self.addr))?)
+        Ok(channels.map_err(|e| crate::explain::explain(&e, crate::explain::Context::Remote(&self.addr)))?)
     }
 
     fn cpu_time(&self) -> Option<Duration> {
@@ -133,6 +239,7 @@ pub struct Metric {
 /// Creates `count` relay sessions of `max_players` seats with `labels`,
 /// round robin over `channels`, 64 at a time; returns their ids.
 async fn create_sessions(
+    server: &Server,
     channels: &[Channel],
     count: usize,
     max_players: u32,
@@ -140,9 +247,8 @@ async fn create_sessions(
 ) -> Result<Vec<String>, Failure> {
     use futures_util::{StreamExt, stream};
     use game_session::pb;
-    use game_session::pb::session_service_client::SessionServiceClient;
     let creates = (0..count).map(|i| {
-        let mut client = SessionServiceClient::new(channels[i % channels.len()].clone());
+        let mut client = server.credentials.sessions(channels[i % channels.len()].clone());
         let request = pb::CreateSessionRequest {
             mode: "relay".into(),
             max_players,
@@ -157,6 +263,19 @@ async fn create_sessions(
     stream::iter(creates).buffered(64).collect::<Vec<_>>().await.into_iter().collect()
 }
 
+/// Ends the sessions a run created, so that runs do not pile up; a server
+/// without EndSession (the baseline) keeps them.
+async fn end_sessions(server: &Server, channel: &Channel, sessions: Vec<String>) {
+    use futures_util::{StreamExt, stream};
+    use game_session::pb;
+    let ends = sessions.into_iter().map(|session_id| {
+        let mut client = server.credentials.sessions(channel.clone());
+        async move { client.end_session(pb::EndSessionRequest { session_id, message: String::new() }).await }
+    });
+    let results: Vec<_> = stream::iter(ends).buffer_unordered(64).collect().await;
+    drop(results);
+}
+
 /// A load scenario.
 trait Run {
     /// What the scenario runs, for the report.
@@ -168,27 +287,32 @@ trait Run {
 }
 
 /// Runs the scenario against the target, then prints the report.
-pub async fn run(addr: &str, bench: Bench, json_output: bool) -> Result<(), Failure> {
+pub async fn run(remote: &Remote, bench: Bench, json_output: bool) -> Result<(), Failure> {
     raise_open_files_limit();
     match bench.scenario {
-        Scenario::Relay(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
-        Scenario::Connections(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
-        Scenario::Churn(scenario) => execute(&scenario, addr, &scenario.target, json_output).await,
+        Scenario::Relay(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
+        Scenario::Connections(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
+        Scenario::Churn(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
     }
 }
 
-async fn execute(scenario: &impl Run, addr: &str, target: &Target, json_output: bool) -> Result<(), Failure> {
+async fn execute(scenario: &impl Run, remote: &Remote, target: &Target, json_output: bool) -> Result<(), Failure> {
     let mut results = Vec::new();
-    if target.spawn || target.compare {
-        let bin = target.server_bin.clone().map_or_else(|| beside_gsctl("game-session"), Ok)?;
-        results.push(("game-session", on_spawned(scenario, Spawn::GameSession, &bin).await?));
+    let game_session = || target.server_bin.clone().map_or_else(|| beside_gsctl("game-session"), Ok);
+    if target.compare_secure {
+        let bin = game_session()?;
+        results.push(("secure", on_spawned(scenario, Spawn::GameSession { secure: true }, "secure", &bin).await?));
+        results.push(("plain", on_spawned(scenario, Spawn::GameSession { secure: false }, "plain", &bin).await?));
+    } else if target.spawn || target.compare {
+        let spawn = Spawn::GameSession { secure: target.secure };
+        results.push(("game-session", on_spawned(scenario, spawn, "game-session", &game_session()?).await?));
         if target.compare {
             let bin = target.baseline_bin.clone().map_or_else(|| beside_gsctl("examples/bare_relay"), Ok)?;
-            results.push(("baseline", on_spawned(scenario, Spawn::Baseline, &bin).await?));
+            results.push(("baseline", on_spawned(scenario, Spawn::Baseline, "baseline", &bin).await?));
         }
     } else {
-        let server = Server { name: "server", addr: addr.to_owned(), pid: target.server_pid };
-        results.push((server.name, scenario.run(&server).await?));
+        let server = Server::remote(remote, target)?;
+        results.push((server.name, server.run(scenario).await?));
     }
     let report = report(scenario, &results);
     if json_output {
@@ -260,43 +384,65 @@ fn print_table(describe: &str, results: &[(&str, Measured)]) {
     }
 }
 
-/// The servers `--spawn` and `--compare` start.
+/// The servers `--spawn` and the comparisons start.
 #[derive(Clone, Copy)]
 enum Spawn {
-    GameSession,
+    /// game-session, with auth and TLS on when `secure`.
+    GameSession {
+        secure: bool,
+    },
     Baseline,
 }
 
 /// Starts the server, runs the scenario against it, and stops it.
-async fn on_spawned(scenario: &impl Run, kind: Spawn, bin: &Path) -> Result<Measured, Failure> {
+async fn on_spawned(scenario: &impl Run, kind: Spawn, name: &'static str, bin: &Path) -> Result<Measured, Failure> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let mut command = Command::new(bin);
     command.arg("--listen").arg(&listen).kill_on_drop(true).stdout(std::process::Stdio::null());
-    let name = match kind {
-        Spawn::GameSession => {
-            // Its defaults, with quiet logs, a short drain at the end, and
-            // its metrics endpoint on a free port (metrics on, as deployed).
-            command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
-            command.args(["--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
-            "game-session"
+    // Kept until the server has stopped; dropping it removes the files.
+    let mut secure_files = None;
+    if let Spawn::GameSession { secure } = kind {
+        // Its defaults, with quiet logs, a short drain at the end, and
+        // its metrics endpoint on a free port (metrics on, as deployed).
+        command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
+        command.args(["--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
+        if secure {
+            let files = secure::SecureFiles::create()?;
+            command.args(files.server_args());
+            secure_files = Some(files);
         }
-        Spawn::Baseline => "baseline",
+    }
+    let (addr, endpoint, credentials) = match &secure_files {
+        None => {
+            let addr = format!("http://{listen}");
+            let endpoint = Endpoint::from_shared(addr.clone())?.tcp_nodelay(true);
+            (addr, endpoint, Credentials::none())
+        }
+        Some(files) => {
+            let addr = format!("https://{listen}");
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&files.ca_pem));
+            let endpoint = Endpoint::from_shared(addr.clone())?.tcp_nodelay(true).tls_config(tls)?;
+            let signer = Signer::new(&files.secret, TOKEN_TTL);
+            let admin = Bearer::new(Some(&signer.admin("gsctl-bench")?))?;
+            (addr, endpoint, Credentials { admin, players: Some(signer) })
+        }
     };
     let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let server = Server { name, addr: format!("http://{listen}"), pid: child.id() };
+    let server = Server { name, addr, endpoint, pid: child.id(), credentials };
     wait_until_serving(&server, &mut child).await?;
-    let measured = scenario.run(&server).await;
+    let measured = server.run(scenario).await;
     let stopped = stop(&mut child).await.map_err(|e| format!("stopping {name}: {e}"));
     // The run's own error first; then a server that failed on the way out.
     let measured = measured?;
     stopped?;
+    drop(secure_files);
     Ok(measured)
 }
 
 /// Waits until the server accepts an HTTP/2 connection (at most 30 s).
 async fn wait_until_serving(server: &Server, child: &mut Child) -> Result<(), Failure> {
-    let endpoint = Endpoint::from_shared(server.addr.clone())?;
+    let endpoint = &server.endpoint;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         // Exited first: then whatever answers on the port is not our server.

@@ -28,7 +28,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::Args;
 use futures_util::{StreamExt, stream};
 use game_session::pb::player_service_client::PlayerServiceClient;
-use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, client_message, server_message};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -345,14 +344,14 @@ impl Relay {
         let channels = server.connect(self.connections).await?;
 
         // Sessions and players.
-        let sessions = super::create_sessions(&channels, self.sessions, self.players, &HashMap::new()).await?;
+        let sessions = super::create_sessions(server, &channels, self.sessions, self.players, &HashMap::new()).await?;
         let players = self.players as usize;
         let connecting = Instant::now();
         let joins = sessions
             .iter()
             .flat_map(|s| std::iter::repeat_n(s.clone(), players))
             .enumerate()
-            .map(|(n, session)| join(channels[n % channels.len()].clone(), session, n));
+            .map(|(n, session)| join(server, channels[n % channels.len()].clone(), session, n));
         let joined: Vec<(mpsc::Sender<pb::ClientMessage>, Streaming<pb::ServerMessage>)> =
             stream::iter(joins).buffered(256).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
         let connect_time = connecting.elapsed();
@@ -437,7 +436,7 @@ impl Relay {
                 Err(_) => stop_reading.cancel(),
             }
         }
-        end_sessions(&channels[0], sessions).await;
+        super::end_sessions(server, &channels[0], sessions).await;
 
         let mut latency = Histogram::<u64>::new(3)?;
         let (mut delivered, mut duplicates, mut order_violations, mut stream_errors) = (0, 0, 0, 0);
@@ -471,17 +470,6 @@ impl Relay {
             window_seconds: measured_window.as_secs_f64(),
         })
     }
-}
-
-/// Ends the sessions a step created, so that steps do not pile up; a server
-/// without EndSession (the baseline) keeps them.
-pub(super) async fn end_sessions(channel: &Channel, sessions: Vec<String>) {
-    let ends = sessions.into_iter().map(|session_id| {
-        let mut client = SessionServiceClient::new(channel.clone());
-        async move { client.end_session(pb::EndSessionRequest { session_id, message: String::new() }).await }
-    });
-    let results: Vec<_> = stream::iter(ends).buffer_unordered(64).collect().await;
-    drop(results);
 }
 
 /// The state of `--find-max`.
@@ -530,21 +518,20 @@ struct Schedule {
     window: (u64, u64),
 }
 
-/// Joins `session` as player `n` and waits for the welcome.
+/// Joins `session` as player `n` (with a token of its own when the server
+/// checks) and waits for the welcome.
 async fn join(
+    server: &Server,
     channel: Channel,
     session: String,
     n: usize,
 ) -> Result<(mpsc::Sender<pb::ClientMessage>, Streaming<pb::ServerMessage>), Failure> {
     let (tx, rx) = mpsc::channel(64);
-    let join = pb::Join {
-        target: Some(pb::join::Target::SessionId(session)),
-        player_id: format!("bench-{n}"),
-        ..Default::default()
-    };
+    let player_id = format!("bench-{n}");
+    let token = server.credentials.player_token(&player_id)?;
+    let join = pb::Join { target: Some(pb::join::Target::SessionId(session)), player_id, ..Default::default() };
     tx.send(pb::ClientMessage { kind: Some(client_message::Kind::Join(join)) }).await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.set_timeout(Duration::from_secs(24 * 3600));
+    let request = super::play_request(token, ReceiverStream::new(rx));
     let mut responses = PlayerServiceClient::new(channel).play(request).await?.into_inner();
     match responses.message().await?.and_then(|m| m.kind) {
         Some(server_message::Kind::Welcome(_)) => Ok((tx, responses)),
