@@ -1340,10 +1340,10 @@ class Checks:
             # SessionService; an admin credential from each source works.
             if admins:
                 proc = backend("list", token=None)
-                expect(proc.returncode != 0 and "nauthenticated" in proc.stderr,
+                expect(proc.returncode != 0 and "error: UNAUTHENTICATED:" in proc.stderr,
                        f"SessionService without a token: {proc.stdout}{proc.stderr}")
                 proc = backend("list", token=player_token)
-                expect(proc.returncode != 0 and "ermission" in proc.stderr,
+                expect(proc.returncode != 0 and "error: PERMISSION_DENIED:" in proc.stderr,
                        f"SessionService with a player token: {proc.stdout}{proc.stderr}")
                 for what, credential in admins.items():
                     proc = backend("list", token=credential)
