@@ -419,7 +419,9 @@ async fn session_service_needs_an_admin_credential() {
 
     let admin = admin_token();
     let session = create(&server, &admin, "relay").await;
-    for credential in [admin.as_str(), "first-api-key-0123456789", "second-api-key-0123456789"] {
+    // A service account's sub need not be a player id.
+    let service = hs256(&with(claims("svc|matchmaker@studio.example"), json!({ "scope": "game-session:admin" })));
+    for credential in [admin.as_str(), &service, "first-api-key-0123456789", "second-api-key-0123456789"] {
         let listed = sessions.list_sessions(bearer(list(), credential)).await.expect("list").into_inner();
         assert_eq!(listed.sessions.len(), 1);
     }
