@@ -217,10 +217,25 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// What went wrong, for the exit message.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+/// One thread serves a command; a bench gets a multi-threaded runtime so
+/// that the load client is not the limit (`--client-threads`).
+fn main() -> ExitCode {
     game_session::tls::install_default_provider();
     let cli = Cli::parse();
+    let runtime = match &cli.command {
+        Command::Bench(bench) => bench.runtime(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run_cli(cli)),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_cli(cli: Cli) -> ExitCode {
     // A failure names the address it could not reach; bench talks to the
     // servers it starts as well, so its failures name their own.
     let uri = match &cli.command {

@@ -43,8 +43,31 @@ use crate::token::{Secret, Signer};
 /// `gsctl bench`'s scenario and the server it runs against.
 #[derive(Debug, Args)]
 pub struct Bench {
+    /// Worker threads of the load client's runtime. Default: one per core,
+    /// so that the client is not what limits the figures; the report says
+    /// when it may have been (its CPU near one core per thread).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    client_threads: Option<u16>,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+/// The load client's worker threads, once its runtime is built.
+static CLIENT_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The load client's worker threads (1 before [`Bench::runtime`]).
+pub fn client_threads() -> usize {
+    CLIENT_THREADS.get().copied().unwrap_or(1)
+}
+
+impl Bench {
+    /// The multi-threaded runtime the scenarios run on.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = self.client_threads.map_or(cores, usize::from);
+        let _ = CLIENT_THREADS.set(threads);
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
 }
 
 #[derive(Debug, Subcommand)]
