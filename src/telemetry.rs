@@ -225,28 +225,23 @@ impl CollectorTls {
         self,
     ) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, crate::BoxError> {
         use rustls_pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        if let Some(ca) = &self.ca {
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
-                roots.add(cert.map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"))?)?;
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
-        let config = match self.identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))?;
-                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key)
-                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_KEY: {e}"))?;
-                builder.with_client_auth_cert(chain, key)?
-            }
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let roots = match &self.ca {
+            Some(ca) => CertificateDer::pem_slice_iter(ca)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"))?,
+            None => Vec::new(),
         };
-        Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build())
+        let identity = match self.identity {
+            None => None,
+            Some((cert, key)) => Some((
+                CertificateDer::pem_slice_iter(&cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))?,
+                PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_KEY: {e}"))?,
+            )),
+        };
+        crate::tls::https_connector(roots, identity).map_err(|e| format!("OTLP over TLS: {e}").into())
     }
 }
 

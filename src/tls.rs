@@ -56,6 +56,28 @@ pub fn certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// An HTTPS-only connector (HTTP/1.1) for the server's own outbound calls
+/// (the JWKS, an OTLP/HTTP collector): the system's roots plus `extra_roots`,
+/// and a client certificate when `identity` is given.
+pub(crate) fn https_connector(
+    extra_roots: Vec<CertificateDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, BoxError> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in extra_roots {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build())
+}
+
 /// The server TLS settings of the main and backend addresses, swapped whole
 /// when the files change; each new connection takes the current ones.
 pub struct Tls {

@@ -664,16 +664,14 @@ async fn mutual_tls_takes_the_client_certificate() {
     config.tls.tls_client_ca_file = Some(secrets.path("ca.pem"));
     let server = TestServer::start_with(config).await;
     let backend = server.backend_addr.expect("backend address");
-    let (cert, key) = (secrets.path("client.pem"), secrets.path("client.key"));
-    let args = [
-        "list",
-        "--token",
-        API_KEY,
-        "--cert-file",
-        cert.to_str().expect("utf-8"),
-        "--key-file",
-        key.to_str().expect("utf-8"),
-    ];
+    // `list` with the API key and the client certificate `name`.pem/.key.
+    let with_cert = |name: &str| {
+        let (cert, key) = (secrets.path(&format!("{name}.pem")), secrets.path(&format!("{name}.key")));
+        let path = |p: std::path::PathBuf| p.to_str().expect("utf-8").to_owned();
+        ["list", "--token", API_KEY, "--cert-file", &path(cert), "--key-file", &path(key)].map(str::to_owned)
+    };
+    let args = with_cert("client");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let listed = success(&output(secrets.gsctl(backend), &args).await, &args);
     assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  SEQUENCE  AGE  LABELS\n");
 
@@ -688,16 +686,8 @@ async fn mutual_tls_takes_the_client_certificate() {
          --cert-file and --key-file\n"
     );
     assert!(without == asked || without == closed, "{without}");
-    let (cert, key) = (secrets.path("other-client.pem"), secrets.path("other-client.key"));
-    let args = [
-        "list",
-        "--token",
-        API_KEY,
-        "--cert-file",
-        cert.to_str().expect("utf-8"),
-        "--key-file",
-        key.to_str().expect("utf-8"),
-    ];
+    let args = with_cert("other-client");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stranger = failure(&output(secrets.gsctl(backend), &args).await);
     let refused = format!(
         "error: cannot reach https://{backend}: TLS: the server refused this client's certificate (UnknownCA); \

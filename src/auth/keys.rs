@@ -90,16 +90,10 @@ impl KeyStore {
         let mut fixed = Vec::new();
         let secret = match (&config.jwt_hs256_secret, &config.jwt_hs256_secret_file) {
             (Some(secret), _) => Some(secret.as_bytes().to_vec()),
-            (None, Some(path)) => {
-                let mut bytes = read(path, "--jwt-hs256-secret-file")?;
-                if bytes.ends_with(b"\n") {
-                    bytes.pop();
-                    if bytes.ends_with(b"\r") {
-                        bytes.pop();
-                    }
-                }
-                Some(bytes)
-            }
+            (None, Some(path)) => Some(
+                read_secret_file(path)
+                    .map_err(|e| format!("cannot read {} (--jwt-hs256-secret-file): {e}", path.display()))?,
+            ),
             (None, None) => None,
         };
         if let Some(secret) = secret {
@@ -240,6 +234,19 @@ pub enum Lookup {
     WrongAlgorithm,
 }
 
+/// A secret from a file, without the one trailing newline (`\n` or `\r\n`)
+/// an editor or `echo` leaves: the server and `gsctl token` read it alike.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, BoxError> {
     std::fs::read(path).map_err(|e| format!("cannot read {} ({flag}): {e}", path.display()).into())
 }
@@ -282,19 +289,11 @@ fn parse_jwks(document: &[u8]) -> Result<JwksKeys, BoxError> {
 fn https_client(
     extra_ca: Option<&Path>,
 ) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>, BoxError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        for cert in crate::tls::certificates(path, "--jwks-ca-file")? {
-            roots.add(cert).map_err(|e| format!("{} (--jwks-ca-file): {e}", path.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let extra = match extra_ca {
+        Some(path) => crate::tls::certificates(path, "--jwks-ca-file")?,
+        None => Vec::new(),
+    };
+    let connector = crate::tls::https_connector(extra, None).map_err(|e| format!("--jwks-ca-file: {e}"))?;
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tracing::warn;
 
-pub use keys::MIN_SECRET_LEN;
 use keys::{KeyStore, Lookup};
+pub use keys::{MIN_SECRET_LEN, read_secret_file};
 
 use crate::BoxError;
 use crate::config::AuthConfig;

@@ -61,17 +61,10 @@ impl Secret {
     pub fn bytes(&self) -> Result<Option<Vec<u8>>, Failure> {
         match (&self.secret, &self.secret_file) {
             (Some(secret), _) => Ok(Some(secret.as_bytes().to_vec())),
-            (None, Some(path)) => {
-                let mut bytes = std::fs::read(path).map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
-                // As the server reads it: one trailing newline is not the secret's.
-                if bytes.ends_with(b"\n") {
-                    bytes.pop();
-                    if bytes.ends_with(b"\r") {
-                        bytes.pop();
-                    }
-                }
-                Ok(Some(bytes))
-            }
+            (None, Some(path)) => Ok(Some(
+                game_session::auth::read_secret_file(path)
+                    .map_err(|e| format!("--secret-file {}: {e}", path.display()))?,
+            )),
             (None, None) => Ok(None),
         }
     }
