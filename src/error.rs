@@ -1,9 +1,11 @@
-//! Typed errors of the service and their ONE mapping to `tonic::Status`.
+//! Typed errors of the service. Their one mapping to gRPC status codes is
+//! at the API edge (`api::status`); nothing here knows about gRPC.
 //!
 //! Messages name the field at fault. Internal details are logged where they
 //! happen and never sent to clients.
 
-use tonic::{Code, Status};
+/// Any error, boxed: for setup and I/O paths that only report.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong in a request, as the session layer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,9 +47,9 @@ pub enum Error {
     #[error("{0}")]
     SlowPlayer(String),
     /// The client broke the gRPC protocol on its stream (e.g. a frame over
-    /// the decode limit); the code is the one tonic's decoder chose.
+    /// the decode limit).
     #[error("{message}")]
-    Protocol { code: Code, message: String },
+    Protocol { fault: ProtocolFault, message: String },
     /// No credential, or one that does not verify.
     #[error("{0}")]
     Unauthenticated(String),
@@ -57,6 +59,25 @@ pub enum Error {
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),
+    /// The server failed (e.g. a session's logic panicked); the details are
+    /// in the server's log, not here.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How a client broke the gRPC protocol, as the stream's decoder saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolFault {
+    /// A message over the decode limit (OUT_OF_RANGE).
+    TooLarge,
+    /// A compressed message that decompresses past the decode limit
+    /// (RESOURCE_EXHAUSTED).
+    DecompressedTooLarge,
+    /// A compression the server does not accept (UNIMPLEMENTED).
+    Unsupported,
+    /// A frame or message that does not decode (INTERNAL, as gRPC's own
+    /// implementations answer).
+    Malformed,
 }
 
 impl Error {
@@ -68,25 +89,6 @@ impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
-    }
-
-    /// The gRPC code of this error: the one mapping, also used for the
-    /// non-fatal `error` messages of a Play stream.
-    pub fn code(&self) -> Code {
-        match self {
-            Error::InvalidArgument { .. } | Error::UnknownMode { .. } | Error::UnknownPlayer { .. } => {
-                Code::InvalidArgument
-            }
-            Error::SessionNotFound(_) => Code::NotFound,
-            Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => Code::ResourceExhausted,
-            Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
-            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-            Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
-            Error::Protocol { code, .. } => *code,
-            Error::JoinTimeout(_) => Code::DeadlineExceeded,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-        }
     }
 
     /// The field at fault, where there is one.
@@ -101,11 +103,5 @@ impl Error {
             Error::IdempotencyConflict(_) => "idempotency_key",
             _ => "",
         }
-    }
-}
-
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        Status::new(err.code(), err.to_string())
     }
 }

@@ -13,19 +13,24 @@
 //!   shutdown future resolves, then drains and exits. The binary and the tests
 //!   share it.
 //! - [`api`]: the gRPC edge. Decodes and validates requests, calls the session
-//!   layer, encodes replies. `api::codec` is the Play stream's codec (pre-encoded
-//!   responses, small buffers).
-//! - [`session`]: the registry ([`session::SessionManager`]), the cloneable
-//!   [`session::SessionHandle`], the actor that owns each session, the
-//!   per-player outbound queues and their policy, and the modes.
+//!   layer through its [`session::Directory`], encodes replies. `api::codec`
+//!   is the Play stream's codec (pre-encoded responses, small buffers);
+//!   `api::status` maps the typed errors to gRPC status codes.
+//! - [`session`]: finding sessions ([`session::Directory`], implemented on
+//!   one node by [`session::Registry`]), running them (one actor per session
+//!   with a [`session::Room`] for the plumbing), and their rules
+//!   ([`session::SessionLogic`], made by a [`session::Mode`]). Its module
+//!   docs list one file per job.
 //! - [`auth`]: who is calling: player tokens on Play (the player id is the
 //!   token's `sub`), admin tokens or API keys on SessionService, and the keys
 //!   that verify them (HS256 secret, PEM keys, JWKS).
 //! - [`tls`]: rustls on the gRPC ports, certificates reloaded on change, and
 //!   mutual TLS on the backend address.
-//! - [`error`]: typed errors and their one mapping to `tonic::Status`.
+//! - [`error`]: typed errors, with no gRPC in them.
 //! - [`pb`]: the generated protobuf types, clients and servers.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs and OpenTelemetry trace export.
+//! - [`metrics`]: Prometheus metric names, the session layer's handles, and
+//!   the /metrics endpoint.
 //!
 //! # Glossary
 //!
@@ -35,7 +40,10 @@
 //!   a seat freed because the connection broke.
 //! - *relay*: a player's opaque payload, forwarded in the session's order.
 //! - *sequence*: the session's strictly increasing message number.
-//! - *mode*: the named logic a session runs (`relay` is built in).
+//! - *mode*: the named kind of session; it makes each session's logic from
+//!   the session's config (`relay` is built in).
+//! - *room*: a session's plumbing (seats, queues, sequence), apart from its
+//!   *logic* (the rules).
 
 pub mod api;
 pub mod auth;
@@ -67,19 +75,15 @@ use api::convert::Limits;
 use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
-use session::{EndReason, ManagerConfig, SessionConfig, SessionManager};
+use session::{EndReason, Registry, RegistryConfig, SessionConfig};
 use tls::Tls;
 
-/// Any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use error::BoxError;
 
 /// The health service name that stays SERVING while the server drains, for
 /// Kubernetes liveness probes. Readiness probes check the overall status
 /// (`""`), which turns NOT_SERVING on drain.
 pub const LIVENESS_SERVICE: &str = "liveness";
-
-/// The message players receive when their session ends at shutdown.
-pub const SHUTDOWN_MESSAGE: &str = "server shutting down";
 
 /// The sockets the server serves on.
 pub struct Listeners {
@@ -112,12 +116,12 @@ pub async fn run(
     tls::install_default_provider();
     let auth = Auth::from_config(&config.auth).await?;
     let tls = Tls::from_config(&config.tls)?;
-    let manager = SessionManager::new(manager_config(&config), modes);
+    let registry = Registry::new(registry_config(&config), modes);
     let limits = Limits::new(&config);
     let decode_limit = config.max_decoding_message_size();
 
     let player_api = PlayerServiceServer::new(api::PlayerApi::new(
-        manager.clone(),
+        registry.clone(),
         limits.clone(),
         config.join_timeout,
         auth.clone(),
@@ -125,15 +129,15 @@ pub async fn run(
     .max_decoding_message_size(decode_limit);
     // CreateSession carries up to 64 KiB of config whatever the payload limit.
     let backend_decode_limit = decode_limit.max(api::convert::MAX_CONFIG_LEN + 16 * 1024);
-    let session_api = SessionServiceServer::new(api::SessionApi::new(manager.clone(), limits, auth.clone()))
+    let session_api = SessionServiceServer::new(api::SessionApi::new(registry.clone(), limits, auth.clone()))
         .max_decoding_message_size(backend_decode_limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let services = [
         "",
         LIVENESS_SERVICE,
-        <PlayerServiceServer<api::PlayerApi> as NamedService>::NAME,
-        <SessionServiceServer<api::SessionApi> as NamedService>::NAME,
+        <PlayerServiceServer<api::PlayerApi<Registry>> as NamedService>::NAME,
+        <SessionServiceServer<api::SessionApi<Registry>> as NamedService>::NAME,
     ];
     for name in services {
         health.set_service_status(name, ServingStatus::Serving).await;
@@ -210,18 +214,19 @@ pub async fn run(
     }
 
     // 1. Readiness off, no new sessions or joins.
-    info!(sessions = manager.len(), drain_period = ?config.drain_period, "shutting down: draining");
+    info!(sessions = registry.len(), drain_period = ?config.drain_period, "shutting down: draining");
     for name in services.into_iter().filter(|name| *name != LIVENESS_SERVICE) {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
-    manager.start_drain();
+    registry.start_drain();
     // 2. Let running sessions finish, up to the drain period.
-    if tokio::time::timeout(config.drain_period, manager.wait_empty()).await.is_err() {
-        info!(sessions = manager.len(), "drain period over; ending the remaining sessions");
+    if tokio::time::timeout(config.drain_period, registry.wait_empty()).await.is_err() {
+        info!(sessions = registry.len(), "drain period over; ending the remaining sessions");
     }
     // 3. End what is left; each actor queues its players' last messages.
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    let ended = tokio::time::timeout_at(deadline, manager.end_all(EndReason::ServerShutdown, SHUTDOWN_MESSAGE)).await;
+    let ended =
+        tokio::time::timeout_at(deadline, registry.end_all(EndReason::ServerShutdown, session::SHUTDOWN_MESSAGE)).await;
     // 4. Close the servers gracefully: streams finish writing their queues.
     stop.cancel();
     let flushed = tokio::time::timeout_at(deadline, futures_util::future::join_all(servers)).await;
@@ -252,8 +257,8 @@ fn serve(
     }
 }
 
-fn manager_config(config: &Config) -> ManagerConfig {
-    ManagerConfig {
+fn registry_config(config: &Config) -> RegistryConfig {
+    RegistryConfig {
         max_sessions: config.max_sessions,
         default_max_players: config.default_max_players,
         max_players_limit: config.max_players_limit,

@@ -28,7 +28,8 @@ pub const SESSIONS_ACTIVE: &str = "game_session_sessions_active";
 /// Sessions created, by `mode`.
 pub const SESSIONS_CREATED: &str = "game_session_sessions_created_total";
 /// Sessions ended, by `mode` and `reason` (`ended_by_backend`, `idle`,
-/// `server_shutdown`, or `aborted`: its task failed).
+/// `server_shutdown`, `internal_error`: a panic was caught and the players
+/// told, or `aborted`: its task died even so).
 pub const SESSIONS_ENDED: &str = "game_session_sessions_ended_total";
 /// Players in a session now, by `mode`.
 pub const PLAYERS_CONNECTED: &str = "game_session_players_connected";
@@ -42,7 +43,7 @@ pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
 pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
-pub const MESSAGES_DELIVERED: &str = "game_session_messages_delivered_total";
+pub const MESSAGES_QUEUED: &str = "game_session_messages_queued_total";
 /// Droppable relays and backend messages dropped for a player that was
 /// behind, by `mode`.
 pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
@@ -72,7 +73,7 @@ const RPC_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the process-wide Prometheus recorder and describes every metric.
-pub fn install() -> Result<PrometheusHandle, crate::BoxError> {
+pub fn install() -> Result<PrometheusHandle, crate::error::BoxError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
         .install_recorder()?;
@@ -89,7 +90,7 @@ fn describe() {
     describe_counter!(PLAYER_JOINS, "Players joined.");
     describe_counter!(PLAYER_DEPARTURES, "Players gone, by reason.");
     describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
-    describe_counter!(MESSAGES_DELIVERED, "Messages queued for a recipient (a relay to 7 players counts 7).");
+    describe_counter!(MESSAGES_QUEUED, "Messages queued for a recipient (a relay to 7 players counts 7).");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
     describe_counter!(AUTH_REJECTIONS, "Credentials refused, by API and reason.");
@@ -194,7 +195,7 @@ fn respond<B>(
 pub(crate) struct SessionMetrics {
     mode: SharedString,
     pub received: Counter,
-    pub delivered: Counter,
+    pub queued: Counter,
     pub dropped: Counter,
     joins: Counter,
     players: Gauge,
@@ -215,7 +216,7 @@ impl SessionMetrics {
         active.increment(1.0);
         SessionMetrics {
             received: counter!(MESSAGES_RECEIVED, &label()),
-            delivered: counter!(MESSAGES_DELIVERED, &label()),
+            queued: counter!(MESSAGES_QUEUED, &label()),
             dropped: counter!(MESSAGES_DROPPED, &label()),
             joins: counter!(PLAYER_JOINS, &label()),
             players: gauge!(PLAYERS_CONNECTED, &label()),

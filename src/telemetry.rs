@@ -114,7 +114,7 @@ impl Telemetry {
 }
 
 /// The tracer provider the `OTEL_*` variables ask for, if any.
-fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::BoxError> {
+fn tracer_provider() -> Result<Option<SdkTracerProvider>, crate::error::BoxError> {
     let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
@@ -193,8 +193,8 @@ struct CollectorTls {
 }
 
 impl CollectorTls {
-    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, crate::BoxError> {
-        let read = |name: &str| -> Result<Option<Vec<u8>>, crate::BoxError> {
+    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, crate::error::BoxError> {
+        let read = |name: &str| -> Result<Option<Vec<u8>>, crate::error::BoxError> {
             match var(name) {
                 None => Ok(None),
                 Some(path) => {
@@ -223,7 +223,8 @@ impl CollectorTls {
 
     fn https(
         self,
-    ) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, crate::BoxError> {
+    ) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, crate::error::BoxError>
+    {
         use rustls_pki_types::pem::PemObject as _;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         let roots = match &self.ca {
@@ -310,6 +311,28 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// A link to a span that will have closed by the time the link is made
+/// (tracing's own `follows_from` needs the span still open): a seat keeps
+/// one to its `player.join` span for its `player.leave` span. Empty, and
+/// ignored, when traces are not exported.
+#[derive(Debug, Clone)]
+pub struct SpanLink(opentelemetry::trace::SpanContext);
+
+impl SpanLink {
+    /// A link to `span`.
+    pub fn to(span: &tracing::Span) -> Self {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        SpanLink(span.context().span().span_context().clone())
+    }
+
+    /// Adds the link to `span`.
+    pub fn add_to(&self, span: &tracing::Span) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        span.add_link(self.0.clone());
     }
 }
 

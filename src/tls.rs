@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::BoxError;
 use crate::config::TlsConfig;
+use crate::error::BoxError;
 use crate::telemetry::Throttle;
 
 /// How long a TLS handshake may take before the connection is dropped.

@@ -198,7 +198,7 @@ async fn metrics_count_a_scripted_session_exactly() {
         ("game_session_player_departures_total{mode=\"relay\",reason=\"left\"}".to_owned(), 1.0),
         ("game_session_player_departures_total{mode=\"relay\",reason=\"session_ended\"}".to_owned(), 1.0),
         (format!("game_session_messages_received_total{RELAY}"), 3.0),
-        (format!("game_session_messages_delivered_total{RELAY}"), 3.0),
+        (format!("game_session_messages_queued_total{RELAY}"), 3.0),
         (format!("game_session_messages_dropped_total{RELAY}"), 0.0),
         ("game_session_rpc_duration_seconds_count{method=\"CreateSession\",code=\"OK\"}".to_owned(), 1.0),
         ("game_session_rpc_duration_seconds_count{method=\"EndSession\",code=\"OK\"}".to_owned(), 1.0),

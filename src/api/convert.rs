@@ -11,8 +11,8 @@ use crate::config::{Config, MAX_ID_LEN};
 use crate::error::Error;
 use crate::pb;
 use crate::session::{
-    EndReason, Event, Input, NewPlayer, PlayerId, PlayerInfo, PresenceKind, Private, RelayInput, SessionFilter,
-    SessionInfo,
+    Direct, EndReason, Event, Inbound, NewPlayer, PlayerId, PlayerInfo, PlayerMessage, PresenceKind, RelayMessage,
+    SessionFilter, SessionInfo,
 };
 
 /// Longest label or metadata key, in bytes.
@@ -133,25 +133,25 @@ pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
 }
 
 /// One message of a joined player's stream. A malformed one becomes
-/// [`Input::Invalid`]: a non-fatal error for the player alone.
-pub fn input(message: pb::ClientMessage, limits: &Limits) -> Input {
+/// [`Inbound::Invalid`]: a non-fatal error for the player alone.
+pub fn inbound(message: pb::ClientMessage, limits: &Limits) -> Inbound {
     use pb::client_message::Kind;
     match message.kind {
-        Some(Kind::Relay(relay)) => match relay_input(relay, limits) {
-            Ok(relay) => Input::Relay(relay),
-            Err(err) => Input::Invalid(err),
+        Some(Kind::Relay(relay)) => match relay_message(relay, limits) {
+            Ok(relay) => Inbound::Message(PlayerMessage::Relay(relay)),
+            Err(err) => Inbound::Invalid(err),
         },
-        Some(Kind::Ping(ping)) => Input::Ping { client_time: ping.client_time },
-        Some(Kind::Leave(_)) => Input::Leave,
-        Some(Kind::Join(_)) => Input::Invalid(Error::precondition("join", "this stream has already joined")),
-        None => Input::Invalid(Error::invalid("kind", "empty message: set one of relay, ping or leave")),
+        Some(Kind::Ping(ping)) => Inbound::Ping { client_time: ping.client_time },
+        Some(Kind::Leave(_)) => Inbound::Leave,
+        Some(Kind::Join(_)) => Inbound::Invalid(Error::precondition("join", "this stream has already joined")),
+        None => Inbound::Invalid(Error::invalid("kind", "empty message: set one of relay, ping or leave")),
     }
 }
 
-fn relay_input(relay: pb::Relay, limits: &Limits) -> Result<RelayInput, Error> {
+fn relay_message(relay: pb::Relay, limits: &Limits) -> Result<RelayMessage, Error> {
     check_payload("relay.payload", &relay.payload, limits)?;
     let targets = check_targets("relay.targets", relay.targets, limits)?;
-    Ok(RelayInput { payload: relay.payload, targets, droppable: relay.droppable })
+    Ok(RelayMessage { payload: relay.payload, targets, droppable: relay.droppable })
 }
 
 /// A ListSessions / WatchSessions filter.
@@ -198,6 +198,7 @@ pub fn end_reason(reason: EndReason) -> pb::SessionEndReason {
         EndReason::EndedByBackend => pb::SessionEndReason::EndedByBackend,
         EndReason::Idle => pb::SessionEndReason::Idle,
         EndReason::ServerShutdown => pb::SessionEndReason::ServerShutdown,
+        EndReason::InternalError => pb::SessionEndReason::InternalError,
     }
 }
 
@@ -240,23 +241,25 @@ pub fn event(event: &Event) -> pb::ServerMessage {
 }
 
 /// A message for one player, for the wire.
-pub fn private(message: &Private) -> pb::ServerMessage {
+pub fn direct(message: &Direct) -> pb::ServerMessage {
     use pb::server_message::Kind;
     let kind = match message {
-        Private::Welcome(welcome) => Kind::Welcome(pb::Welcome {
+        Direct::Welcome(welcome) => Kind::Welcome(pb::Welcome {
             session_id: welcome.session_id.to_string(),
             player: Some(player(&welcome.player)),
             players: players(&welcome.players),
             sequence: welcome.sequence,
             mode: welcome.mode.to_string(),
         }),
-        Private::Pong { client_time, server_time_unix_micros } => {
+        Direct::Pong { client_time, server_time_unix_micros } => {
             Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })
         }
-        Private::Error(err) => {
-            Kind::Error(pb::Error { code: err.code() as i32, message: err.to_string(), field: err.field().to_owned() })
-        }
-        Private::Dropped { count, last_sequence } => {
+        Direct::Error(err) => Kind::Error(pb::Error {
+            code: super::status::code(err) as i32,
+            message: err.to_string(),
+            field: err.field().to_owned(),
+        }),
+        Direct::Dropped { count, last_sequence } => {
             Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })
         }
     };

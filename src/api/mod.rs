@@ -33,6 +33,7 @@ pub mod codec;
 pub mod convert;
 pub mod player;
 pub mod session;
+pub mod status;
 
 pub use player::PlayerApi;
 pub use session::SessionApi;

@@ -20,26 +20,27 @@ use crate::auth::{Auth, Call};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::play_server::player_service_server::PlayerService;
-use crate::session::{Delivery, InboundError, Input, JoinTarget, OutboundRx, SessionManager};
+use crate::session::{Delivery, Directory, Inbound, InboundError, JoinTarget, OutboundRx};
 
 /// The PlayerService implementation.
 #[derive(Clone)]
-pub struct PlayerApi {
-    manager: SessionManager,
+pub struct PlayerApi<D> {
+    directory: D,
     limits: Arc<Limits>,
     join_timeout: Duration,
     auth: Auth,
 }
 
-impl PlayerApi {
-    /// Serves players of `manager`'s sessions, to the callers `auth` admits.
-    pub fn new(manager: SessionManager, limits: Limits, join_timeout: Duration, auth: Auth) -> Self {
-        PlayerApi { manager, limits: Arc::new(limits), join_timeout, auth }
+impl<D: Directory> PlayerApi<D> {
+    /// Serves players of the sessions in `directory`, to the callers `auth`
+    /// admits.
+    pub fn new(directory: D, limits: Limits, join_timeout: Duration, auth: Auth) -> Self {
+        PlayerApi { directory, limits: Arc::new(limits), join_timeout, auth }
     }
 }
 
 #[tonic::async_trait]
-impl PlayerService for PlayerApi {
+impl<D: Directory> PlayerService for PlayerApi<D> {
     type PlayStream = PlayStream;
 
     async fn play(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, Status> {
@@ -73,10 +74,17 @@ impl PlayerService for PlayerApi {
             };
             let mut player = convert::new_player(join, &self.limits)?;
             if let Some(token) = &token {
-                player.id = self.auth.admit(token, &player.id, &target, |id| self.manager.mode_of(id), peer)?;
+                // Looked up first (the directory may be remote), and used
+                // only if the token limits its modes.
+                let mode = match &target {
+                    JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
+                    _ => None,
+                };
+                let mode_of = |_: &str| mode.unwrap_or_else(|| Err(Error::Internal("no mode was looked up".into())));
+                player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
             }
             let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
-            let joined = self.manager.join(target, player, inputs).await?;
+            let joined = self.directory.join(target, player, inputs).await?;
             let span = Span::current();
             span.record("session.id", &*joined.session_id);
             span.record("player.id", &*joined.player_id);
@@ -94,13 +102,13 @@ struct Inputs {
 }
 
 impl Stream for Inputs {
-    type Item = Result<Input, InboundError>;
+    type Item = Result<Inbound, InboundError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         Pin::new(&mut this.inner).poll_next(cx).map(|item| {
             item.map(|result| match result {
-                Ok(message) => Ok(convert::input(message, &this.limits)),
+                Ok(message) => Ok(convert::inbound(message, &this.limits)),
                 Err(status) => Err(inbound_error(status)),
             })
         })
@@ -114,7 +122,8 @@ fn inbound_error(status: Status) -> InboundError {
     if std::error::Error::source(&status).is_some() {
         InboundError::Transport(format!("{}: {}", status.code(), status.message()))
     } else {
-        InboundError::Protocol(Error::Protocol { code: status.code(), message: status.message().to_owned() })
+        let fault = super::status::protocol_fault(status.code());
+        InboundError::Protocol(Error::Protocol { fault, message: status.message().to_owned() })
     }
 }
 
@@ -139,7 +148,7 @@ impl Stream for PlayStream {
             Some(Delivery::Event(event)) => {
                 Some(Ok(Outbound(event.encoded(|event| codec::encode(&convert::event(event)).0))))
             }
-            Some(Delivery::Private(message)) => Some(Ok(codec::encode(&convert::private(&message)))),
+            Some(Delivery::Direct(message)) => Some(Ok(codec::encode(&convert::direct(&message)))),
             Some(Delivery::End(error)) => {
                 self.done = true;
                 error.map(|err| Err(Status::from(*err)))

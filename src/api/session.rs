@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt, stream};
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -13,7 +12,7 @@ use crate::auth::{Auth, Call, Caller};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
-use crate::session::{CreateParams, EndReason, SessionManager, WatchEventKind};
+use crate::session::{CreateParams, Directory, EndReason, WatchError, WatchEventKind};
 
 /// Sessions per ListSessions page when the request does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -22,17 +21,17 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// The SessionService implementation.
 #[derive(Clone)]
-pub struct SessionApi {
-    manager: SessionManager,
+pub struct SessionApi<D> {
+    directory: D,
     limits: Arc<Limits>,
     auth: Auth,
 }
 
-impl SessionApi {
-    /// Serves `manager`'s sessions to the backend services `auth` admits as
-    /// admins.
-    pub fn new(manager: SessionManager, limits: Limits, auth: Auth) -> Self {
-        SessionApi { manager, limits: Arc::new(limits), auth }
+impl<D: Directory> SessionApi<D> {
+    /// Serves the sessions in `directory` to the backend services `auth`
+    /// admits as admins.
+    pub fn new(directory: D, limits: Limits, auth: Auth) -> Self {
+        SessionApi { directory, limits: Arc::new(limits), auth }
     }
 }
 
@@ -53,7 +52,7 @@ fn audit<T>(caller: &Caller, rpc: &'static str, session_id: &str, result: &Resul
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSessionsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl SessionService for SessionApi {
+impl<D: Directory> SessionService for SessionApi<D> {
     async fn create_session(
         &self,
         request: Request<pb::CreateSessionRequest>,
@@ -79,7 +78,7 @@ impl SessionService for SessionApi {
             let id = request.into_inner().session_id;
             tracing::Span::current().record("session.id", id.as_str());
             convert::check_id("session_id", &id)?;
-            let info = self.manager.get(&id)?.info().await?;
+            let info = self.directory.get(&id).await?;
             Ok(Response::new(pb::GetSessionResponse { session: Some(convert::session(&info)) }))
         })
         .await
@@ -102,7 +101,7 @@ impl SessionService for SessionApi {
             if let Some(token) = after {
                 convert::check_id("page_token", token)?;
             }
-            let (page, more) = self.manager.list(&filter, after, page_size);
+            let (page, more) = self.directory.list(&filter, after, page_size).await?;
             let next_page_token = match page.last() {
                 Some(last) if more => last.id.to_string(),
                 _ => String::new(),
@@ -126,7 +125,7 @@ impl SessionService for SessionApi {
             use pb::watch_sessions_response::Kind;
             self.auth.admin(&Call::of(&request)).await?;
             let filter = convert::filter(request.into_inner().filter, &self.limits)?;
-            let watch = self.manager.watch(&filter);
+            let watch = self.directory.watch(filter).await?;
             let initial = watch
                 .initial
                 .iter()
@@ -135,41 +134,26 @@ impl SessionService for SessionApi {
                     kind: Some(Kind::Synced(pb::Synced { revision: watch.revision })),
                 })))
                 .collect::<Vec<_>>();
-            let closing = self.manager.closing();
-            let live = stream::unfold(Some((watch.events, filter, closing)), |state| async move {
-                let (mut events, filter, closing) = state?;
-                loop {
-                    let received = tokio::select! {
-                        () = closing.cancelled() => {
-                            return Some((Err(Status::unavailable("the server is shutting down; watch another instance")), None));
-                        }
-                        received = events.recv() => received,
+            let live = watch.events.map(|event| match event {
+                Ok(event) => {
+                    let kind = match event.kind {
+                        WatchEventKind::Created => pb::SessionEventKind::Created,
+                        WatchEventKind::Updated => pb::SessionEventKind::Updated,
+                        WatchEventKind::Ended => pb::SessionEventKind::Ended,
                     };
-                    match received {
-                        Ok(event) if event.concerns(&filter) => {
-                            let kind = match event.kind {
-                                WatchEventKind::Created => pb::SessionEventKind::Created,
-                                WatchEventKind::Updated => pb::SessionEventKind::Updated,
-                                WatchEventKind::Ended => pb::SessionEventKind::Ended,
-                            };
-                            let message = pb::WatchSessionsResponse {
-                                kind: Some(Kind::Event(pb::SessionEvent {
-                                    revision: event.revision,
-                                    kind: kind as i32,
-                                    session: Some(convert::session(&event.session)),
-                                })),
-                            };
-                            return Some((Ok(message), Some((events, filter, closing))));
-                        }
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(missed)) => {
-                            let status = Status::aborted(format!(
-                                "this watch fell {missed} events behind and was ended; call WatchSessions again"
-                            ));
-                            return Some((Err(status), None));
-                        }
-                        Err(RecvError::Closed) => return None,
-                    }
+                    Ok(pb::WatchSessionsResponse {
+                        kind: Some(Kind::Event(pb::SessionEvent {
+                            revision: event.revision,
+                            kind: kind as i32,
+                            session: Some(convert::session(&event.session)),
+                        })),
+                    })
+                }
+                Err(WatchError::Lagged(missed)) => Err(Status::aborted(format!(
+                    "this watch fell {missed} events behind and was ended; call WatchSessions again"
+                ))),
+                Err(WatchError::Closing) => {
+                    Err(Status::unavailable("the server is shutting down; watch another instance"))
                 }
             });
             let stream: WatchStream = Box::pin(stream::iter(initial).chain(live));
@@ -194,8 +178,8 @@ impl SessionService for SessionApi {
                 if request.message.len() > MAX_END_MESSAGE_LEN {
                     return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
                 }
-                let handle = self.manager.get(&request.session_id)?;
-                let sequence = handle.end(EndReason::EndedByBackend, request.message).await?;
+                let sequence =
+                    self.directory.end(&request.session_id, EndReason::EndedByBackend, request.message).await?;
                 Ok(Response::new(pb::EndSessionResponse { sequence }))
             }
             .await;
@@ -219,8 +203,7 @@ impl SessionService for SessionApi {
                 convert::check_id("session_id", &request.session_id)?;
                 convert::check_payload("payload", &request.payload, &self.limits)?;
                 let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
-                let handle = self.manager.get(&request.session_id)?;
-                let sequence = handle.send(request.payload, targets).await?;
+                let sequence = self.directory.send(&request.session_id, request.payload, targets).await?;
                 Ok(Response::new(pb::SendToSessionResponse { sequence }))
             }
             .await;
@@ -231,7 +214,7 @@ impl SessionService for SessionApi {
     }
 }
 
-impl SessionApi {
+impl<D: Directory> SessionApi<D> {
     async fn create(&self, request: pb::CreateSessionRequest) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
         if request.config.len() > MAX_CONFIG_LEN {
@@ -258,7 +241,7 @@ impl SessionApi {
             config: request.config,
             open_to_join_or_create: request.open_to_join_or_create,
         };
-        let created = self.manager.create(params, key)?;
+        let created = self.directory.create(params, key).await?;
         tracing::Span::current().record("session.id", &*created.session.id);
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(convert::session(&created.session)),

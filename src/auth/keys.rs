@@ -17,8 +17,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tracing::{info, warn};
 
-use crate::BoxError;
 use crate::config::AuthConfig;
+use crate::error::BoxError;
 
 /// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
 /// as long as the hash.

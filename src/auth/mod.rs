@@ -25,8 +25,8 @@ use tracing::warn;
 use keys::{KeyStore, Lookup};
 pub use keys::{MIN_SECRET_LEN, read_secret_file};
 
-use crate::BoxError;
 use crate::config::AuthConfig;
+use crate::error::BoxError;
 use crate::error::Error;
 use crate::session::JoinTarget;
 use crate::telemetry::Throttle;

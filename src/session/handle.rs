@@ -8,7 +8,6 @@
 //! reaches the actor through their own streams, under HTTP/2 flow control.
 
 use bytes::Bytes;
-use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{EndReason, InboundStream, NewPlayer, OutboundRx, PlayerId, SessionId, SessionInfo};
@@ -20,7 +19,15 @@ pub struct JoinRequest {
     pub player: NewPlayer,
     pub inbound: InboundStream,
     /// The span of the call that asked (the Play RPC), for a span link.
-    pub caller: SpanContext,
+    pub caller: tracing::Span,
+}
+
+impl EndRequest {
+    /// An end that no call asked for (idle, shutdown, failure): no one waits
+    /// for it, and it links to no span.
+    pub(super) fn unasked(reason: EndReason, message: String) -> Self {
+        EndRequest { reason, message, reply: None, caller: tracing::Span::none() }
+    }
 }
 
 /// What a successful join returns: the player's queue, whose first item is
@@ -38,10 +45,24 @@ pub type JoinRejected = (Error, Option<Box<JoinRequest>>);
 
 /// A request to the actor.
 pub(super) enum Command {
+    /// Seat a player.
     Join { request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>> },
-    Send { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
-    End { reason: EndReason, message: String, reply: Option<oneshot::Sender<u64>>, caller: SpanContext },
+    /// A backend service's message for the session's logic.
+    BackendMessage { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
+    /// End the session.
+    End(EndRequest),
+    /// The session's summary with its players.
     Info { reply: oneshot::Sender<SessionInfo> },
+}
+
+/// Why a session is to end, what its players are told, who waits for the
+/// `session_ended` event's sequence number, and the span of the call that
+/// asked (for a link; none for an idle timeout or a shutdown).
+pub(super) struct EndRequest {
+    pub reason: EndReason,
+    pub message: String,
+    pub reply: Option<oneshot::Sender<u64>>,
+    pub caller: tracing::Span,
 }
 
 /// The address of one session. Cheap to clone.
@@ -83,7 +104,7 @@ impl SessionHandle {
     /// returns the sequence number it got.
     pub async fn send(&self, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
-        self.command(Command::Send { payload, targets, reply })?;
+        self.command(Command::BackendMessage { payload, targets, reply })?;
         answer.await.map_err(|_| self.gone())?
     }
 
@@ -91,7 +112,8 @@ impl SessionHandle {
     /// sequence number of the `session_ended` event.
     pub async fn end(&self, reason: EndReason, message: String) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
-        self.command(Command::End { reason, message, reply: Some(reply), caller: super::caller() })?;
+        let caller = tracing::Span::current();
+        self.command(Command::End(EndRequest { reason, message, reply: Some(reply), caller }))?;
         answer.await.map_err(|_| self.gone())
     }
 
@@ -99,8 +121,7 @@ impl SessionHandle {
     /// when its inbox is full: used at shutdown, where every session must
     /// end. Returns false if the session had already ended.
     pub(super) async fn end_now(&self, reason: EndReason, message: String) -> bool {
-        let caller = SpanContext::empty_context();
-        self.tx.send(Command::End { reason, message, reply: None, caller }).await.is_ok()
+        self.tx.send(Command::End(EndRequest::unasked(reason, message))).await.is_ok()
     }
 
     /// The session's id.

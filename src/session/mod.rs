@@ -1,15 +1,41 @@
-//! The session layer: the registry ([`SessionManager`]), the cloneable
-//! address of a session ([`SessionHandle`]), the actor that owns each
-//! session, the per-player outbound queues, and the modes.
+//! The session layer: finding sessions, running them, and the rules they run.
 //!
-//! Nothing here knows about prost or gRPC transport: the API layer turns
-//! protobuf into these types and back.
+//! # Layout
+//!
+//! One job per file:
+//! - `directory.rs`: the seam the API finds, creates, lists, watches, joins,
+//!   messages and ends sessions through ([`Directory`]), and its types.
+//! - `registry.rs`: the in-process [`Directory`] ([`Registry`]): a map of
+//!   running sessions, their summaries, and the watch events.
+//! - `handle.rs`: a running session's cloneable address and the commands its
+//!   bounded inbox carries.
+//! - `actor.rs`: the task that runs one session: it waits on the inbox, the
+//!   players' streams and the timers, and calls the room and the logic. A
+//!   panic anywhere in it ends that session alone, with
+//!   [`EndReason::InternalError`].
+//! - `room.rs`: the plumbing every session shares ([`Room`]): seats, the
+//!   sequence, fan-out to the players' queues, departures, and the
+//!   half-close protocol.
+//! - `outbound.rs`: one player's outbound queue and the policy for a player
+//!   who falls behind.
+//! - `logic.rs`: the rules of a session ([`SessionLogic`]), and the modes
+//!   that make them from a session's config ([`Mode`], [`Modes`]).
+//! - `relay.rs`: the built-in `relay` mode: forward each message, in the
+//!   session's order.
+//! - `tests.rs`: the actor, room and relay on paused time, without a network.
+//!
+//! This file holds the vocabulary they share. Nothing here knows about
+//! protobuf, gRPC or OpenTelemetry: the API layer turns protobuf into these
+//! types and back.
 
 mod actor;
+mod directory;
 mod handle;
-mod manager;
-mod mode;
+mod logic;
 mod outbound;
+mod registry;
+mod relay;
+mod room;
 #[cfg(test)]
 mod tests;
 
@@ -23,18 +49,25 @@ use futures_util::Stream;
 
 use crate::error::Error;
 
-pub use handle::SessionHandle;
-pub use handle::{JoinRequest, Joined};
-pub use manager::{
-    CreateParams, Created, JoinTarget, ManagerConfig, SessionFilter, SessionManager, Watch, WatchEvent, WatchEventKind,
+pub use directory::{
+    CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
+    WatchEvents,
 };
-pub use mode::{Mode, Modes, ModesBuilder, Relay};
-pub use outbound::{Delivery, OutboundRx, Private, Welcome};
+pub use handle::{JoinRequest, Joined, SessionHandle};
+pub use logic::{Mode, Modes, ModesBuilder, SessionLogic};
+pub use outbound::{Delivery, Direct, OutboundRx, Welcome};
+pub use registry::{Registry, RegistryConfig};
+pub use relay::Relay;
+pub use room::{Audience, Room};
 
 /// A session's id. Shared, never copied, by every message that names it.
 pub type SessionId = Arc<str>;
 /// A player's id. Shared, never copied, by every message that names it.
 pub type PlayerId = Arc<str>;
+
+/// What players are told when their session ends because the server shuts
+/// down.
+pub const SHUTDOWN_MESSAGE: &str = "server shutting down";
 
 /// A player as other players see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,11 +92,11 @@ pub struct NewPlayer {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// One validated message from a joined player.
+/// One validated message from a joined player's stream.
 #[derive(Debug)]
-pub enum Input {
-    /// Relay `payload` to `targets` (empty: every other player).
-    Relay(RelayInput),
+pub enum Inbound {
+    /// A message for the session's logic.
+    Message(PlayerMessage),
     /// Answer with a pong echoing `client_time`.
     Ping { client_time: i64 },
     /// Leave the session on purpose.
@@ -72,9 +105,19 @@ pub enum Input {
     Invalid(Error),
 }
 
+/// A player's message for the session's logic
+/// ([`SessionLogic::on_message`]). Which kinds a mode takes is up to the
+/// mode; `relay` takes relays.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PlayerMessage {
+    /// Forward a payload to other players.
+    Relay(RelayMessage),
+}
+
 /// A relay message from a player.
 #[derive(Debug)]
-pub struct RelayInput {
+pub struct RelayMessage {
     /// The opaque payload, shared by all its recipients.
     pub payload: Bytes,
     /// Who gets it; empty means every other player.
@@ -97,7 +140,7 @@ pub enum InboundError {
 /// A joined player's inbound messages, already decoded and validated by the
 /// API layer. The session actor polls it directly: no reader task per player.
 /// It ends (`None`) on a clean half-close, which is a leave.
-pub type InboundStream = Pin<Box<dyn Stream<Item = Result<Input, InboundError>> + Send>>;
+pub type InboundStream = Pin<Box<dyn Stream<Item = Result<Inbound, InboundError>> + Send>>;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +151,21 @@ pub enum EndReason {
     Idle,
     /// The server shut down.
     ServerShutdown,
+    /// The session failed: its logic or its actor panicked. Only this session
+    /// ended; the details are in the server's log.
+    InternalError,
+}
+
+impl EndReason {
+    /// The reason as a metric label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::EndedByBackend => "ended_by_backend",
+            EndReason::Idle => "idle",
+            EndReason::ServerShutdown => "server_shutdown",
+            EndReason::InternalError => "internal_error",
+        }
+    }
 }
 
 /// How a player's seat was freed. Kept apart in code, presence events and
@@ -145,8 +203,8 @@ pub enum Event {
     Ended { sequence: u64, reason: EndReason, message: String },
 }
 
-/// An [`Event`] shared by all its recipients, with a slot where the API layer
-/// caches its encoding: a fan-out to P players encodes once.
+/// An [`Event`] shared by all its recipients, with room for the API layer
+/// to cache its encoding: a fan-out to P players encodes once.
 #[derive(Debug)]
 pub struct SharedEvent {
     /// The event itself.
@@ -178,7 +236,7 @@ pub struct SessionInfo {
     pub open_to_join_or_create: bool,
     pub created_unix_micros: i64,
     pub sequence: u64,
-    /// Filled only by [`SessionHandle::info`].
+    /// Filled only by [`Directory::get`].
     pub players: Vec<Arc<PlayerInfo>>,
 }
 
@@ -203,13 +261,4 @@ pub fn unix_micros() -> i64 {
 /// A fresh random id (32 hex digits), for sessions and unnamed players.
 pub fn new_id() -> Arc<str> {
     uuid::Uuid::new_v4().simple().to_string().into()
-}
-
-/// The OpenTelemetry context of the current span (the RPC being served), for
-/// a link from the span of the work it asks a session to do. Invalid, and
-/// ignored by the link, when traces are not exported.
-pub(crate) fn caller() -> opentelemetry::trace::SpanContext {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    tracing::Span::current().context().span().span_context().clone()
 }

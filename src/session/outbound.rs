@@ -1,17 +1,19 @@
-//! Each player's outbound queue: the session actor pushes, the player's
-//! response stream pops.
+//! Each player's outbound queue, and the policy for a player who falls
+//! behind reading it. The session's room pushes, the player's response
+//! stream pops.
 //!
 //! The queue is a `VecDeque` behind a mutex, an [`AtomicWaker`] for the
-//! stream, and one shared atomic length, which the actor checks against the
-//! capacity before it pushes (the drop policy needs the length). There is
-//! one producer (the actor) and one consumer (the stream), so the mutex is
-//! uncontended but for the nanoseconds both touch it at once; the critical
-//! sections are a push or a pop. A tokio channel costs about three times as
-//! many instructions per item here (its block list, its waker and its
-//! cooperative budget), and its *bounded* flavour also takes a semaphore
-//! mutex on every receive. See BENCHMARKS.md, section 5.
+//! stream, and one shared atomic length, which the room checks against the
+//! capacity before it pushes (the policy needs the length). There is one
+//! producer (the room, on the session's actor) and one consumer (the
+//! stream), so the mutex is uncontended but for the nanoseconds both touch
+//! it at once; the critical sections are a push or a pop. A tokio channel
+//! costs about three times as many instructions per item here (its block
+//! list, its waker and its cooperative budget), and its *bounded* flavour
+//! also takes a semaphore mutex on every receive. See BENCHMARKS.md,
+//! section 5.
 //!
-//! The policy itself lives in the actor (`actor.rs`, `deliver`):
+//! The policy ([`Outbox::offer`]):
 //! - below half capacity, everything is queued;
 //! - from half capacity on, the player is *behind*: droppable messages are
 //!   dropped and counted, and the player gets a `MessagesDropped` notice when
@@ -24,11 +26,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use super::{PlayerInfo, SharedEvent};
+use super::{Departure, PlayerInfo, SessionConfig, SharedEvent};
 use crate::error::Error;
 
 /// One item of a player's outbound queue. Two words, so the queue's slots
@@ -38,7 +42,7 @@ pub enum Delivery {
     /// A history event shared by all its recipients (encoded once).
     Event(Arc<SharedEvent>),
     /// A message for this player alone.
-    Private(Box<Private>),
+    Direct(Box<Direct>),
     /// The last item: the stream ends with OK (`None`) or with the error.
     End(Option<Box<Error>>),
     /// The last item: the stream ends with OK, and says so on `ack` once it
@@ -49,7 +53,7 @@ pub enum Delivery {
 /// A message for one player alone; none of these carry a sequence number
 /// except the welcome, which reports the session's.
 #[derive(Debug)]
-pub enum Private {
+pub enum Direct {
     /// The answer to the join.
     Welcome(Welcome),
     /// The answer to a ping.
@@ -226,18 +230,166 @@ impl Drop for OutboundRx {
     }
 }
 
+/// The outbound queue policy, from the session config.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy {
+    /// From this length on the player is behind and droppable messages drop.
+    soft_limit: usize,
+    /// The queue's capacity.
+    capacity: usize,
+    /// How long a player may stay behind.
+    grace: Duration,
+}
+
+impl Policy {
+    pub(super) fn new(config: &SessionConfig) -> Self {
+        Policy {
+            soft_limit: config.outbound_queue / 2,
+            capacity: config.outbound_queue,
+            grace: config.slow_player_grace,
+        }
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Queued,
+    /// The player is behind, and the delivery was queued anyway.
+    BehindQueued,
+    /// The player is behind, and the (droppable) delivery was dropped and
+    /// counted for its notice.
+    BehindDropped,
+    /// The player must go.
+    Depart(Departure),
+}
+
+/// What a sweep found for one player (see [`Outbox::sweep`]).
+#[derive(Debug)]
+pub(super) enum Swept {
+    /// Not behind, or caught up (and told of what it missed).
+    Fine,
+    /// Still behind; its grace ends at this instant.
+    Behind(Instant),
+    /// The player must go.
+    Depart(Departure),
+}
+
+/// The room's end of one player's queue, with the player's standing under
+/// the policy.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    tx: OutboundTx,
+    /// Droppable messages dropped since the last notice to the player.
+    dropped: u64,
+    /// The sequence of the last of them.
+    last_dropped: u64,
+    /// Since when the player's queue has been at least half full.
+    behind_since: Option<Instant>,
+}
+
+impl Outbox {
+    pub(super) fn new(tx: OutboundTx) -> Self {
+        Outbox { tx, dropped: 0, last_dropped: 0, behind_since: None }
+    }
+
+    /// Queues `delivery` as the policy says. `sequence` is the event's (0 for
+    /// a direct message), for the dropped notice.
+    pub(super) fn offer(&mut self, delivery: Delivery, droppable: bool, sequence: u64, policy: &Policy) -> Outcome {
+        let len = self.tx.len();
+        if len < policy.soft_limit {
+            self.behind_since = None;
+            if let Err(departure) = self.flush_dropped_notice() {
+                return Outcome::Depart(departure);
+            }
+            return match self.tx.push(delivery) {
+                Ok(()) => Outcome::Queued,
+                Err(Closed) => Outcome::Depart(gone()),
+            };
+        }
+        let now = Instant::now();
+        let since = *self.behind_since.get_or_insert(now);
+        if now.duration_since(since) >= policy.grace {
+            return Outcome::Depart(slow(policy, len));
+        }
+        if droppable {
+            if sequence != 0 {
+                self.dropped += 1;
+                self.last_dropped = sequence;
+            }
+            return Outcome::BehindDropped;
+        }
+        if len >= policy.capacity {
+            return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
+                "outbound queue overflowed: {} messages were waiting for this player",
+                policy.capacity
+            ))));
+        }
+        match self.tx.push(delivery) {
+            Ok(()) => Outcome::BehindQueued,
+            Err(Closed) => Outcome::Depart(gone()),
+        }
+    }
+
+    /// Queues `delivery` past the policy: for the last items of a stream,
+    /// which a player always gets.
+    pub(super) fn push_last(&self, delivery: Delivery) -> Result<(), Closed> {
+        self.tx.push(delivery)
+    }
+
+    /// Checks a player that was behind: caught up (send its dropped notice),
+    /// still within its grace period, or past it.
+    pub(super) fn sweep(&mut self, now: Instant, policy: &Policy) -> Swept {
+        let Some(since) = self.behind_since else { return Swept::Fine };
+        let len = self.tx.len();
+        if len < policy.soft_limit {
+            self.behind_since = None;
+            match self.flush_dropped_notice() {
+                Ok(()) => Swept::Fine,
+                Err(departure) => Swept::Depart(departure),
+            }
+        } else if now.duration_since(since) >= policy.grace {
+            Swept::Depart(slow(policy, len))
+        } else {
+            Swept::Behind(since + policy.grace)
+        }
+    }
+
+    /// Tells the player how many droppable messages it missed, if any.
+    fn flush_dropped_notice(&mut self) -> Result<(), Departure> {
+        if self.dropped == 0 {
+            return Ok(());
+        }
+        let notice = Direct::Dropped { count: self.dropped, last_sequence: self.last_dropped };
+        self.dropped = 0;
+        self.tx.push(Delivery::Direct(Box::new(notice))).map_err(|Closed| gone())
+    }
+}
+
+fn slow(policy: &Policy, len: usize) -> Departure {
+    Departure::Removed(Error::SlowPlayer(format!(
+        "fell behind reading the stream for more than {:?} ({len} messages waiting)",
+        policy.grace
+    )))
+}
+
+/// The departure of a player whose response stream is gone.
+pub(super) fn gone() -> Departure {
+    Departure::Disconnected("the response stream was closed".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pong(n: i64) -> Delivery {
-        Delivery::Private(Box::new(Private::Pong { client_time: n, server_time_unix_micros: 0 }))
+        Delivery::Direct(Box::new(Direct::Pong { client_time: n, server_time_unix_micros: 0 }))
     }
 
     fn number(delivery: Delivery) -> i64 {
         match delivery {
-            Delivery::Private(private) => match *private {
-                Private::Pong { client_time, .. } => client_time,
+            Delivery::Direct(direct) => match *direct {
+                Direct::Pong { client_time, .. } => client_time,
                 other => panic!("expected a pong, got {other:?}"),
             },
             other => panic!("expected a pong, got {other:?}"),

@@ -1,5 +1,8 @@
-//! Actor-level tests on paused time: the outbound queue policy, the inbox
-//! policy and the idle timeout, observed directly on the players' queues.
+//! Tests of the session layer on paused time, without a network, observed
+//! directly on the players' queues:
+//! - the room and the relay logic, driven by hand (no actor);
+//! - the actor: the outbound queue policy, the inbox policy, the idle
+//!   timeout, the half-close protocol, and panics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,18 +21,18 @@ const QUEUE: usize = 8;
 const GRACE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 
-fn manager(inbox: usize) -> SessionManager {
-    let config = ManagerConfig {
+fn manager(inbox: usize) -> Registry {
+    let config = RegistryConfig {
         max_sessions: 10,
         default_max_players: 8,
         max_players_limit: 8,
         watch_buffer: 64,
         session: SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox, idle_timeout: IDLE },
     };
-    SessionManager::new(config, Modes::default())
+    Registry::new(config, Modes::default())
 }
 
-fn create(manager: &SessionManager) -> SessionId {
+fn create(manager: &Registry) -> SessionId {
     let params = CreateParams {
         mode: "relay".into(),
         max_players: 0,
@@ -37,14 +40,16 @@ fn create(manager: &SessionManager) -> SessionId {
         config: Bytes::new(),
         open_to_join_or_create: false,
     };
-    manager.create(params, None).map(|c| c.session.id).unwrap_or_else(|e| panic!("create: {e}"))
+    // The registry creates without waiting.
+    let created = manager.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
+    created.map(|c| c.session.id).unwrap_or_else(|e| panic!("create: {e}"))
 }
 
-type Inputs = mpsc::UnboundedSender<Result<Input, InboundError>>;
+type Inputs = mpsc::UnboundedSender<Result<Inbound, InboundError>>;
 
 /// Joins `id`; returns the sender of the player's inputs and its queue with
 /// the welcome already taken.
-async fn join(manager: &SessionManager, session: &SessionId, id: &str) -> (Inputs, OutboundRx) {
+async fn join(manager: &Registry, session: &SessionId, id: &str) -> (Inputs, OutboundRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let inbound = Box::pin(UnboundedReceiverStream::new(rx));
     let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
@@ -53,14 +58,15 @@ async fn join(manager: &SessionManager, session: &SessionId, id: &str) -> (Input
         .await
         .unwrap_or_else(|e| panic!("join {id}: {e}"));
     match joined.outbound.recv().await {
-        Some(Delivery::Private(p)) if matches!(*p, Private::Welcome(_)) => {}
+        Some(Delivery::Direct(d)) if matches!(*d, Direct::Welcome(_)) => {}
         other => panic!("expected a welcome, got {other:?}"),
     }
     (tx, joined.outbound)
 }
 
 fn relay(tx: &Inputs, droppable: bool) {
-    let input = Input::Relay(RelayInput { payload: Bytes::from_static(b"pos"), targets: vec![], droppable });
+    let message = RelayMessage { payload: Bytes::from_static(b"pos"), targets: vec![], droppable };
+    let input = Inbound::Message(PlayerMessage::Relay(message));
     tx.send(Ok(input)).unwrap_or_else(|_| panic!("the actor dropped a live player's inputs"));
 }
 
@@ -99,8 +105,8 @@ fn seen(item: &Delivery) -> Seen {
             Event::Presence { kind, player, .. } => Seen::Presence(*kind, player.id.to_string()),
             Event::Ended { .. } => Seen::Other,
         },
-        Delivery::Private(p) => match **p {
-            Private::Dropped { count, last_sequence } => Seen::Dropped { count, last: last_sequence },
+        Delivery::Direct(d) => match **d {
+            Direct::Dropped { count, last_sequence } => Seen::Dropped { count, last: last_sequence },
             _ => Seen::Other,
         },
         Delivery::End(err) => Seen::End(err.as_deref().cloned()),
@@ -234,7 +240,7 @@ async fn a_full_inbox_refuses_at_once_and_loses_nothing() {
     let manager = manager(INBOX);
     let session = create(&manager);
     let (_in, mut player) = join(&manager, &session, "p").await;
-    let handle = manager.get(&session).unwrap_or_else(|e| panic!("{e}"));
+    let handle = manager.handle(&session).unwrap_or_else(|e| panic!("{e}"));
 
     // The actor does not run between these polls (one thread, no await), so
     // the inbox fills.
@@ -266,15 +272,15 @@ async fn only_empty_sessions_end_when_idle() {
     let occupied = create(&manager);
     let (leaver_in, _leaver) = join(&manager, &occupied, "leaver").await;
     tokio::time::sleep(IDLE + Duration::from_millis(1)).await;
-    assert!(manager.get(&empty).is_err(), "the empty session outlived its idle timeout");
-    assert!(manager.get(&occupied).is_ok(), "a session with a player ended");
+    assert!(manager.handle(&empty).is_err(), "the empty session outlived its idle timeout");
+    assert!(manager.handle(&occupied).is_ok(), "a session with a player ended");
     assert_eq!((manager.len(), manager.is_empty()), (1, false));
 
-    leaver_in.send(Ok(Input::Leave)).unwrap_or_else(|_| panic!("send"));
+    leaver_in.send(Ok(Inbound::Leave)).unwrap_or_else(|_| panic!("send"));
     tokio::time::sleep(IDLE - Duration::from_millis(10)).await;
-    assert!(manager.get(&occupied).is_ok(), "ended before its idle timeout");
+    assert!(manager.handle(&occupied).is_ok(), "ended before its idle timeout");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(manager.get(&occupied).is_err());
+    assert!(manager.handle(&occupied).is_err());
     assert!(manager.is_empty());
 }
 
@@ -346,7 +352,7 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
         .map(|i| {
             let (manager, barrier) = (manager.clone(), barrier.clone());
             tokio::spawn(async move {
-                let (_tx, rx) = mpsc::unbounded_channel::<Result<Input, InboundError>>();
+                let (_tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
                 let player = NewPlayer { id: format!("p{i}"), display_name: String::new(), metadata: BTreeMap::new() };
                 barrier.wait().await;
                 let inbound = Box::pin(UnboundedReceiverStream::new(rx));
@@ -359,7 +365,7 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
         joined.push(join.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("join failed: {e}")));
     }
     assert_eq!(joined.len(), 64);
-    let (sessions, _) = manager.list(&SessionFilter::default(), None, 100);
+    let (sessions, _) = manager.list(&SessionFilter::default(), None, 100).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sessions.iter().map(|s| s.player_count).sum::<u32>(), 64);
     assert!(sessions.iter().all(|s| s.player_count <= s.max_players));
 }
@@ -373,18 +379,293 @@ async fn a_panicking_actor_leaves_the_registry() {
     let session = create(&manager);
     let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
     // The actor polls a player's stream itself: a bug there panics the actor.
-    let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Input, InboundError>>> {
+    let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
         panic!("a bug in session logic")
     }));
     // The panic happens in the actor's task, after the join is answered.
     let _ = manager.join(JoinTarget::Session(session.to_string()), player, inbound).await;
     settle().await;
-    assert!(manager.get(&session).is_err());
+    assert!(manager.handle(&session).is_err());
     assert!(manager.is_empty());
-    let (tx, rx) = mpsc::unbounded_channel::<Result<Input, InboundError>>();
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
     let player = NewPlayer { id: "q".into(), display_name: String::new(), metadata: BTreeMap::new() };
     let joined =
         manager.join(JoinTarget::Mode("relay".into()), player, Box::pin(UnboundedReceiverStream::new(rx))).await;
     assert!(joined.is_ok(), "join-or-create still works: {:?}", joined.err());
     drop(tx);
+}
+
+// The room and the relay logic, driven by hand.
+
+/// A room for up to three players, as the registry would make it.
+fn room(registry: &Registry) -> Room {
+    let info = SessionInfo {
+        id: "room".into(),
+        mode: "relay".into(),
+        max_players: 3,
+        player_count: 0,
+        labels: Arc::new(BTreeMap::new()),
+        open_to_join_or_create: false,
+        created_unix_micros: 0,
+        sequence: 0,
+        players: Vec::new(),
+    };
+    let config = SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox: 16, idle_timeout: IDLE };
+    Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), registry.clone())
+}
+
+fn new_player(id: &str) -> NewPlayer {
+    NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() }
+}
+
+/// Seats `ids` in order; returns their queues with everything so far
+/// (welcomes, joins) taken.
+fn seat_all(room: &mut Room, ids: &[&str]) -> Vec<OutboundRx> {
+    let mut queues: Vec<OutboundRx> =
+        ids.iter().map(|id| room.seat(new_player(id), &tracing::Span::none()).joined.outbound).collect();
+    for queue in &mut queues {
+        drain(queue);
+    }
+    queues
+}
+
+fn relay_message(payload: &'static [u8], targets: &[&str]) -> PlayerMessage {
+    let targets = targets.iter().map(|t| PlayerId::from(*t)).collect();
+    PlayerMessage::Relay(RelayMessage { payload: Bytes::from_static(payload), targets, droppable: false })
+}
+
+/// A relay as its recipient sees it: sequence, sender, payload.
+fn relayed(items: &[Delivery]) -> Vec<(u64, String, Bytes)> {
+    items
+        .iter()
+        .map(|item| match item {
+            Delivery::Event(event) => match &event.event {
+                Event::Relayed { sequence, sender, payload, .. } => (*sequence, sender.to_string(), payload.clone()),
+                other => panic!("expected a relay, got {other:?}"),
+            },
+            other => panic!("expected a relay, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Catches a relay that reaches its sender, misses a player, goes to players
+/// it did not target, or takes a sequence number out of order.
+#[tokio::test(start_paused = true)]
+async fn relay_reaches_every_other_player_or_just_its_targets_in_sequence() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["a", "b", "c"]);
+    let (a, b): (PlayerId, PlayerId) = ("a".into(), "b".into());
+
+    // Three joins took sequences 1 to 3.
+    Relay.on_message(&mut room, &a, relay_message(b"to all", &[]));
+    Relay.on_message(&mut room, &b, relay_message(b"to a", &["a"]));
+    let hello = Bytes::from_static(b"to all");
+    assert_eq!(relayed(&drain(&mut q[0])), [(5, "b".to_owned(), Bytes::from_static(b"to a"))]);
+    assert_eq!(relayed(&drain(&mut q[1])), [(4, "a".to_owned(), hello.clone())]);
+    assert_eq!(relayed(&drain(&mut q[2])), [(4, "a".to_owned(), hello)]);
+}
+
+/// Catches a relay naming a player who holds no seat that reaches anyone,
+/// uses up a sequence number, or is refused without naming the bad target.
+#[tokio::test(start_paused = true)]
+async fn relay_to_an_unknown_player_is_refused_to_its_sender_alone() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["a", "b"]);
+    let a: PlayerId = "a".into();
+
+    Relay.on_message(&mut room, &a, relay_message(b"x", &["b", "ghost"]));
+    match drain(&mut q[0]).as_slice() {
+        [Delivery::Direct(direct)] => match &**direct {
+            Direct::Error(err) => {
+                assert_eq!(*err, Error::UnknownPlayer { field: "relay.targets[1]".into(), player: "ghost".into() })
+            }
+            other => panic!("expected an error, got {other:?}"),
+        },
+        other => panic!("expected one error, got {other:?}"),
+    }
+    assert!(drain(&mut q[1]).is_empty(), "a refused relay reached a target");
+    Relay.on_message(&mut room, &a, relay_message(b"y", &[]));
+    assert_eq!(relayed(&drain(&mut q[1])), [(3, "a".to_owned(), Bytes::from_static(b"y"))]);
+}
+
+/// Catches a backend message that misses a player or goes to untargeted
+/// ones, and an unknown target that is not refused with its field.
+#[tokio::test(start_paused = true)]
+async fn a_backend_message_reaches_its_targets_or_everyone() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["a", "b"]);
+
+    assert_eq!(Relay.on_backend_message(&mut room, Bytes::from_static(b"all"), vec![]), Ok(3));
+    assert_eq!(Relay.on_backend_message(&mut room, Bytes::from_static(b"b"), vec!["b".into()]), Ok(4));
+    let unknown = Relay.on_backend_message(&mut room, Bytes::from_static(b"?"), vec!["ghost".into()]);
+    assert_eq!(unknown, Err(Error::UnknownPlayer { field: "player_ids[0]".into(), player: "ghost".into() }));
+    let seen_by = |q: &mut OutboundRx| drain(q).iter().map(seen).collect::<Vec<_>>();
+    assert_eq!(seen_by(&mut q[0]), [Seen::Backend(3)]);
+    assert_eq!(seen_by(&mut q[1]), [Seen::Backend(3), Seen::Backend(4)]);
+}
+
+/// Catches a room that seats more players than it has seats, seats one id
+/// twice, or does not name a player who asked the server to.
+#[tokio::test(start_paused = true)]
+async fn the_room_admits_up_to_its_seats_and_each_id_once() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let request = |id: &str| {
+        let inbound: InboundStream = Box::pin(futures_util::stream::pending());
+        Box::new(JoinRequest { player: new_player(id), inbound, caller: tracing::Span::none() })
+    };
+    let _q = seat_all(&mut room, &["a", "b"]);
+    let rejected = room.admit(request("a")).err().map(|(err, back)| (err, back.map(|r| r.player.id)));
+    let taken = Error::PlayerAlreadyJoined { session: "room".into(), player: "a".into() };
+    assert_eq!(rejected, Some((taken, Some("a".to_owned()))), "the request comes back for another try");
+    let named = room.admit(request("")).map(|r| r.player.id).unwrap_or_default();
+    assert_eq!(named.len(), 32, "a player who asked gets a 32-hex-digit id: {named:?}");
+    let _c = seat_all(&mut room, &["c"]);
+    let full = room.admit(request("d")).err().map(|(err, _)| err);
+    assert_eq!(full, Some(Error::SessionFull("room".into())));
+}
+
+/// Catches a freed seat whose player the others are not told about, whose
+/// stream does not end (with the removal's error when removed), or whose
+/// later messages are still taken as current.
+#[tokio::test(start_paused = true)]
+async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["a", "b", "c"]);
+    let (b, c): (PlayerId, PlayerId) = ("b".into(), "c".into());
+    assert!(room.is_current(&b, 1));
+
+    assert!(room.free_seat(&b, &Departure::Left).is_some());
+    let removed = Error::SlowPlayer("test".into());
+    assert!(room.free_seat(&c, &Departure::Removed(removed.clone())).is_some());
+    assert!(room.free_seat(&c, &Departure::Left).is_none(), "a seat is freed once");
+
+    assert!(!room.is_current(&b, 1));
+    let seen_by = |q: &mut OutboundRx| drain(q).iter().map(seen).collect::<Vec<_>>();
+    assert_eq!(
+        seen_by(&mut q[0]),
+        [Seen::Presence(PresenceKind::Left, "b".into()), Seen::Presence(PresenceKind::Removed, "c".into())]
+    );
+    assert_eq!(seen_by(&mut q[1]), [], "a leaving player's stream just ends");
+    assert!(q[1].recv().await.is_none());
+    assert_eq!(seen_by(&mut q[2]), [Seen::Presence(PresenceKind::Left, "b".into()), Seen::End(Some(removed))]);
+}
+
+/// Catches an end that some player is not told about, or whose stream goes
+/// on after it.
+#[tokio::test(start_paused = true)]
+async fn ending_the_room_tells_every_player_last() {
+    let registry = manager(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["a", "b"]);
+    assert_eq!(room.end(EndReason::EndedByBackend, "bye"), 3);
+    for queue in &mut q {
+        let items = drain(queue);
+        match items.as_slice() {
+            [Delivery::Event(event), Delivery::End(None)] => match &event.event {
+                Event::Ended { sequence, reason, message } => {
+                    assert_eq!((*sequence, *reason, message.as_str()), (3, EndReason::EndedByBackend, "bye"))
+                }
+                other => panic!("expected the end, got {other:?}"),
+            },
+            other => panic!("expected the end and the stream's end, got {other:?}"),
+        }
+    }
+}
+
+// Panics.
+
+/// A relay that panics on the payload its config names: the config reaches
+/// the logic through its mode.
+struct Fragile;
+
+struct FragileLogic {
+    trigger: Bytes,
+}
+
+impl Mode for Fragile {
+    fn create(&self, config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
+        if config.is_empty() {
+            return Err("name the payload that breaks the session".into());
+        }
+        Ok(Box::new(FragileLogic { trigger: Bytes::copy_from_slice(config) }))
+    }
+}
+
+impl SessionLogic for FragileLogic {
+    fn on_message(&mut self, room: &mut Room, from: &PlayerId, message: PlayerMessage) {
+        let PlayerMessage::Relay(relay) = &message;
+        if relay.payload == self.trigger {
+            panic!("broken on purpose");
+        }
+        Relay.on_message(room, from, message);
+    }
+
+    fn on_backend_message(&mut self, room: &mut Room, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
+        Relay.on_backend_message(room, payload, targets)
+    }
+}
+
+/// Catches a panicking hook that takes down other sessions, leaves its
+/// players without a reason (a crash must not look like a normal end), or
+/// leaves its session in the registry; and a mode whose config never
+/// reaches the logic.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hook_ends_only_its_session_with_an_internal_error() {
+    let modes = Modes::builder().register("fragile", Fragile).build();
+    let config = RegistryConfig {
+        max_sessions: 10,
+        default_max_players: 8,
+        max_players_limit: 8,
+        watch_buffer: 64,
+        session: SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox: 16, idle_timeout: IDLE },
+    };
+    let registry = Registry::new(config, modes);
+    let params = |config: &'static [u8]| CreateParams {
+        mode: "fragile".into(),
+        max_players: 0,
+        labels: BTreeMap::new(),
+        config: Bytes::from_static(config),
+        open_to_join_or_create: false,
+    };
+    let no_config = registry.create(params(b""), None).await.err();
+    assert_eq!(no_config, Some(Error::invalid("config", "name the payload that breaks the session")));
+    let create = |config| {
+        let created = registry.create(params(config), None).now_or_never();
+        created.and_then(Result::ok).map(|c| c.session.id).unwrap_or_else(|| panic!("create"))
+    };
+    let (doomed, other) = (create(b"boom"), create(b"bang"));
+    let (breaker, _breaker_rx) = join(&registry, &doomed, "breaker").await;
+    let (_watcher_in, mut watcher) = join(&registry, &doomed, "watcher").await;
+    let (sender, _sender_rx) = join(&registry, &other, "sender").await;
+    let (_reader_in, mut reader) = join(&registry, &other, "reader").await;
+
+    let send = |tx: &Inputs, payload: &'static [u8]| {
+        let message = RelayMessage { payload: Bytes::from_static(payload), targets: vec![], droppable: false };
+        tx.send(Ok(Inbound::Message(PlayerMessage::Relay(message)))).unwrap_or_else(|_| panic!("send"));
+    };
+    // "boom" breaks only the session configured with it.
+    send(&sender, b"boom");
+    send(&breaker, b"boom");
+    settle().await;
+    let items = drain(&mut watcher);
+    match items.as_slice() {
+        [Delivery::Event(event), Delivery::End(None)] => match &event.event {
+            Event::Ended { reason, message, .. } => {
+                assert_eq!((*reason, message.as_str()), (EndReason::InternalError, "the session failed on the server"))
+            }
+            other => panic!("expected the end, got {other:?}"),
+        },
+        other => panic!("expected the end and the stream's end, got {other:?}"),
+    }
+    assert!(registry.handle(&doomed).is_err(), "the failed session is still registered");
+    assert_eq!(relayed(&drain(&mut reader))[0].2, Bytes::from_static(b"boom"), "the other session relayed");
+    send(&sender, b"still here");
+    settle().await;
+    assert_eq!(relayed(&drain(&mut reader)), [(4, "sender".to_owned(), Bytes::from_static(b"still here"))]);
+    assert_eq!(registry.len(), 1);
 }

@@ -48,6 +48,11 @@ impl TestServer {
     /// binds `127.0.0.1:0`, and more such ports if `backend_listen` or
     /// `health_listen` is set).
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_modes(config, Modes::default()).await
+    }
+
+    /// A server with `config` running `modes` (see [`TestServer::start_with`]).
+    pub async fn start_with_modes(config: Config, modes: Modes) -> Self {
         let main = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = main.local_addr().expect("addr");
         let backend = match config.backend_listen {
@@ -62,7 +67,7 @@ impl TestServer {
         let health_addr = health.as_ref().map(|l| l.local_addr().expect("addr"));
         let (shutdown, signal) = oneshot::channel::<()>();
         let listeners = Listeners { main, backend, health };
-        let task = tokio::spawn(game_session::run(config, Modes::default(), listeners, async {
+        let task = tokio::spawn(game_session::run(config, modes, listeners, async {
             let _ = signal.await;
         }));
         TestServer { addr, backend_addr, health_addr, shutdown: Some(shutdown), task: Some(task) }

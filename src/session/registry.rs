@@ -1,6 +1,7 @@
-//! The session registry: creates, gets, lists, watches, joins and ends
-//! sessions. It holds a handle and a summary per session; the session's state
-//! itself lives only in its actor.
+//! The in-process [`Directory`]: a map of the sessions running on this
+//! node, with a handle and a summary each; the session's state itself lives
+//! only in its actor. It also publishes the watch events, and drains and
+//! ends every session at shutdown.
 //!
 //! The map is behind a std `Mutex`: it is held for map operations only, never
 //! across an `.await`, and never per relayed message (actors report to it on
@@ -12,19 +13,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use futures_util::stream;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span};
 
 use super::actor::Actor;
+use super::directory::{
+    CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
+};
 use super::handle::{JoinRequest, Joined};
-use super::{EndReason, InboundStream, Modes, NewPlayer, SessionConfig, SessionHandle, SessionId, SessionInfo};
+use super::room::Room;
+use super::{
+    EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionHandle, SessionId, SessionInfo,
+};
 use crate::error::Error;
 
 /// Registry-wide settings.
 #[derive(Debug, Clone)]
-pub struct ManagerConfig {
+pub struct RegistryConfig {
     /// Most sessions at once.
     pub max_sessions: usize,
     /// Seats of a session whose creator did not choose.
@@ -37,99 +46,14 @@ pub struct ManagerConfig {
     pub session: SessionConfig,
 }
 
-/// A CreateSession request, validated. Two requests with one idempotency key
-/// must be equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateParams {
-    pub mode: String,
-    /// 0: the server's default.
-    pub max_players: u32,
-    pub labels: BTreeMap<String, String>,
-    pub config: Bytes,
-    pub open_to_join_or_create: bool,
-}
-
-/// CreateSession's result.
-#[derive(Debug, Clone)]
-pub struct Created {
-    pub session: SessionInfo,
-    /// False when an earlier call with the same idempotency key created it.
-    pub created: bool,
-}
-
-/// Which session a join asks for.
-#[derive(Debug, Clone)]
-pub enum JoinTarget {
-    /// This session.
-    Session(String),
-    /// Join-or-create by mode.
-    Mode(String),
-}
-
-/// A filter over sessions; every given part must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionFilter {
-    pub mode: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub has_open_seats: bool,
-}
-
-impl SessionFilter {
-    /// Whether `session` passes.
-    pub fn matches(&self, session: &SessionInfo) -> bool {
-        self.mode.as_deref().is_none_or(|mode| mode == &*session.mode)
-            && self.labels.iter().all(|(k, v)| session.labels.get(k) == Some(v))
-            && (!self.has_open_seats || session.player_count < session.max_players)
-    }
-}
-
-/// What a watch event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchEventKind {
-    Created,
-    Updated,
-    Ended,
-}
-
-/// A change to a session, as watchers see it.
-#[derive(Debug)]
-pub struct WatchEvent {
-    /// The registry's revision of this change.
-    pub revision: u64,
-    pub kind: WatchEventKind,
-    /// The session after the change (for `Ended`, its last state).
-    pub session: SessionInfo,
-    /// The session before the change (`None` for `Created`), so that a
-    /// watcher also sees a session leave its filter.
-    pub before: Option<SessionInfo>,
-}
-
-impl WatchEvent {
-    /// Whether a watcher with `filter` gets this event: the session matched
-    /// before or after the change.
-    pub fn concerns(&self, filter: &SessionFilter) -> bool {
-        filter.matches(&self.session) || self.before.as_ref().is_some_and(|b| filter.matches(b))
-    }
-}
-
-/// A new watch: the matching sessions at `revision`, then `events`.
-#[derive(Debug)]
-pub struct Watch {
-    pub initial: Vec<SessionInfo>,
-    pub revision: u64,
-    /// Every later change; filter with [`WatchEvent::concerns`]. Lagging
-    /// behind by more than the watch buffer yields `RecvError::Lagged`.
-    pub events: broadcast::Receiver<Arc<WatchEvent>>,
-}
-
-/// The registry. Cheap to clone.
+/// The registry of this node's sessions. Cheap to clone.
 #[derive(Clone)]
-pub struct SessionManager {
+pub struct Registry {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    config: ManagerConfig,
+    config: RegistryConfig,
     modes: Modes,
     state: Mutex<State>,
     /// Watch events; every watcher subscribes.
@@ -153,8 +77,9 @@ struct State {
 
 struct Entry {
     handle: SessionHandle,
-    /// The summary; `sequence` is read from `sequence` when handed out.
-    info: SessionInfo,
+    /// The summary as of the last change the actor reported; see
+    /// [`Entry::current`] for one with the current sequence.
+    summary: SessionInfo,
     /// The session's sequence number, stored by its actor.
     sequence: Arc<AtomicU64>,
     /// The key and request that created it, if any.
@@ -166,16 +91,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn info(&self) -> SessionInfo {
-        SessionInfo { sequence: self.sequence.load(Ordering::Relaxed), ..self.info.clone() }
+    /// The summary with the session's current sequence number.
+    fn current(&self) -> SessionInfo {
+        SessionInfo { sequence: self.sequence.load(Ordering::Relaxed), ..self.summary.clone() }
     }
 }
 
-impl SessionManager {
+impl Registry {
     /// An empty registry running `modes`.
-    pub fn new(config: ManagerConfig, modes: Modes) -> Self {
+    pub fn new(config: RegistryConfig, modes: Modes) -> Self {
         let (events, _) = broadcast::channel(config.watch_buffer.max(1));
-        SessionManager {
+        Registry {
             inner: Arc::new(Inner {
                 config,
                 modes,
@@ -195,19 +121,17 @@ impl SessionManager {
         self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Creates a session, or with an idempotency key already used by an equal
-    /// request, returns that request's session.
-    pub fn create(&self, params: CreateParams, idempotency_key: Option<String>) -> Result<Created, Error> {
-        self.create_session(params, idempotency_key).map(|(created, _)| created)
-    }
-
+    /// Creates a session (see [`Directory::create`]), and returns its handle
+    /// too.
     fn create_session(
         &self,
         mut params: CreateParams,
         idempotency_key: Option<String>,
     ) -> Result<(Created, SessionHandle), Error> {
-        let (mode, logic) = self.inner.modes.get(&params.mode)?;
-        logic.validate_config(&params.config).map_err(|reason| Error::invalid("config", reason))?;
+        let (mode_name, mode) = self.inner.modes.get(&params.mode)?;
+        // Made first, so that a bad config fails before anything else; an
+        // idempotent repeat drops it unused.
+        let logic = mode.create(&params.config).map_err(|reason| Error::invalid("config", reason))?;
         let limits = &self.inner.config;
         if params.max_players == 0 {
             params.max_players = limits.default_max_players;
@@ -226,7 +150,7 @@ impl SessionManager {
         {
             return match &entry.idempotency {
                 Some((_, earlier)) if *earlier == params => {
-                    Ok((Created { session: entry.info(), created: false }, entry.handle.clone()))
+                    Ok((Created { session: entry.current(), created: false }, entry.handle.clone()))
                 }
                 _ => Err(Error::IdempotencyConflict(id.to_string())),
             };
@@ -239,11 +163,11 @@ impl SessionManager {
         }
 
         let id = super::new_id();
-        let _span = info_span!("session.create", session.id = %id, session.mode = %mode).entered();
+        let _span = info_span!("session.create", session.id = %id, session.mode = %mode_name).entered();
         let sequence = Arc::new(AtomicU64::new(0));
         let info = SessionInfo {
             id: id.clone(),
-            mode,
+            mode: mode_name,
             max_players: params.max_players,
             player_count: 0,
             labels: Arc::new(params.labels.clone()),
@@ -254,8 +178,8 @@ impl SessionManager {
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
         let handle = SessionHandle::new(id.clone(), tx);
-        let actor = Actor::new(info.clone(), limits.session.clone(), inbox, sequence.clone(), self.clone());
-        self.inner.tasks.spawn(actor.run());
+        let room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), self.clone());
+        self.inner.tasks.spawn(Actor::new(room, logic, inbox).run());
 
         if let Some(key) = &idempotency_key {
             state.by_idempotency_key.insert(key.clone(), id.clone());
@@ -264,7 +188,7 @@ impl SessionManager {
             id.clone(),
             Entry {
                 handle: handle.clone(),
-                info: info.clone(),
+                summary: info.clone(),
                 sequence,
                 idempotency: idempotency_key.map(|k| (k, params)),
                 reserved: 0,
@@ -277,7 +201,7 @@ impl SessionManager {
     }
 
     /// The handle of a running session.
-    pub fn get(&self, id: &str) -> Result<SessionHandle, Error> {
+    pub(crate) fn handle(&self, id: &str) -> Result<SessionHandle, Error> {
         self.state()
             .sessions
             .get(id)
@@ -285,49 +209,15 @@ impl SessionManager {
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))
     }
 
-    /// The mode of a running session.
-    pub fn mode_of(&self, id: &str) -> Result<Arc<str>, Error> {
-        self.state()
-            .sessions
-            .get(id)
-            .map(|entry| entry.info.mode.clone())
-            .ok_or_else(|| Error::SessionNotFound(id.to_owned()))
-    }
-
-    /// Up to `limit` matching sessions with ids after `after`, in id order,
-    /// and whether more may follow.
-    pub fn list(&self, filter: &SessionFilter, after: Option<&str>, limit: usize) -> (Vec<SessionInfo>, bool) {
-        let state = self.state();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut matching = state
-            .sessions
-            .range::<str, _>((start, Bound::Unbounded))
-            .map(|(_, entry)| entry.info())
-            .filter(|info| filter.matches(info));
-        let page: Vec<_> = matching.by_ref().take(limit).collect();
-        let more = matching.next().is_some();
-        (page, more)
-    }
-
-    /// Starts a watch: the matching sessions now, and every later change.
-    pub fn watch(&self, filter: &SessionFilter) -> Watch {
-        // Subscribing under the lock makes the listing and the event stream
-        // meet exactly at `revision`: events are published under it too.
-        let state = self.state();
-        let events = self.inner.events.subscribe();
-        let initial = state.sessions.values().map(Entry::info).filter(|info| filter.matches(info)).collect();
-        Watch { initial, revision: state.revision, events }
-    }
-
     /// Seats a player in a session, or by join-or-create in an open session of
     /// a mode (creating one if none has a free seat).
-    pub async fn join(&self, target: JoinTarget, player: NewPlayer, inbound: InboundStream) -> Result<Joined, Error> {
+    async fn join_session(&self, target: JoinTarget, request: JoinRequest) -> Result<Joined, Error> {
         if self.is_draining() {
             return Err(Error::Draining);
         }
-        let mut request = Box::new(JoinRequest { player, inbound, caller: super::caller() });
+        let mut request = Box::new(request);
         let mode = match target {
-            JoinTarget::Session(id) => return self.get(&id)?.join(*request).await.map_err(|(err, _)| err),
+            JoinTarget::Session(id) => return self.handle(&id)?.join(*request).await.map_err(|(err, _)| err),
             JoinTarget::Mode(mode) => mode,
         };
         self.inner.modes.get(&mode)?;
@@ -356,7 +246,7 @@ impl SessionManager {
                 }
             };
             // Released however the join ends, even if this call is dropped.
-            let reservation = Reservation { manager: self, id: handle.id() };
+            let reservation = Reservation { registry: self, id: handle.id() };
             let result = handle.join(*request).await;
             drop(reservation);
             match result {
@@ -378,12 +268,12 @@ impl SessionManager {
             .sessions
             .values_mut()
             .filter(|e| {
-                e.info.open_to_join_or_create
-                    && &*e.info.mode == mode
-                    && e.info.player_count + e.reserved < e.info.max_players
+                e.summary.open_to_join_or_create
+                    && &*e.summary.mode == mode
+                    && e.summary.player_count + e.reserved < e.summary.max_players
                     && !e.handle.is_closed()
             })
-            .max_by_key(|e| e.info.player_count + e.reserved)?;
+            .max_by_key(|e| e.summary.player_count + e.reserved)?;
         entry.reserved += 1;
         Some(entry.handle.clone())
     }
@@ -406,10 +296,10 @@ impl SessionManager {
     pub fn start_drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         let empty: Vec<SessionHandle> =
-            self.state().sessions.values().filter(|e| e.info.player_count == 0).map(|e| e.handle.clone()).collect();
+            self.state().sessions.values().filter(|e| e.summary.player_count == 0).map(|e| e.handle.clone()).collect();
         for handle in empty {
             tokio::spawn(
-                async move { handle.end_now(EndReason::ServerShutdown, crate::SHUTDOWN_MESSAGE.to_owned()).await },
+                async move { handle.end_now(EndReason::ServerShutdown, super::SHUTDOWN_MESSAGE.to_owned()).await },
             );
         }
     }
@@ -457,9 +347,9 @@ impl SessionManager {
     pub(super) fn player_count_changed(&self, id: &SessionId, player_count: u32) {
         let mut state = self.state();
         let Some(entry) = state.sessions.get_mut(id) else { return };
-        let before = entry.info();
-        entry.info.player_count = player_count;
-        let after = entry.info();
+        let before = entry.current();
+        entry.summary.player_count = player_count;
+        let after = entry.current();
         self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
     }
 
@@ -470,7 +360,7 @@ impl SessionManager {
         if let Some((key, _)) = &entry.idempotency {
             state.by_idempotency_key.remove(key);
         }
-        let last = entry.info();
+        let last = entry.current();
         self.publish(&mut state, WatchEventKind::Ended, last.clone(), Some(last));
         self.inner.count.send_replace(state.sessions.len());
     }
@@ -482,14 +372,89 @@ impl SessionManager {
     }
 }
 
+impl Directory for Registry {
+    async fn create(&self, params: CreateParams, idempotency_key: Option<String>) -> Result<Created, Error> {
+        self.create_session(params, idempotency_key).map(|(created, _)| created)
+    }
+
+    async fn get(&self, id: &str) -> Result<SessionInfo, Error> {
+        self.handle(id)?.info().await
+    }
+
+    async fn mode_of(&self, id: &str) -> Result<Arc<str>, Error> {
+        self.state()
+            .sessions
+            .get(id)
+            .map(|entry| entry.summary.mode.clone())
+            .ok_or_else(|| Error::SessionNotFound(id.to_owned()))
+    }
+
+    async fn list(
+        &self,
+        filter: &SessionFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<SessionInfo>, bool), Error> {
+        let state = self.state();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = state
+            .sessions
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, entry)| entry.current())
+            .filter(|info| filter.matches(info));
+        let page: Vec<_> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
+        Ok((page, more))
+    }
+
+    async fn watch(&self, filter: SessionFilter) -> Result<Watch, Error> {
+        // Subscribing under the lock makes the listing and the event stream
+        // meet exactly at `revision`: events are published under it too.
+        let state = self.state();
+        let events = self.inner.events.subscribe();
+        let initial = state.sessions.values().map(Entry::current).filter(|info| filter.matches(info)).collect();
+        let revision = state.revision;
+        drop(state);
+        let closing = self.inner.closing.clone();
+        let events = stream::unfold(Some((events, filter, closing)), |watching| async move {
+            let (mut events, filter, closing) = watching?;
+            loop {
+                let received = tokio::select! {
+                    () = closing.cancelled() => return Some((Err(WatchError::Closing), None)),
+                    received = events.recv() => received,
+                };
+                match received {
+                    Ok(event) if event.concerns(&filter) => return Some((Ok(event), Some((events, filter, closing)))),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => return Some((Err(WatchError::Lagged(missed)), None)),
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Watch { initial, revision, events: Box::pin(events) })
+    }
+
+    async fn join(&self, target: JoinTarget, player: NewPlayer, inbound: InboundStream) -> Result<Joined, Error> {
+        self.join_session(target, JoinRequest { player, inbound, caller: tracing::Span::current() }).await
+    }
+
+    async fn send(&self, id: &str, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
+        self.handle(id)?.send(payload, targets).await
+    }
+
+    async fn end(&self, id: &str, reason: EndReason, message: String) -> Result<u64, Error> {
+        self.handle(id)?.end(reason, message).await
+    }
+}
+
 /// A seat reserved by join-or-create; released on drop.
 struct Reservation<'a> {
-    manager: &'a SessionManager,
+    registry: &'a Registry,
     id: &'a SessionId,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.manager.unreserve(self.id);
+        self.registry.unreserve(self.id);
     }
 }

@@ -1,0 +1,48 @@
+//! The one mapping from the service's typed [`Error`] to gRPC: its status
+//! code, and the `Status` a call ends with.
+
+use tonic::{Code, Status};
+
+use crate::error::{Error, ProtocolFault};
+
+/// The gRPC code of `err`: the one mapping, also used for the non-fatal
+/// `error` messages of a Play stream.
+pub fn code(err: &Error) -> Code {
+    match err {
+        Error::InvalidArgument { .. } | Error::UnknownMode { .. } | Error::UnknownPlayer { .. } => {
+            Code::InvalidArgument
+        }
+        Error::SessionNotFound(_) => Code::NotFound,
+        Error::SessionFull(_) | Error::TooManySessions(_) | Error::SlowPlayer(_) => Code::ResourceExhausted,
+        Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
+        Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+        Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
+        Error::Protocol { fault, .. } => match fault {
+            ProtocolFault::TooLarge => Code::OutOfRange,
+            ProtocolFault::DecompressedTooLarge => Code::ResourceExhausted,
+            ProtocolFault::Unsupported => Code::Unimplemented,
+            ProtocolFault::Malformed => Code::Internal,
+        },
+        Error::JoinTimeout(_) => Code::DeadlineExceeded,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::Internal(_) => Code::Internal,
+    }
+}
+
+/// The protocol fault of a status that tonic's decoder made for a client's
+/// stream (the inverse of [`code`] for [`Error::Protocol`]).
+pub fn protocol_fault(code: Code) -> ProtocolFault {
+    match code {
+        Code::OutOfRange => ProtocolFault::TooLarge,
+        Code::ResourceExhausted => ProtocolFault::DecompressedTooLarge,
+        Code::Unimplemented => ProtocolFault::Unsupported,
+        _ => ProtocolFault::Malformed,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        Status::new(code(&err), err.to_string())
+    }
+}

@@ -1,0 +1,554 @@
+//! The room: the plumbing every session shares, whatever its rules. It owns
+//! the seats, each player's outbound queue, the session's sequence, the
+//! departures waiting to be carried out, and the half-close protocol.
+//!
+//! A [`SessionLogic`](super::SessionLogic) sends through it
+//! ([`Room::relay`], [`Room::send`], [`Room::send_error`]); the session's
+//! actor seats and frees players through it. Only the actor touches a room,
+//! so nothing in it is locked; a delivery is an atomic length check and a
+//! push onto the player's queue (which takes that queue's uncontended lock).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tracing::field::Empty;
+use tracing::{info, info_span, warn};
+
+use super::handle::{JoinRejected, JoinRequest, Joined};
+use super::outbound::{self, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
+use super::registry::Registry;
+use super::{
+    Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
+    SharedEvent,
+};
+use crate::error::Error;
+use crate::metrics::SessionMetrics;
+use crate::telemetry::SpanLink;
+
+/// Who gets a message.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// Every player.
+    All,
+    /// Every player but this one (a sender).
+    AllBut(&'a PlayerId),
+    /// These players (each must hold a seat; the others are skipped).
+    Only(&'a [PlayerId]),
+}
+
+/// A player holding a seat.
+struct Seat {
+    info: Arc<PlayerInfo>,
+    /// This seat's generation: tells its inbound stream apart from an earlier
+    /// seat of the same player id.
+    generation: u64,
+    /// The player's outbound queue and its standing under the policy.
+    outbox: Outbox,
+    /// Dropped with the seat: ends the player's inbound stream (see the
+    /// actor's `PlayerInbound`).
+    _kick: oneshot::Sender<()>,
+    /// The player's stream got its end (a half-close is being confirmed):
+    /// nothing more is sent to it.
+    ended: bool,
+    /// The `player.join` span, for a link from `player.leave`.
+    joined: SpanLink,
+}
+
+/// A new seat, for the actor: the player, and what it polls for the
+/// player's messages.
+pub(super) struct Seated {
+    pub info: Arc<PlayerInfo>,
+    pub generation: u64,
+    /// Fires when the seat is freed.
+    pub kicked: oneshot::Receiver<()>,
+    /// The answer to the join.
+    pub joined: Joined,
+}
+
+/// Resolves to a half-closed player's seat and whether its response stream
+/// took its end.
+pub(super) type HalfClose = Pin<Box<dyn Future<Output = (PlayerId, u64, bool)> + Send>>;
+
+/// One session's plumbing. Built and driven by the session's actor.
+pub struct Room {
+    /// The session's fixed description; `player_count` and `sequence` are
+    /// kept current here.
+    info: SessionInfo,
+    config: SessionConfig,
+    policy: Policy,
+    /// The sequence number, published for ListSessions.
+    shared_sequence: Arc<AtomicU64>,
+    /// Told of every change to the players, and of the end.
+    registry: Registry,
+    seats: HashMap<PlayerId, Seat>,
+    next_generation: u64,
+    /// Seats to free after the current message, in order (see
+    /// [`Room::next_departure`]).
+    departures: VecDeque<(PlayerId, Departure)>,
+    /// Players whose inbound stream ended cleanly, waiting to learn whether
+    /// their response stream took its end (a leave) or was dropped first (a
+    /// disconnect; see [`Room::half_closed`]).
+    pub(super) half_closes: FuturesUnordered<HalfClose>,
+    /// Fires when the session has been empty for the idle timeout.
+    pub(super) idle_timer: Pin<Box<Sleep>>,
+    pub(super) idle_armed: bool,
+    /// Fires when the earliest behind player's grace period runs out.
+    pub(super) sweep_timer: Pin<Box<Sleep>>,
+    pub(super) sweep_armed: bool,
+    /// The server drains and the last player left: nobody can join any more,
+    /// so the session is over.
+    pub(super) drained: bool,
+    pub(super) metrics: SessionMetrics,
+}
+
+impl Room {
+    pub(super) fn new(
+        info: SessionInfo,
+        config: SessionConfig,
+        shared_sequence: Arc<AtomicU64>,
+        registry: Registry,
+    ) -> Self {
+        let idle_timer = Box::pin(tokio::time::sleep(config.idle_timeout));
+        let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
+        let metrics = SessionMetrics::started(&info.mode);
+        Room {
+            policy: Policy::new(&config),
+            info,
+            config,
+            shared_sequence,
+            registry,
+            seats: HashMap::new(),
+            next_generation: 0,
+            departures: VecDeque::new(),
+            half_closes: FuturesUnordered::new(),
+            idle_timer,
+            idle_armed: true,
+            sweep_timer,
+            sweep_armed: false,
+            drained: false,
+            metrics,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.info.id
+    }
+
+    /// The session's mode.
+    pub fn mode(&self) -> &str {
+        &self.info.mode
+    }
+
+    /// How long the session may stay empty.
+    pub(super) fn idle_timeout(&self) -> std::time::Duration {
+        self.config.idle_timeout
+    }
+
+    /// Whether the server drains (and takes no joins).
+    pub(super) fn is_draining(&self) -> bool {
+        self.registry.is_draining()
+    }
+
+    /// A guard that removes the session from the registry when dropped.
+    pub(super) fn deregister_on_drop(&self) -> Deregister {
+        Deregister { registry: self.registry.clone(), id: self.info.id.clone() }
+    }
+
+    /// Whether `player` holds a seat.
+    pub fn is_seated(&self, player: &str) -> bool {
+        self.seats.contains_key(player)
+    }
+
+    /// The players holding a seat, in no particular order.
+    pub fn players(&self) -> impl Iterator<Item = &Arc<PlayerInfo>> {
+        self.seats.values().map(|seat| &seat.info)
+    }
+
+    /// Relays a player's payload to `to`, as the session's next message.
+    /// Returns its sequence number.
+    pub fn relay(&mut self, from: &PlayerId, payload: Bytes, to: Audience<'_>, droppable: bool) -> u64 {
+        let sequence = self.next_sequence();
+        let event = SharedEvent::new(Event::Relayed {
+            sequence,
+            sender: from.clone(),
+            payload,
+            server_time_unix_micros: super::unix_micros(),
+            droppable,
+        });
+        self.fan_out(&event, to, droppable, sequence);
+        sequence
+    }
+
+    /// Sends a payload from the server (a backend message) to `to`, as the
+    /// session's next message. Returns its sequence number.
+    pub fn send(&mut self, payload: Bytes, to: Audience<'_>) -> u64 {
+        let sequence = self.next_sequence();
+        let event =
+            SharedEvent::new(Event::Backend { sequence, payload, server_time_unix_micros: super::unix_micros() });
+        self.fan_out(&event, to, false, sequence);
+        sequence
+    }
+
+    /// Tells `to` alone that one of its messages was refused; the player
+    /// stays.
+    pub fn send_error(&mut self, to: &PlayerId, error: Error) {
+        self.send_direct(to, Direct::Error(error), false);
+    }
+
+    /// Answers a ping. A pong is as droppable as it gets: a behind player
+    /// skips it.
+    pub(super) fn pong(&mut self, to: &PlayerId, client_time: i64) {
+        self.send_direct(to, Direct::Pong { client_time, server_time_unix_micros: super::unix_micros() }, true);
+    }
+
+    /// Whether seat `generation` is `player`'s current seat (messages from a
+    /// freed seat are ignored).
+    pub(super) fn is_current(&self, player: &PlayerId, generation: u64) -> bool {
+        self.seats.get(player).is_some_and(|seat| seat.generation == generation)
+    }
+
+    /// Checks that `request` can take a seat, and names the player if it
+    /// asked the server to. The request comes back with the error if not.
+    pub(super) fn admit(&self, mut request: Box<JoinRequest>) -> Result<Box<JoinRequest>, JoinRejected> {
+        if self.seats.len() >= self.info.max_players as usize {
+            return Err((Error::SessionFull(self.info.id.to_string()), Some(request)));
+        }
+        if request.player.id.is_empty() {
+            request.player.id = super::new_id().to_string();
+        }
+        if self.seats.contains_key(request.player.id.as_str()) {
+            let err =
+                Error::PlayerAlreadyJoined { session: self.info.id.to_string(), player: request.player.id.clone() };
+            return Err((err, Some(request)));
+        }
+        Ok(request)
+    }
+
+    /// Seats an admitted player: the others see it join, and its queue starts
+    /// with the welcome. `caller` is the span of the call that asked, for a
+    /// link.
+    pub(super) fn seat(&mut self, player: NewPlayer, caller: &tracing::Span) -> Seated {
+        let session_id = self.info.id.clone();
+        let id: PlayerId = player.id.into();
+        // Its own short span, linked to the Play call that asked for it.
+        let span =
+            info_span!("player.join", session.id = %session_id, player.id = %id, trace_id = Empty, span_id = Empty);
+        span.follows_from(caller);
+        crate::telemetry::record_ids(&span);
+        let joined = SpanLink::to(&span);
+        let _span = span.entered();
+        let info =
+            Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
+        let sequence = self.next_sequence();
+
+        // Tell everyone else first, so the joiner does not see its own join:
+        // the welcome's sequence stands for it.
+        let event = SharedEvent::new(Event::Presence {
+            sequence,
+            player: info.clone(),
+            kind: PresenceKind::Joined,
+            detail: String::new(),
+        });
+        self.fan_out(&event, Audience::All, false, sequence);
+
+        let (tx, outbound) = outbound::channel();
+        let outbox = Outbox::new(tx);
+        let welcome = Welcome {
+            session_id: session_id.clone(),
+            mode: self.info.mode.clone(),
+            player: info.clone(),
+            players: self.roster(),
+            sequence,
+        };
+        // A fresh queue cannot be closed yet; a failure shows at the next push.
+        let _ = outbox.push_last(Delivery::Direct(Box::new(Direct::Welcome(welcome))));
+        let (kick, kicked) = oneshot::channel();
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.seats
+            .insert(id.clone(), Seat { info: info.clone(), generation, outbox, _kick: kick, ended: false, joined });
+        self.idle_armed = false;
+        self.players_changed();
+        self.metrics.joined();
+        info!(session.sequence = sequence, "player joined");
+        Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound } }
+    }
+
+    /// Frees `player`'s seat after the current message, for `departure`.
+    pub(super) fn depart(&mut self, player: PlayerId, departure: Departure) {
+        self.departures.push_back((player, departure));
+    }
+
+    /// The next seat to free, in the order they were asked for; freeing one
+    /// may ask for more (a presence event that finds a queue closed).
+    pub(super) fn next_departure(&mut self) -> Option<(PlayerId, Departure)> {
+        self.departures.pop_front()
+    }
+
+    /// Frees `player`'s seat and tells the others. Returns the player, or
+    /// `None` if it held no seat.
+    pub(super) fn free_seat(&mut self, player: &PlayerId, departure: &Departure) -> Option<Arc<PlayerInfo>> {
+        let seat = self.seats.remove(player)?;
+        let span = info_span!("player.leave", session.id = %self.info.id, player.id = %player, trace_id = Empty, span_id = Empty);
+        seat.joined.add_to(&span);
+        crate::telemetry::record_ids(&span);
+        let _span = span.entered();
+        let (kind, detail) = match departure {
+            // Dropping the seat drops its queue's sender: the stream ends
+            // with OK once it has sent what is queued.
+            Departure::Left => (PresenceKind::Left, String::new()),
+            Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
+            Departure::Removed(err) => {
+                if !seat.ended {
+                    let _ = seat.outbox.push_last(Delivery::End(Some(Box::new(err.clone()))));
+                }
+                (PresenceKind::Removed, err.to_string())
+            }
+        };
+        let reason = match departure {
+            Departure::Left => "left",
+            Departure::Disconnected(_) => "disconnected",
+            Departure::Removed(Error::SlowPlayer(_)) => "slow_player",
+            Departure::Removed(_) => "removed",
+        };
+        self.metrics.departed(reason, 1);
+        let sequence = self.next_sequence();
+        match departure {
+            Departure::Left => info!(session.sequence = sequence, "player left"),
+            Departure::Disconnected(reason) => {
+                info!(session.sequence = sequence, reason = %reason, "player disconnected")
+            }
+            Departure::Removed(err) => warn!(session.sequence = sequence, reason = %err, "player removed"),
+        }
+        let event = SharedEvent::new(Event::Presence { sequence, player: seat.info.clone(), kind, detail });
+        self.fan_out(&event, Audience::All, false, sequence);
+        self.players_changed();
+        let info = seat.info.clone();
+        // Only now does the player's stream end: a client that sees it end
+        // and then asks the registry finds itself gone.
+        drop(seat);
+        if self.seats.is_empty() {
+            self.idle_timer.as_mut().reset(Instant::now() + self.config.idle_timeout);
+            self.idle_armed = true;
+            // While the server drains nobody can join, so an empty session is
+            // over.
+            self.drained = self.registry.is_draining();
+        }
+        Some(info)
+    }
+
+    /// The inbound stream ended without an error. That is a clean half-close
+    /// (a leave), unless the connection went down: hyper reports a
+    /// connection it shut down with NO_ERROR, as on a keepalive timeout, as a
+    /// clean end of the request body too. The response stream tells the two
+    /// apart: a live client takes its end, a dead one's is dropped first. The
+    /// seat is held until then, so the presence event says which it was.
+    pub(super) fn half_closed(&mut self, player: PlayerId) {
+        let Some(seat) = self.seats.get_mut(&player) else { return };
+        let (ack, took_end) = oneshot::channel();
+        if seat.outbox.push_last(Delivery::EndAcked(ack)).is_err() {
+            self.depart(player, outbound::gone());
+            return;
+        }
+        seat.ended = true;
+        let generation = seat.generation;
+        // A client that half-closed but stopped reading would hold its seat
+        // forever: after the grace period it counts as a disconnect.
+        let grace = self.config.slow_player_grace;
+        self.half_closes.push(Box::pin(async move {
+            let took_end = matches!(tokio::time::timeout(grace, took_end).await, Ok(Ok(())));
+            (player, generation, took_end)
+        }));
+    }
+
+    /// The verdict on a half-close: a leave if the response stream took its
+    /// end, else a disconnect.
+    pub(super) fn confirm_close(&mut self, player: PlayerId, generation: u64, took_end: bool) {
+        if self.is_current(&player, generation) {
+            let departure = if took_end {
+                Departure::Left
+            } else {
+                Departure::Disconnected("the connection closed before the stream's end was sent".into())
+            };
+            self.depart(player, departure);
+        }
+    }
+
+    /// Delivers a shared event to its audience under the queue policy.
+    fn fan_out(&mut self, event: &Arc<SharedEvent>, to: Audience<'_>, droppable: bool, sequence: u64) {
+        let mut tally = Tally::default();
+        match to {
+            Audience::All | Audience::AllBut(_) => {
+                // By generation rather than id: one integer compare per seat.
+                let except = match to {
+                    Audience::AllBut(id) => self.seats.get(id).map(|seat| seat.generation),
+                    _ => None,
+                };
+                for (id, seat) in &mut self.seats {
+                    if Some(seat.generation) == except || seat.ended {
+                        continue;
+                    }
+                    let outcome = seat.outbox.offer(Delivery::Event(event.clone()), droppable, sequence, &self.policy);
+                    tally.record(id, outcome, &mut self.departures);
+                }
+            }
+            Audience::Only(targets) => {
+                for target in targets {
+                    let Some(seat) = self.seats.get_mut(target).filter(|seat| !seat.ended) else { continue };
+                    let outcome = seat.outbox.offer(Delivery::Event(event.clone()), droppable, sequence, &self.policy);
+                    tally.record(target, outcome, &mut self.departures);
+                }
+            }
+        }
+        // Messages are counted once per fan-out; presence and the end are
+        // not messages.
+        if matches!(event.event, Event::Relayed { .. } | Event::Backend { .. }) {
+            self.metrics.queued.increment(tally.queued);
+            if tally.dropped > 0 {
+                self.metrics.dropped.increment(tally.dropped);
+            }
+        }
+        if tally.behind {
+            self.arm_sweep(None);
+        }
+    }
+
+    fn send_direct(&mut self, to: &PlayerId, message: Direct, droppable: bool) {
+        let mut tally = Tally::default();
+        if let Some(seat) = self.seats.get_mut(to).filter(|seat| !seat.ended) {
+            let outcome = seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy);
+            tally.record(to, outcome, &mut self.departures);
+        }
+        if tally.behind {
+            self.arm_sweep(None);
+        }
+    }
+
+    /// Arms the sweep for a quarter grace period from now, or for
+    /// `grace_ends` if that is sooner: while a player is behind, the sweep
+    /// runs at least that often, so that a player who caught up hears of its
+    /// dropped messages soon even when nothing else is sent to it.
+    ///
+    /// An armed sweep is left alone: it is due within a quarter grace period,
+    /// before any newly behind player's grace can end, and it re-arms itself
+    /// for the earliest grace end it finds.
+    fn arm_sweep(&mut self, grace_ends: Option<Instant>) {
+        if !self.sweep_armed {
+            let soon = Instant::now() + self.config.slow_player_grace / 4;
+            self.sweep_timer.as_mut().reset(grace_ends.map_or(soon, |end| end.min(soon)));
+            self.sweep_armed = true;
+        }
+    }
+
+    /// Checks every behind player: caught up (send its dropped notice) or
+    /// past its grace period (disconnect it).
+    pub(super) fn sweep(&mut self) {
+        self.sweep_armed = false;
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        // Players whose stream got its end are left to the half-close.
+        for (id, seat) in self.seats.iter_mut().filter(|(_, seat)| !seat.ended) {
+            match seat.outbox.sweep(now, &self.policy) {
+                Swept::Fine => {}
+                Swept::Behind(until) => next = Some(next.map_or(until, |n| n.min(until))),
+                Swept::Depart(departure) => self.departures.push_back((id.clone(), departure)),
+            }
+        }
+        if next.is_some() {
+            self.arm_sweep(next);
+        }
+    }
+
+    /// Ends the session: every player gets the `session_ended` event with
+    /// `reason` and `message`, then the end of its stream; the registry
+    /// forgets the session. Returns the event's sequence number.
+    pub(super) fn end(&mut self, reason: EndReason, message: &str) -> u64 {
+        let sequence = self.next_sequence();
+        let event = SharedEvent::new(Event::Ended { sequence, reason, message: message.to_owned() });
+        for seat in self.seats.values().filter(|seat| !seat.ended) {
+            // The last two items go in regardless of the queue's bound: a
+            // player is always told that its session ended.
+            let _ = seat.outbox.push_last(Delivery::Event(event.clone()));
+            let _ = seat.outbox.push_last(Delivery::End(None));
+        }
+        let players = self.seats.len();
+        self.metrics.departed("session_ended", players as u64);
+        self.metrics.ended(reason.as_str());
+        self.seats.clear();
+        self.registry.remove(&self.info.id);
+        info!(session.end_reason = reason.as_str(), session.sequence = sequence, players, message = %message, "session ended");
+        sequence
+    }
+
+    /// The session's summary with its players.
+    pub(super) fn summary(&self) -> SessionInfo {
+        let mut info = self.info.clone();
+        info.players = self.roster();
+        info
+    }
+
+    /// The players holding a seat, by id.
+    fn roster(&self) -> Vec<Arc<PlayerInfo>> {
+        let mut players: Vec<_> = self.seats.values().map(|seat| seat.info.clone()).collect();
+        players.sort_by(|a, b| a.id.cmp(&b.id));
+        players
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.info.sequence += 1;
+        self.shared_sequence.store(self.info.sequence, Ordering::Relaxed);
+        self.info.sequence
+    }
+
+    fn players_changed(&mut self) {
+        self.info.player_count = self.seats.len() as u32;
+        self.registry.player_count_changed(&self.info.id, self.info.player_count);
+    }
+}
+
+/// What became of one fan-out's deliveries.
+#[derive(Debug, Default)]
+struct Tally {
+    queued: u64,
+    dropped: u64,
+    /// A recipient is behind, so the sweep must run.
+    behind: bool,
+}
+
+impl Tally {
+    /// Counts a delivery, and notes the departure it asks for.
+    fn record(&mut self, id: &PlayerId, outcome: Outcome, departures: &mut VecDeque<(PlayerId, Departure)>) {
+        match outcome {
+            Outcome::Queued => self.queued += 1,
+            Outcome::BehindQueued => {
+                self.queued += 1;
+                self.behind = true;
+            }
+            Outcome::BehindDropped => {
+                self.dropped += 1;
+                self.behind = true;
+            }
+            Outcome::Depart(departure) => departures.push_back((id.clone(), departure)),
+        }
+    }
+}
+
+/// Removes a session from the registry when dropped.
+pub(super) struct Deregister {
+    registry: Registry,
+    id: SessionId,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.registry.remove(&self.id);
+    }
+}
