@@ -25,7 +25,7 @@ use super::directory::{
     CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
 };
 use super::handle::{JoinRequest, Joined};
-use super::room::Room;
+use super::room::{Listing, Room};
 use super::{
     EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionHandle, SessionId, SessionInfo,
 };
@@ -178,7 +178,7 @@ impl Registry {
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
         let handle = SessionHandle::new(id.clone(), tx);
-        let room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), self.clone());
+        let room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), Arc::new(self.clone()));
         self.inner.tasks.spawn(Actor::new(room, logic, inbox).run());
 
         if let Some(key) = &idempotency_key {
@@ -201,7 +201,7 @@ impl Registry {
     }
 
     /// The handle of a running session.
-    pub(crate) fn handle(&self, id: &str) -> Result<SessionHandle, Error> {
+    pub(super) fn handle(&self, id: &str) -> Result<SessionHandle, Error> {
         self.state()
             .sessions
             .get(id)
@@ -338,13 +338,19 @@ impl Registry {
         self.inner.closing.cancel();
     }
 
-    /// Fired when the server stops; long-lived streams (watches) end on it.
-    pub fn closing(&self) -> CancellationToken {
-        self.inner.closing.clone()
+    fn publish(&self, state: &mut State, kind: WatchEventKind, session: SessionInfo, before: Option<SessionInfo>) {
+        state.revision += 1;
+        // No watcher is fine.
+        let _ = self.inner.events.send(Arc::new(WatchEvent { revision: state.revision, kind, session, before }));
+    }
+}
+
+impl Listing for Registry {
+    fn is_draining(&self) -> bool {
+        Registry::is_draining(self)
     }
 
-    /// Called by an actor when its players changed.
-    pub(super) fn player_count_changed(&self, id: &SessionId, player_count: u32) {
+    fn player_count_changed(&self, id: &SessionId, player_count: u32) {
         let mut state = self.state();
         let Some(entry) = state.sessions.get_mut(id) else { return };
         let before = entry.current();
@@ -353,8 +359,7 @@ impl Registry {
         self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
     }
 
-    /// Called by an actor as it ends: forgets the session.
-    pub(super) fn remove(&self, id: &SessionId) {
+    fn remove(&self, id: &SessionId) {
         let mut state = self.state();
         let Some(entry) = state.sessions.remove(id) else { return };
         if let Some((key, _)) = &entry.idempotency {
@@ -363,12 +368,6 @@ impl Registry {
         let last = entry.current();
         self.publish(&mut state, WatchEventKind::Ended, last.clone(), Some(last));
         self.inner.count.send_replace(state.sessions.len());
-    }
-
-    fn publish(&self, state: &mut State, kind: WatchEventKind, session: SessionInfo, before: Option<SessionInfo>) {
-        state.revision += 1;
-        // No watcher is fine.
-        let _ = self.inner.events.send(Arc::new(WatchEvent { revision: state.revision, kind, session, before }));
     }
 }
 

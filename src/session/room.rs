@@ -23,7 +23,6 @@ use tracing::{info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
 use super::outbound::{self, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
-use super::registry::Registry;
 use super::{
     Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
     SharedEvent,
@@ -31,6 +30,18 @@ use super::{
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
 use crate::telemetry::SpanLink;
+
+/// What a room reports to the directory that lists it (on this node, the
+/// [`Registry`](super::Registry)): its players and its end. Called on joins,
+/// departures and the end, never per message.
+pub(super) trait Listing: Send + Sync + 'static {
+    /// Whether the server drains (and takes no joins).
+    fn is_draining(&self) -> bool;
+    /// The session's players changed.
+    fn player_count_changed(&self, id: &SessionId, player_count: u32);
+    /// The session ended: forget it (again is harmless).
+    fn remove(&self, id: &SessionId);
+}
 
 /// Who gets a message.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +97,7 @@ pub struct Room {
     /// The sequence number, published for ListSessions.
     shared_sequence: Arc<AtomicU64>,
     /// Told of every change to the players, and of the end.
-    registry: Registry,
+    listing: Arc<dyn Listing>,
     seats: HashMap<PlayerId, Seat>,
     next_generation: u64,
     /// Seats to free after the current message, in order (see
@@ -113,7 +124,7 @@ impl Room {
         info: SessionInfo,
         config: SessionConfig,
         shared_sequence: Arc<AtomicU64>,
-        registry: Registry,
+        listing: Arc<dyn Listing>,
     ) -> Self {
         let idle_timer = Box::pin(tokio::time::sleep(config.idle_timeout));
         let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
@@ -123,7 +134,7 @@ impl Room {
             info,
             config,
             shared_sequence,
-            registry,
+            listing,
             seats: HashMap::new(),
             next_generation: 0,
             departures: VecDeque::new(),
@@ -154,12 +165,12 @@ impl Room {
 
     /// Whether the server drains (and takes no joins).
     pub(super) fn is_draining(&self) -> bool {
-        self.registry.is_draining()
+        self.listing.is_draining()
     }
 
-    /// A guard that removes the session from the registry when dropped.
+    /// A guard that removes the session from its listing when dropped.
     pub(super) fn deregister_on_drop(&self) -> Deregister {
-        Deregister { registry: self.registry.clone(), id: self.info.id.clone() }
+        Deregister { listing: self.listing.clone(), id: self.info.id.clone() }
     }
 
     /// Whether `player` holds a seat.
@@ -340,7 +351,7 @@ impl Room {
             self.idle_armed = true;
             // While the server drains nobody can join, so an empty session is
             // over.
-            self.drained = self.registry.is_draining();
+            self.drained = self.listing.is_draining();
         }
         Some(info)
     }
@@ -468,7 +479,7 @@ impl Room {
     }
 
     /// Ends the session: every player gets the `session_ended` event with
-    /// `reason` and `message`, then the end of its stream; the registry
+    /// `reason` and `message`, then the end of its stream; its listing
     /// forgets the session. Returns the event's sequence number.
     pub(super) fn end(&mut self, reason: EndReason, message: &str) -> u64 {
         let sequence = self.next_sequence();
@@ -483,7 +494,7 @@ impl Room {
         self.metrics.departed("session_ended", players as u64);
         self.metrics.ended(reason.as_str());
         self.seats.clear();
-        self.registry.remove(&self.info.id);
+        self.listing.remove(&self.info.id);
         info!(session.end_reason = reason.as_str(), session.sequence = sequence, players, message = %message, "session ended");
         sequence
     }
@@ -510,7 +521,7 @@ impl Room {
 
     fn players_changed(&mut self) {
         self.info.player_count = self.seats.len() as u32;
-        self.registry.player_count_changed(&self.info.id, self.info.player_count);
+        self.listing.player_count_changed(&self.info.id, self.info.player_count);
     }
 }
 
@@ -541,14 +552,14 @@ impl Tally {
     }
 }
 
-/// Removes a session from the registry when dropped.
+/// Removes a session from its listing when dropped.
 pub(super) struct Deregister {
-    registry: Registry,
+    listing: Arc<dyn Listing>,
     id: SessionId,
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.registry.remove(&self.id);
+        self.listing.remove(&self.id);
     }
 }

@@ -411,7 +411,7 @@ fn room(registry: &Registry) -> Room {
         players: Vec::new(),
     };
     let config = SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox: 16, idle_timeout: IDLE };
-    Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), registry.clone())
+    Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(registry.clone()))
 }
 
 fn new_player(id: &str) -> NewPlayer {
