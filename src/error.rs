@@ -59,8 +59,8 @@ pub enum Error {
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),
-    /// The server failed (e.g. a session's logic panicked); the details are
-    /// in the server's log, not here.
+    /// The server failed: a session's logic panicked while the call waited
+    /// on it. The details are in the server's log, not here.
     #[error("{0}")]
     Internal(String),
 }

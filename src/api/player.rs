@@ -80,11 +80,13 @@ impl<D: Directory> PlayerService for PlayerApi<D> {
                     JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
                     _ => None,
                 };
-                let mode_of = |_: &str| mode.unwrap_or_else(|| Err(Error::Internal("no mode was looked up".into())));
+                // Not looked up means not wanted; were it wanted, the session
+                // is as good as not found.
+                let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
                 player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
             }
-            let inputs = Box::pin(Inputs { inner: inbound, limits: self.limits.clone() });
-            let joined = self.directory.join(target, player, inputs).await?;
+            let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
+            let joined = self.directory.join(target, player, messages).await?;
             let span = Span::current();
             span.record("session.id", &*joined.session_id);
             span.record("player.id", &*joined.player_id);
@@ -96,12 +98,12 @@ impl<D: Directory> PlayerService for PlayerApi<D> {
 }
 
 /// A joined player's inbound stream, decoded and validated, for the actor.
-struct Inputs {
+struct PlayerMessages {
     inner: Streaming<pb::ClientMessage>,
     limits: Arc<Limits>,
 }
 
-impl Stream for Inputs {
+impl Stream for PlayerMessages {
     type Item = Result<Inbound, InboundError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

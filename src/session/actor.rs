@@ -11,9 +11,12 @@
 //! that player's response stream, which writes the event's bytes, encoded
 //! once for all recipients.
 //!
-//! A panic anywhere in the loop, in a hook or in the plumbing, is caught: the
-//! session ends with [`EndReason::InternalError`], which its players receive,
-//! and every other session goes on.
+//! A panic in a hook, or anywhere in the loop (the plumbing, or a player's
+//! stream as the actor polls it), is caught: the session ends with
+//! [`EndReason::InternalError`], which its players receive, a call waiting
+//! on the hook gets INTERNAL, and every other session goes on. Only a panic
+//! while the session ends is not caught; the registry still forgets the
+//! session then.
 
 use std::any::Any;
 use std::future::Future;
@@ -29,7 +32,7 @@ use tracing::{debug, error, info_span};
 
 use super::handle::{Command, EndRequest, JoinRejected, JoinRequest, Joined};
 use super::logic::SessionLogic;
-use super::room::Room;
+use super::room::{Due, Room};
 use super::{Departure, EndReason, Inbound, InboundError, InboundStream, PlayerId, SessionId};
 use crate::error::Error;
 
@@ -70,11 +73,12 @@ impl Stream for PlayerInbound {
 /// What woke the actor.
 enum Wake {
     Command(Option<Command>),
-    HalfClose(PlayerId, u64, bool),
-    Sweep,
-    Idle,
+    Due(Due),
     Inbound(InboundItem),
 }
+
+/// What players and callers are told when a session fails.
+const FAILED: &str = "the session failed on the server";
 
 /// One session. Built by the registry, which spawns [`Actor::run`].
 pub(super) struct Actor {
@@ -98,30 +102,29 @@ impl Actor {
         let _deregister = self.room.deregister_on_drop();
         let end = loop {
             // Polling the players' streams runs their code (decoding), so it
-            // is inside the guard too.
+            // is guarded too.
             let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {
                 Ok(wake) => wake,
-                Err(panic) => break self.failed(panic),
+                Err(panic) => break self.failed(panic, "polling", None),
             };
+            // Hooks catch their own panics (to answer whoever waits on them);
+            // this catches the plumbing's.
             match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
                 Ok(Some(end)) => break end,
                 Ok(None) => {}
-                Err(panic) => break self.failed(panic),
+                Err(panic) => break self.failed(panic, "plumbing", None),
             }
         };
         self.end(end);
     }
 
     async fn next_wake(&mut self) -> Wake {
-        let room = &mut self.room;
         tokio::select! {
             biased;
             command = self.inbox.recv() => Wake::Command(command),
-            // Confirmations and timers before player traffic, so that a busy
-            // session cannot starve them.
-            Some((id, generation, took_end)) = room.half_closes.next() => Wake::HalfClose(id, generation, took_end),
-            () = &mut room.sweep_timer, if room.sweep_armed => Wake::Sweep,
-            () = &mut room.idle_timer, if room.idle_armed => Wake::Idle,
+            // Half-close verdicts and timers before player traffic, so that a
+            // busy session cannot starve them.
+            due = self.room.due() => Wake::Due(due),
             Some(item) = self.inbound.next() => Wake::Inbound(item),
         }
     }
@@ -129,36 +132,52 @@ impl Actor {
     /// Handles one wake-up and the departures it caused. Returns how the
     /// session ends, if it does.
     fn step(&mut self, wake: Wake) -> Option<EndRequest> {
-        match wake {
-            Wake::Command(Some(command)) => {
-                if let Some(end) = self.command(command) {
-                    return Some(end);
-                }
-            }
+        let ended = match wake {
+            Wake::Command(Some(command)) => self.command(command),
             // Every handle is gone: the registry itself was dropped.
-            Wake::Command(None) => {
-                return Some(EndRequest::unasked(EndReason::ServerShutdown, "the registry is gone".into()));
+            Wake::Command(None) => Some(EndRequest::unasked(EndReason::ServerShutdown, "the registry is gone".into())),
+            Wake::Due(Due::HalfClose(id, generation, took_end)) => {
+                self.room.confirm_close(id, generation, took_end);
+                None
             }
-            Wake::HalfClose(id, generation, took_end) => self.room.confirm_close(id, generation, took_end),
-            Wake::Sweep => self.room.sweep(),
-            Wake::Idle => {
+            Wake::Due(Due::Sweep) => {
+                self.room.sweep();
+                None
+            }
+            Wake::Due(Due::Idle) => {
                 let message = format!("empty for {:?}", self.room.idle_timeout());
-                return Some(EndRequest::unasked(EndReason::Idle, message));
+                Some(EndRequest::unasked(EndReason::Idle, message))
             }
             Wake::Inbound((id, generation, item)) => self.inbound(id, generation, item),
+        };
+        if ended.is_some() {
+            return ended;
         }
-        self.carry_out_departures();
-        self.room.drained.then(|| EndRequest::unasked(EndReason::ServerShutdown, super::SHUTDOWN_MESSAGE.to_owned()))
+        if let Err(end) = self.carry_out_departures() {
+            return Some(end);
+        }
+        self.room
+            .is_drained()
+            .then(|| EndRequest::unasked(EndReason::ServerShutdown, super::SHUTDOWN_MESSAGE.to_owned()))
     }
 
     /// Carries out a command; an end is handed back for the run loop.
     fn command(&mut self, command: Command) -> Option<EndRequest> {
         match command {
-            Command::Join { request, reply } => self.join(request, reply),
+            Command::Join { request, reply } => return self.join(request, reply),
             Command::BackendMessage { payload, targets, reply } => {
-                let result = self.logic.on_backend_message(&mut self.room, payload, targets);
+                let result = self
+                    .hook("on_backend_message", None, |logic, room| logic.on_backend_message(room, payload, targets));
                 // The caller may have given up; the message was sent anyway.
-                let _ = reply.send(result);
+                match result {
+                    Ok(sent) => {
+                        let _ = reply.send(sent);
+                    }
+                    Err(end) => {
+                        let _ = reply.send(Err(Error::Internal(FAILED.to_owned())));
+                        return Some(end);
+                    }
+                }
             }
             Command::Info { reply } => {
                 let _ = reply.send(self.room.summary());
@@ -168,22 +187,34 @@ impl Actor {
         None
     }
 
-    fn join(&mut self, request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>>) {
+    fn join(
+        &mut self,
+        request: Box<JoinRequest>,
+        reply: oneshot::Sender<Result<Joined, JoinRejected>>,
+    ) -> Option<EndRequest> {
         // A join that was queued when the drain began.
         if self.room.is_draining() {
             let _ = reply.send(Err((Error::Draining, Some(request))));
-            return;
+            return None;
         }
         let request = match self.room.admit(request) {
             Ok(request) => request,
             Err(rejected) => {
                 let _ = reply.send(Err(rejected));
-                return;
+                return None;
             }
         };
-        if let Err(err) = self.logic.on_join_attempt(&self.room, &request.player) {
-            let _ = reply.send(Err((err, Some(request))));
-            return;
+        let player = &request.player;
+        match self.hook("on_join_attempt", None, |logic, room| logic.on_join_attempt(room, player)) {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let _ = reply.send(Err((err, Some(request))));
+                return None;
+            }
+            Err(end) => {
+                let _ = reply.send(Err((Error::Internal(FAILED.to_owned()), None)));
+                return Some(end);
+            }
         }
         let JoinRequest { player, inbound, caller } = *request;
         let seated = self.room.seat(player, &caller);
@@ -195,21 +226,34 @@ impl Actor {
             kicked: seated.kicked,
             done: false,
         });
-        self.logic.on_join(&mut self.room, &seated.info);
+        let info = seated.info;
+        // The player holds its seat whatever `on_join` does: should it
+        // panic, the player hears that the session failed, like the others.
+        let joined = {
+            let _span = seated.span.enter();
+            self.hook("on_join", Some(&id), |logic, room| logic.on_join(room, &info))
+        };
         if reply.send(Ok(seated.joined)).is_err() {
             self.room.depart(id, Departure::Disconnected("the client went away while joining".into()));
         }
+        joined.err()
     }
 
-    fn inbound(&mut self, id: PlayerId, generation: u64, item: Option<Result<Inbound, InboundError>>) {
+    fn inbound(
+        &mut self,
+        id: PlayerId,
+        generation: u64,
+        item: Option<Result<Inbound, InboundError>>,
+    ) -> Option<EndRequest> {
         // A message from a seat already freed.
         if !self.room.is_current(&id, generation) {
-            return;
+            return None;
         }
         match item {
             Some(Ok(Inbound::Message(message))) => {
-                self.room.metrics.received.increment(1);
-                self.logic.on_message(&mut self.room, &id, message);
+                self.room.count_received();
+                let from = &id;
+                return self.hook("on_message", Some(from), |logic, room| logic.on_message(room, from, message)).err();
             }
             Some(Ok(Inbound::Ping { client_time })) => self.room.pong(&id, client_time),
             Some(Ok(Inbound::Invalid(err))) => {
@@ -221,30 +265,59 @@ impl Actor {
             Some(Err(InboundError::Transport(reason))) => self.room.depart(id, Departure::Disconnected(reason)),
             Some(Err(InboundError::Protocol(err))) => self.room.depart(id, Departure::Removed(err)),
         }
+        None
     }
 
-    /// Frees the seats the last wake-up asked to free, and tells the logic.
-    fn carry_out_departures(&mut self) {
+    /// Frees the seats the last wake-up asked to free, and tells the logic,
+    /// in the `player.leave` span.
+    fn carry_out_departures(&mut self) -> Result<(), EndRequest> {
         while let Some((id, departure)) = self.room.next_departure() {
-            let Some(player) = self.room.free_seat(&id, &departure) else { continue };
+            let Some((player, span)) = self.room.free_seat(&id, &departure) else { continue };
+            let _span = span.enter();
             match departure {
-                Departure::Left => self.logic.on_leave(&mut self.room, &player),
-                _ => self.logic.on_disconnect(&mut self.room, &player, &departure),
+                Departure::Left => self.hook("on_leave", Some(&id), |logic, room| logic.on_leave(room, &player))?,
+                _ => {
+                    self.hook("on_disconnect", Some(&id), |logic, room| logic.on_disconnect(room, &player, &departure))?
+                }
             }
         }
+        Ok(())
     }
 
-    /// The loop caught a panic: the session ends with an internal error. What
-    /// panicked goes to the log, never to the players.
-    fn failed(&mut self, panic: Box<dyn Any + Send>) -> EndRequest {
+    /// Calls a hook of the logic. A panic comes back as the end it causes
+    /// (see [`Actor::failed`]); `player` is whom the hook was about, for the
+    /// log.
+    fn hook<R>(
+        &mut self,
+        name: &'static str,
+        player: Option<&PlayerId>,
+        call: impl FnOnce(&mut dyn SessionLogic, &mut Room) -> R,
+    ) -> Result<R, EndRequest> {
+        let (logic, room) = (&mut *self.logic, &mut self.room);
+        std::panic::catch_unwind(AssertUnwindSafe(|| call(logic, room)))
+            .map_err(|panic| self.failed(panic, name, player))
+    }
+
+    /// A panic was caught in `during` (a hook's name, "polling" or
+    /// "plumbing"): the session ends with an internal error. What panicked
+    /// goes to the log, never to the players.
+    fn failed(&mut self, panic: Box<dyn Any + Send>, during: &'static str, player: Option<&PlayerId>) -> EndRequest {
         let what = panic
             .downcast_ref::<&str>()
             .copied()
             .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(not a string)");
-        error!(session.id = %self.room.id(), session.mode = self.room.mode(), panic = what, "the session failed and ends");
+        let player = player.map_or("", |id| &**id);
+        error!(
+            session.id = %self.room.id(),
+            session.mode = self.room.mode(),
+            player.id = player,
+            during,
+            panic = what,
+            "the session failed and ends"
+        );
         self.failed = true;
-        EndRequest::unasked(EndReason::InternalError, "the session failed on the server".to_owned())
+        EndRequest::unasked(EndReason::InternalError, FAILED.to_owned())
     }
 
     /// Ends the session: the logic hears of it (unless it is what failed),
@@ -261,11 +334,9 @@ impl Actor {
         // drain below.
         self.inbox.close();
         if !self.failed {
-            let (logic, room) = (&mut self.logic, &mut self.room);
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| logic.on_end(room, reason))) {
-                // Too late to change the reason: the session is ending anyway.
-                let _ = self.failed(panic);
-            }
+            // Too late to change the reason should it panic: the session is
+            // ending anyway (the panic is logged).
+            let _ = self.hook("on_end", None, |logic, room| logic.on_end(room, reason));
         }
         let sequence = self.room.end(reason, &message);
         self.inbound = SelectAll::new();

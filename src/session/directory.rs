@@ -1,7 +1,9 @@
 //! The directory: the one way the API finds, creates, lists, watches,
 //! joins, messages and ends sessions. Today the in-process
-//! [`Registry`](super::Registry) implements it; a Redis-backed directory
-//! can implement it for many nodes without a change above this seam.
+//! [`Registry`](super::Registry) implements it. A directory for many nodes
+//! (Redis-backed) implements it too, inside this crate (a join hands back
+//! the player's outbound queue, which only the session layer makes); the
+//! API above this seam does not change.
 //!
 //! Every method is async, since a directory may have to ask another node.
 

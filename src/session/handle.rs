@@ -22,14 +22,6 @@ pub struct JoinRequest {
     pub caller: tracing::Span,
 }
 
-impl EndRequest {
-    /// An end that no call asked for (idle, shutdown, failure): no one waits
-    /// for it, and it links to no span.
-    pub(super) fn unasked(reason: EndReason, message: String) -> Self {
-        EndRequest { reason, message, reply: None, caller: tracing::Span::none() }
-    }
-}
-
 /// What a successful join returns: the player's queue, whose first item is
 /// the welcome.
 #[derive(Debug)]
@@ -63,6 +55,14 @@ pub(super) struct EndRequest {
     pub message: String,
     pub reply: Option<oneshot::Sender<u64>>,
     pub caller: tracing::Span,
+}
+
+impl EndRequest {
+    /// An end that no call asked for (idle, shutdown, failure): no one waits
+    /// for it, and it links to no span.
+    pub(super) fn unasked(reason: EndReason, message: String) -> Self {
+        EndRequest { reason, message, reply: None, caller: tracing::Span::none() }
+    }
 }
 
 /// The address of one session. Cheap to clone.

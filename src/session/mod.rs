@@ -10,16 +10,18 @@
 //! - `handle.rs`: a running session's cloneable address and the commands its
 //!   bounded inbox carries.
 //! - `actor.rs`: the task that runs one session: it waits on the inbox, the
-//!   players' streams and the timers, and calls the room and the logic. A
-//!   panic anywhere in it ends that session alone, with
+//!   players' streams and the room's timers, and calls the room and the
+//!   logic. A panic in a hook or in the loop ends that session alone, with
 //!   [`EndReason::InternalError`].
 //! - `room.rs`: the plumbing every session shares ([`Room`]): seats, the
 //!   sequence, fan-out to the players' queues, departures, and the
 //!   half-close protocol.
 //! - `outbound.rs`: one player's outbound queue and the policy for a player
 //!   who falls behind.
-//! - `logic.rs`: the rules of a session ([`SessionLogic`]), and the modes
-//!   that make them from a session's config ([`Mode`], [`Modes`]).
+//! - `logic.rs`: the rules of a session ([`SessionLogic`]): the hooks the
+//!   actor calls with the room.
+//! - `mode.rs`: the named kinds of session ([`Mode`], [`Modes`]): each makes
+//!   a session's logic from the session's config.
 //! - `relay.rs`: the built-in `relay` mode: forward each message, in the
 //!   session's order.
 //! - `tests.rs`: the actor, room and relay on paused time, without a network.
@@ -32,6 +34,7 @@ mod actor;
 mod directory;
 mod handle;
 mod logic;
+mod mode;
 mod outbound;
 mod registry;
 mod relay;
@@ -53,8 +56,9 @@ pub use directory::{
     CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
     WatchEvents,
 };
-pub use handle::{JoinRequest, Joined, SessionHandle};
-pub use logic::{Mode, Modes, ModesBuilder, SessionLogic};
+pub use handle::{JoinRequest, Joined};
+pub use logic::SessionLogic;
+pub use mode::{Mode, Modes, ModesBuilder};
 pub use outbound::{Delivery, Direct, OutboundRx, Welcome};
 pub use registry::{Registry, RegistryConfig};
 pub use relay::Relay;

@@ -24,11 +24,9 @@ use super::actor::Actor;
 use super::directory::{
     CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
 };
-use super::handle::{JoinRequest, Joined};
+use super::handle::{JoinRequest, Joined, SessionHandle};
 use super::room::{Listing, Room};
-use super::{
-    EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionHandle, SessionId, SessionInfo,
-};
+use super::{EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
 use crate::error::Error;
 
 /// Registry-wide settings.

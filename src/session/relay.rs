@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::logic::{Mode, SessionLogic};
+use super::logic::SessionLogic;
+use super::mode::Mode;
 use super::room::{Audience, Room};
 use super::{PlayerId, PlayerMessage};
 use crate::error::Error;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::field::Empty;
@@ -50,7 +50,8 @@ pub enum Audience<'a> {
     All,
     /// Every player but this one (a sender).
     AllBut(&'a PlayerId),
-    /// These players (each must hold a seat; the others are skipped).
+    /// These players; any who holds no seat (or whose stream has ended) is
+    /// skipped.
     Only(&'a [PlayerId]),
 }
 
@@ -81,6 +82,8 @@ pub(super) struct Seated {
     pub kicked: oneshot::Receiver<()>,
     /// The answer to the join.
     pub joined: Joined,
+    /// The `player.join` span, for the logic's `on_join` to run in.
+    pub span: tracing::Span,
 }
 
 /// Resolves to a half-closed player's seat and whether its response stream
@@ -106,17 +109,28 @@ pub struct Room {
     /// Players whose inbound stream ended cleanly, waiting to learn whether
     /// their response stream took its end (a leave) or was dropped first (a
     /// disconnect; see [`Room::half_closed`]).
-    pub(super) half_closes: FuturesUnordered<HalfClose>,
+    half_closes: FuturesUnordered<HalfClose>,
     /// Fires when the session has been empty for the idle timeout.
-    pub(super) idle_timer: Pin<Box<Sleep>>,
-    pub(super) idle_armed: bool,
+    idle_timer: Pin<Box<Sleep>>,
+    idle_armed: bool,
     /// Fires when the earliest behind player's grace period runs out.
-    pub(super) sweep_timer: Pin<Box<Sleep>>,
-    pub(super) sweep_armed: bool,
+    sweep_timer: Pin<Box<Sleep>>,
+    sweep_armed: bool,
     /// The server drains and the last player left: nobody can join any more,
     /// so the session is over.
-    pub(super) drained: bool,
-    pub(super) metrics: SessionMetrics,
+    drained: bool,
+    metrics: SessionMetrics,
+}
+
+/// What the room has due (see [`Room::due`]).
+pub(super) enum Due {
+    /// A half-close's verdict: the player, its seat's generation, and
+    /// whether its response stream took its end.
+    HalfClose(PlayerId, u64, bool),
+    /// Behind players are to be checked.
+    Sweep,
+    /// The session has been empty for the idle timeout.
+    Idle,
 }
 
 impl Room {
@@ -161,6 +175,28 @@ impl Room {
     /// How long the session may stay empty.
     pub(super) fn idle_timeout(&self) -> std::time::Duration {
         self.config.idle_timeout
+    }
+
+    /// Resolves when a half-close's verdict is in or a timer fires, in that
+    /// order of priority; never, while nothing is pending.
+    pub(super) async fn due(&mut self) -> Due {
+        tokio::select! {
+            biased;
+            Some((id, generation, took_end)) = self.half_closes.next() => Due::HalfClose(id, generation, took_end),
+            () = &mut self.sweep_timer, if self.sweep_armed => Due::Sweep,
+            () = &mut self.idle_timer, if self.idle_armed => Due::Idle,
+            else => std::future::pending().await,
+        }
+    }
+
+    /// The server drains and the last player left: the session is over.
+    pub(super) fn is_drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Counts a message received from a player.
+    pub(super) fn count_received(&self) {
+        self.metrics.received.increment(1);
     }
 
     /// Whether the server drains (and takes no joins).
@@ -255,7 +291,7 @@ impl Room {
         span.follows_from(caller);
         crate::telemetry::record_ids(&span);
         let joined = SpanLink::to(&span);
-        let _span = span.entered();
+        let entered = span.enter();
         let info =
             Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
         let sequence = self.next_sequence();
@@ -290,7 +326,8 @@ impl Room {
         self.players_changed();
         self.metrics.joined();
         info!(session.sequence = sequence, "player joined");
-        Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound } }
+        drop(entered);
+        Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound }, span }
     }
 
     /// Frees `player`'s seat after the current message, for `departure`.
@@ -304,14 +341,25 @@ impl Room {
         self.departures.pop_front()
     }
 
-    /// Frees `player`'s seat and tells the others. Returns the player, or
-    /// `None` if it held no seat.
-    pub(super) fn free_seat(&mut self, player: &PlayerId, departure: &Departure) -> Option<Arc<PlayerInfo>> {
+    /// Frees `player`'s seat and tells the others. Returns the player and
+    /// the `player.leave` span (for the logic's hook to run in), or `None` if
+    /// it held no seat.
+    pub(super) fn free_seat(
+        &mut self,
+        player: &PlayerId,
+        departure: &Departure,
+    ) -> Option<(Arc<PlayerInfo>, tracing::Span)> {
         let seat = self.seats.remove(player)?;
-        let span = info_span!("player.leave", session.id = %self.info.id, player.id = %player, trace_id = Empty, span_id = Empty);
+        let span = info_span!(
+            "player.leave",
+            session.id = %self.info.id,
+            player.id = %player,
+            trace_id = Empty,
+            span_id = Empty
+        );
         seat.joined.add_to(&span);
         crate::telemetry::record_ids(&span);
-        let _span = span.entered();
+        let entered = span.enter();
         let (kind, detail) = match departure {
             // Dropping the seat drops its queue's sender: the stream ends
             // with OK once it has sent what is queued.
@@ -353,7 +401,8 @@ impl Room {
             // over.
             self.drained = self.listing.is_draining();
         }
-        Some(info)
+        drop(entered);
+        Some((info, span))
     }
 
     /// The inbound stream ended without an error. That is a clean half-close
@@ -495,7 +544,7 @@ impl Room {
         self.metrics.ended(reason.as_str());
         self.seats.clear();
         self.listing.remove(&self.info.id);
-        info!(session.end_reason = reason.as_str(), session.sequence = sequence, players, message = %message, "session ended");
+        info!(session.end_reason = ?reason, session.sequence = sequence, players, message = %message, "session ended");
         sequence
     }
 

@@ -21,7 +21,7 @@ const QUEUE: usize = 8;
 const GRACE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 
-fn manager(inbox: usize) -> Registry {
+fn new_registry(inbox: usize) -> Registry {
     let config = RegistryConfig {
         max_sessions: 10,
         default_max_players: 8,
@@ -32,7 +32,7 @@ fn manager(inbox: usize) -> Registry {
     Registry::new(config, Modes::default())
 }
 
-fn create(manager: &Registry) -> SessionId {
+fn create(registry: &Registry) -> SessionId {
     let params = CreateParams {
         mode: "relay".into(),
         max_players: 0,
@@ -41,19 +41,19 @@ fn create(manager: &Registry) -> SessionId {
         open_to_join_or_create: false,
     };
     // The registry creates without waiting.
-    let created = manager.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
+    let created = registry.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
     created.map(|c| c.session.id).unwrap_or_else(|e| panic!("create: {e}"))
 }
 
-type Inputs = mpsc::UnboundedSender<Result<Inbound, InboundError>>;
+type PlayerTx = mpsc::UnboundedSender<Result<Inbound, InboundError>>;
 
 /// Joins `id`; returns the sender of the player's inputs and its queue with
 /// the welcome already taken.
-async fn join(manager: &Registry, session: &SessionId, id: &str) -> (Inputs, OutboundRx) {
+async fn join(registry: &Registry, session: &SessionId, id: &str) -> (PlayerTx, OutboundRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let inbound = Box::pin(UnboundedReceiverStream::new(rx));
     let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
-    let mut joined = manager
+    let mut joined = registry
         .join(JoinTarget::Session(session.to_string()), player, inbound)
         .await
         .unwrap_or_else(|e| panic!("join {id}: {e}"));
@@ -64,7 +64,7 @@ async fn join(manager: &Registry, session: &SessionId, id: &str) -> (Inputs, Out
     (tx, joined.outbound)
 }
 
-fn relay(tx: &Inputs, droppable: bool) {
+fn relay(tx: &PlayerTx, droppable: bool) {
     let message = RelayMessage { payload: Bytes::from_static(b"pos"), targets: vec![], droppable };
     let input = Inbound::Message(PlayerMessage::Relay(message));
     tx.send(Ok(input)).unwrap_or_else(|_| panic!("the actor dropped a live player's inputs"));
@@ -119,11 +119,11 @@ fn seen(item: &Delivery) -> Seen {
 /// a non-droppable message that is skipped.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_player_drops_droppables_first_and_is_told() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (sender, _sender_rx) = join(&manager, &session, "sender").await;
-    let (_reader_in, mut reader) = join(&manager, &session, "reader").await;
-    let (_stalled_in, mut stalled) = join(&manager, &session, "stalled").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
     settle().await;
     assert_eq!(drain(&mut reader).len(), 1, "the reader saw the stalled player join");
 
@@ -162,10 +162,10 @@ async fn a_stalled_player_drops_droppables_first_and_is_told() {
 /// because nothing else is sent to it.
 #[tokio::test(start_paused = true)]
 async fn a_caught_up_player_hears_of_drops_without_new_traffic() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (sender, _sender_rx) = join(&manager, &session, "sender").await;
-    let (_stalled_in, mut stalled) = join(&manager, &session, "stalled").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
     for _ in 0..10 {
         relay(&sender, true);
     }
@@ -180,11 +180,11 @@ async fn a_caught_up_player_hears_of_drops_without_new_traffic() {
 /// player, and a disconnect that disturbs the others.
 #[tokio::test(start_paused = true)]
 async fn overflowing_the_queue_disconnects_with_resource_exhausted() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (sender, _sender_rx) = join(&manager, &session, "sender").await;
-    let (_reader_in, mut reader) = join(&manager, &session, "reader").await;
-    let (_stalled_in, mut stalled) = join(&manager, &session, "stalled").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
     settle().await;
     drain(&mut reader);
     let mut reader_saw = Vec::new();
@@ -212,10 +212,10 @@ async fn overflowing_the_queue_disconnects_with_resource_exhausted() {
 /// after the grace period.
 #[tokio::test(start_paused = true)]
 async fn staying_behind_past_the_grace_period_disconnects() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (sender, _sender_rx) = join(&manager, &session, "sender").await;
-    let (_stalled_in, mut stalled) = join(&manager, &session, "stalled").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
     // Exactly half full, and behind since the droppable message found it so:
     // the boundary counts as behind.
     for _ in 0..QUEUE / 2 {
@@ -237,10 +237,10 @@ async fn staying_behind_past_the_grace_period_disconnects() {
 #[tokio::test(start_paused = true)]
 async fn a_full_inbox_refuses_at_once_and_loses_nothing() {
     const INBOX: usize = 4;
-    let manager = manager(INBOX);
-    let session = create(&manager);
-    let (_in, mut player) = join(&manager, &session, "p").await;
-    let handle = manager.handle(&session).unwrap_or_else(|e| panic!("{e}"));
+    let registry = new_registry(INBOX);
+    let session = create(&registry);
+    let (_in, mut player) = join(&registry, &session, "p").await;
+    let handle = registry.handle(&session).unwrap_or_else(|e| panic!("{e}"));
 
     // The actor does not run between these polls (one thread, no await), so
     // the inbox fills.
@@ -267,21 +267,21 @@ async fn a_full_inbox_refuses_at_once_and_loses_nothing() {
 /// an empty one.
 #[tokio::test(start_paused = true)]
 async fn only_empty_sessions_end_when_idle() {
-    let manager = manager(16);
-    let empty = create(&manager);
-    let occupied = create(&manager);
-    let (leaver_in, _leaver) = join(&manager, &occupied, "leaver").await;
+    let registry = new_registry(16);
+    let empty = create(&registry);
+    let occupied = create(&registry);
+    let (leaver_in, _leaver) = join(&registry, &occupied, "leaver").await;
     tokio::time::sleep(IDLE + Duration::from_millis(1)).await;
-    assert!(manager.handle(&empty).is_err(), "the empty session outlived its idle timeout");
-    assert!(manager.handle(&occupied).is_ok(), "a session with a player ended");
-    assert_eq!((manager.len(), manager.is_empty()), (1, false));
+    assert!(registry.handle(&empty).is_err(), "the empty session outlived its idle timeout");
+    assert!(registry.handle(&occupied).is_ok(), "a session with a player ended");
+    assert_eq!((registry.len(), registry.is_empty()), (1, false));
 
     leaver_in.send(Ok(Inbound::Leave)).unwrap_or_else(|_| panic!("send"));
     tokio::time::sleep(IDLE - Duration::from_millis(10)).await;
-    assert!(manager.handle(&occupied).is_ok(), "ended before its idle timeout");
+    assert!(registry.handle(&occupied).is_ok(), "ended before its idle timeout");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(manager.handle(&occupied).is_err());
-    assert!(manager.is_empty());
+    assert!(registry.handle(&occupied).is_err());
+    assert!(registry.is_empty());
 }
 
 /// Catches a connection that died (hyper reports a keepalive timeout as a
@@ -289,11 +289,11 @@ async fn only_empty_sessions_end_when_idle() {
 /// half-close being announced as a disconnect: the response stream decides.
 #[tokio::test(start_paused = true)]
 async fn a_half_close_is_a_leave_only_if_the_response_stream_takes_its_end() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (_watcher_in, mut watcher) = join(&manager, &session, "watcher").await;
-    let (leaver_in, mut leaver) = join(&manager, &session, "leaver").await;
-    let (vanished_in, vanished) = join(&manager, &session, "vanished").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (_watcher_in, mut watcher) = join(&registry, &session, "watcher").await;
+    let (leaver_in, mut leaver) = join(&registry, &session, "leaver").await;
+    let (vanished_in, vanished) = join(&registry, &session, "vanished").await;
     settle().await;
     assert_eq!(drain(&mut watcher).len(), 2);
     assert_eq!(drain(&mut leaver).len(), 1);
@@ -326,10 +326,10 @@ async fn a_half_close_is_a_leave_only_if_the_response_stream_takes_its_end() {
 /// forever: after the grace period it is a disconnect and the seat is free.
 #[tokio::test(start_paused = true)]
 async fn a_half_closed_player_that_stops_reading_is_freed_after_the_grace_period() {
-    let manager = manager(16);
-    let session = create(&manager);
-    let (_watcher_in, mut watcher) = join(&manager, &session, "watcher").await;
-    let (silent_in, _silent_never_read) = join(&manager, &session, "silent").await;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (_watcher_in, mut watcher) = join(&registry, &session, "watcher").await;
+    let (silent_in, _silent_never_read) = join(&registry, &session, "silent").await;
     settle().await;
     drain(&mut watcher);
     drop(silent_in);
@@ -346,17 +346,17 @@ async fn a_half_closed_player_that_stops_reading_is_freed_after_the_grace_period
 /// and fail as "full" instead of spreading over new sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_join_or_create_spreads_over_sessions() {
-    let manager = manager(64);
+    let registry = new_registry(64);
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let joins: Vec<_> = (0..64)
         .map(|i| {
-            let (manager, barrier) = (manager.clone(), barrier.clone());
+            let (registry, barrier) = (registry.clone(), barrier.clone());
             tokio::spawn(async move {
                 let (_tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
                 let player = NewPlayer { id: format!("p{i}"), display_name: String::new(), metadata: BTreeMap::new() };
                 barrier.wait().await;
                 let inbound = Box::pin(UnboundedReceiverStream::new(rx));
-                manager.join(JoinTarget::Mode("relay".into()), player, inbound).await.map(|j| (j, _tx))
+                registry.join(JoinTarget::Mode("relay".into()), player, inbound).await.map(|j| (j, _tx))
             })
         })
         .collect();
@@ -365,7 +365,7 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
         joined.push(join.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("join failed: {e}")));
     }
     assert_eq!(joined.len(), 64);
-    let (sessions, _) = manager.list(&SessionFilter::default(), None, 100).await.unwrap_or_else(|e| panic!("{e}"));
+    let (sessions, _) = registry.list(&SessionFilter::default(), None, 100).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sessions.iter().map(|s| s.player_count).sum::<u32>(), 64);
     assert!(sessions.iter().all(|s| s.player_count <= s.max_players));
 }
@@ -375,22 +375,22 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
 /// join-or-create for its mode.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_actor_leaves_the_registry() {
-    let manager = manager(16);
-    let session = create(&manager);
+    let registry = new_registry(16);
+    let session = create(&registry);
     let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
     // The actor polls a player's stream itself: a bug there panics the actor.
     let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
         panic!("a bug in session logic")
     }));
     // The panic happens in the actor's task, after the join is answered.
-    let _ = manager.join(JoinTarget::Session(session.to_string()), player, inbound).await;
+    let _ = registry.join(JoinTarget::Session(session.to_string()), player, inbound).await;
     settle().await;
-    assert!(manager.handle(&session).is_err());
-    assert!(manager.is_empty());
+    assert!(registry.handle(&session).is_err());
+    assert!(registry.is_empty());
     let (tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
     let player = NewPlayer { id: "q".into(), display_name: String::new(), metadata: BTreeMap::new() };
     let joined =
-        manager.join(JoinTarget::Mode("relay".into()), player, Box::pin(UnboundedReceiverStream::new(rx))).await;
+        registry.join(JoinTarget::Mode("relay".into()), player, Box::pin(UnboundedReceiverStream::new(rx))).await;
     assert!(joined.is_ok(), "join-or-create still works: {:?}", joined.err());
     drop(tx);
 }
@@ -452,7 +452,7 @@ fn relayed(items: &[Delivery]) -> Vec<(u64, String, Bytes)> {
 /// it did not target, or takes a sequence number out of order.
 #[tokio::test(start_paused = true)]
 async fn relay_reaches_every_other_player_or_just_its_targets_in_sequence() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b", "c"]);
     let (a, b): (PlayerId, PlayerId) = ("a".into(), "b".into());
@@ -470,7 +470,7 @@ async fn relay_reaches_every_other_player_or_just_its_targets_in_sequence() {
 /// uses up a sequence number, or is refused without naming the bad target.
 #[tokio::test(start_paused = true)]
 async fn relay_to_an_unknown_player_is_refused_to_its_sender_alone() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b"]);
     let a: PlayerId = "a".into();
@@ -494,7 +494,7 @@ async fn relay_to_an_unknown_player_is_refused_to_its_sender_alone() {
 /// ones, and an unknown target that is not refused with its field.
 #[tokio::test(start_paused = true)]
 async fn a_backend_message_reaches_its_targets_or_everyone() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b"]);
 
@@ -511,7 +511,7 @@ async fn a_backend_message_reaches_its_targets_or_everyone() {
 /// twice, or does not name a player who asked the server to.
 #[tokio::test(start_paused = true)]
 async fn the_room_admits_up_to_its_seats_and_each_id_once() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let request = |id: &str| {
         let inbound: InboundStream = Box::pin(futures_util::stream::pending());
@@ -533,7 +533,7 @@ async fn the_room_admits_up_to_its_seats_and_each_id_once() {
 /// later messages are still taken as current.
 #[tokio::test(start_paused = true)]
 async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b", "c"]);
     let (b, c): (PlayerId, PlayerId) = ("b".into(), "c".into());
@@ -559,7 +559,7 @@ async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
 /// on after it.
 #[tokio::test(start_paused = true)]
 async fn ending_the_room_tells_every_player_last() {
-    let registry = manager(16);
+    let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b"]);
     assert_eq!(room.end(EndReason::EndedByBackend, "bye"), 3);
@@ -577,95 +577,35 @@ async fn ending_the_room_tells_every_player_last() {
     }
 }
 
-// Panics.
+// Panics (a panicking hook: tests/logic.rs, through the real server).
 
-/// A relay that panics on the payload its config names: the config reaches
-/// the logic through its mode.
-struct Fragile;
-
-struct FragileLogic {
-    trigger: Bytes,
-}
-
-impl Mode for Fragile {
-    fn create(&self, config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
-        if config.is_empty() {
-            return Err("name the payload that breaks the session".into());
-        }
-        Ok(Box::new(FragileLogic { trigger: Bytes::copy_from_slice(config) }))
-    }
-}
-
-impl SessionLogic for FragileLogic {
-    fn on_message(&mut self, room: &mut Room, from: &PlayerId, message: PlayerMessage) {
-        let PlayerMessage::Relay(relay) = &message;
-        if relay.payload == self.trigger {
-            panic!("broken on purpose");
-        }
-        Relay.on_message(room, from, message);
-    }
-
-    fn on_backend_message(&mut self, room: &mut Room, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
-        Relay.on_backend_message(room, payload, targets)
-    }
-}
-
-/// Catches a panicking hook that takes down other sessions, leaves its
-/// players without a reason (a crash must not look like a normal end), or
-/// leaves its session in the registry; and a mode whose config never
-/// reaches the logic.
+/// Catches a panic while the actor polls a player's stream (its decoding
+/// runs there) that ends the session without telling its players why, so
+/// that a crash looks like a normal end.
 #[tokio::test(start_paused = true)]
-async fn a_panicking_hook_ends_only_its_session_with_an_internal_error() {
-    let modes = Modes::builder().register("fragile", Fragile).build();
-    let config = RegistryConfig {
-        max_sessions: 10,
-        default_max_players: 8,
-        max_players_limit: 8,
-        watch_buffer: 64,
-        session: SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox: 16, idle_timeout: IDLE },
-    };
-    let registry = Registry::new(config, modes);
-    let params = |config: &'static [u8]| CreateParams {
-        mode: "fragile".into(),
-        max_players: 0,
-        labels: BTreeMap::new(),
-        config: Bytes::from_static(config),
-        open_to_join_or_create: false,
-    };
-    let no_config = registry.create(params(b""), None).await.err();
-    assert_eq!(no_config, Some(Error::invalid("config", "name the payload that breaks the session")));
-    let create = |config| {
-        let created = registry.create(params(config), None).now_or_never();
-        created.and_then(Result::ok).map(|c| c.session.id).unwrap_or_else(|| panic!("create"))
-    };
-    let (doomed, other) = (create(b"boom"), create(b"bang"));
-    let (breaker, _breaker_rx) = join(&registry, &doomed, "breaker").await;
-    let (_watcher_in, mut watcher) = join(&registry, &doomed, "watcher").await;
-    let (sender, _sender_rx) = join(&registry, &other, "sender").await;
-    let (_reader_in, mut reader) = join(&registry, &other, "reader").await;
-
-    let send = |tx: &Inputs, payload: &'static [u8]| {
-        let message = RelayMessage { payload: Bytes::from_static(payload), targets: vec![], droppable: false };
-        tx.send(Ok(Inbound::Message(PlayerMessage::Relay(message)))).unwrap_or_else(|_| panic!("send"));
-    };
-    // "boom" breaks only the session configured with it.
-    send(&sender, b"boom");
-    send(&breaker, b"boom");
+async fn a_panic_while_polling_a_player_ends_the_session_with_an_internal_error() {
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (_watcher_in, mut watcher) = join(&registry, &session, "watcher").await;
+    let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
+        panic!("a bug in a player's stream")
+    }));
+    let _ = registry.join(JoinTarget::Session(session.to_string()), player, inbound).await;
     settle().await;
     let items = drain(&mut watcher);
     match items.as_slice() {
-        [Delivery::Event(event), Delivery::End(None)] => match &event.event {
-            Event::Ended { reason, message, .. } => {
-                assert_eq!((*reason, message.as_str()), (EndReason::InternalError, "the session failed on the server"))
+        [Delivery::Event(joined), Delivery::Event(ended), Delivery::End(None)] => {
+            assert!(matches!(joined.event, Event::Presence { kind: PresenceKind::Joined, .. }), "{joined:?}");
+            match &ended.event {
+                Event::Ended { sequence, reason, message } => assert_eq!(
+                    (*sequence, *reason, message.as_str()),
+                    (3, EndReason::InternalError, "the session failed on the server")
+                ),
+                other => panic!("expected the end, got {other:?}"),
             }
-            other => panic!("expected the end, got {other:?}"),
-        },
-        other => panic!("expected the end and the stream's end, got {other:?}"),
+        }
+        other => panic!("expected p's join, the end and the stream's end, got {other:?}"),
     }
-    assert!(registry.handle(&doomed).is_err(), "the failed session is still registered");
-    assert_eq!(relayed(&drain(&mut reader))[0].2, Bytes::from_static(b"boom"), "the other session relayed");
-    send(&sender, b"still here");
-    settle().await;
-    assert_eq!(relayed(&drain(&mut reader)), [(4, "sender".to_owned(), Bytes::from_static(b"still here"))]);
-    assert_eq!(registry.len(), 1);
+    assert!(registry.is_empty());
 }
