@@ -304,10 +304,9 @@ impl Relay {
             if best.is_none() {
                 m.notes.push(format!("no step held p99 <= {ms} ms: start lower (--rate)"));
             }
-            if best.is_some_and(|s| s.client_cores() >= 0.9) {
-                m.notes.push(format!(
-                    "at the p99 <= {ms} ms maximum the client used most of its one core: it may have been the limit"
-                ));
+            let client = best.map(|s| ClientCpu { cores: s.client_cores(), threads: super::client_threads() });
+            if let Some(client) = client.filter(ClientCpu::may_have_been_the_limit) {
+                m.notes.push(format!("at the p99 <= {ms} ms maximum, {}", client.note()));
             }
         }
         m.details.insert("steps".into(), Value::Array(steps.iter().map(Step::to_json).collect()));
