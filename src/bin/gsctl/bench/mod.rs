@@ -121,7 +121,7 @@ pub struct Target {
     /// the machine's load favours none of them. The report gives each
     /// figure's median over the repeats (the table adds min–max, --json every
     /// repeat's figures), and ratios of the medians. Default: 1.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1, hide_default_value = true, value_parser = clap::value_parser!(u32).range(1..))]
     repeats: u32,
     /// What identity costs: run against game-session with auth and TLS on
     /// (as --spawn --secure), then with both off, and report them side by
