@@ -276,6 +276,43 @@ async fn bench_compare_runs_game_session_and_the_baseline() {
     assert_eq!(report["ratio"]["delivered"].as_f64(), Some(delivered), "{report}");
 }
 
+/// Catches repeats that do not rotate the servers or that report the wrong
+/// figures: with `--repeats 2 --before-bin`, the three servers run in the
+/// rotated orders, every run delivers everything, each figure is the median
+/// of the runs, and each ratio is one of the medians.
+#[tokio::test]
+async fn bench_compare_repeats_rotate_the_servers_and_report_medians() {
+    let before = env!("CARGO_BIN_EXE_game-session");
+    let mut args = vec!["--json", "bench", "relay", "--compare", "--repeats", "2", "--before-bin", before];
+    args.extend(RELAY_WORKLOAD.split(' '));
+    let output = tokio::time::timeout(WAIT * 6, Command::new(env!("CARGO_BIN_EXE_gsctl")).args(&args).output())
+        .await
+        .expect("in time")
+        .expect("run");
+    let report = json(&success(&output, &args));
+    assert_eq!(
+        report["orders"],
+        json!([["game-session", "before", "baseline"], ["before", "baseline", "game-session"]]),
+        "{report}"
+    );
+    let median = |name: &str, key: &str| {
+        let runs = report["servers"][name]["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2, "{name}: {runs:?}");
+        runs.iter().for_each(assert_all_delivered);
+        let values: Vec<f64> = runs.iter().map(|run| run[key].as_f64().expect("a value")).collect();
+        let median = (values[0] + values[1]) / 2.0;
+        assert_eq!(report["servers"][name][key].as_f64(), Some(median), "{name}: {report}");
+        median
+    };
+    for (pair, ours, theirs) in
+        [("game-session/baseline", "game-session", "baseline"), ("before/baseline", "before", "baseline")]
+    {
+        let ratio = report["ratios"][pair]["delivered"].as_f64().expect("ratio");
+        assert!((ratio - median(ours, "delivered") / median(theirs, "delivered")).abs() < 1e-12, "{report}");
+    }
+    assert_eq!(report["ratios"]["game-session/before"]["offered_deliveries_per_second"].as_f64(), Some(1.0));
+}
+
 /// Catches a connections scenario that loses players or pings: every
 /// player joins (the warm-up's too), every ping is answered, and every
 /// stream ends cleanly.

@@ -12,6 +12,10 @@
 //! and memory), against a game-session it starts itself (`--spawn`), or
 //! against game-session and then the baseline, a bare tonic relay with the
 //! same proto shape (`--compare`); the table then shows both and their ratio.
+//! `--before-bin` adds a third server to the comparison, an earlier
+//! game-session binary, and `--repeats` runs the servers several times in a
+//! rotating order and reports each figure's median (`repeated`): one run of
+//! each is at the mercy of a shared machine's drifting load.
 //!
 //! Identity: `--spawn --secure` starts game-session with auth and TLS on
 //! (`secure`); every player then joins over TLS with a token of its own,
@@ -24,6 +28,7 @@
 mod churn;
 mod connections;
 mod relay;
+mod repeated;
 mod secure;
 
 use std::collections::HashMap;
@@ -103,6 +108,21 @@ pub struct Target {
     /// their ratio.
     #[arg(long)]
     compare: bool,
+    /// With --compare: a third server, labelled "before": a game-session
+    /// binary built from an earlier commit, started exactly like
+    /// game-session. The table then shows game-session, before and baseline,
+    /// and the ratios game-session/baseline, before/baseline and
+    /// game-session/before. Default: none.
+    #[arg(long, requires = "compare")]
+    before_bin: Option<PathBuf>,
+    /// Run the scenario N times on each server, rotating the order of the
+    /// servers by one each repeat (with --compare: game-session then
+    /// baseline, then baseline then game-session, ...), so that a drift in
+    /// the machine's load favours none of them. The report gives each
+    /// figure's median over the repeats (the table adds min–max, --json every
+    /// repeat's figures), and ratios of the medians. Default: 1.
+    #[arg(long, default_value_t = 1, hide_default_value = true, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     /// What identity costs: run against game-session with auth and TLS on
     /// (as --spawn --secure), then with both off, and report them side by
     /// side with their ratio (secure ÷ plain).
@@ -125,8 +145,8 @@ pub struct Target {
 
 /// A server a scenario runs against.
 pub struct Server {
-    /// "game-session", "baseline", "secure", "plain", or "server" (the one
-    /// at --addr).
+    /// "game-session", "before", "baseline", "secure", "plain", or "server"
+    /// (the one at --addr).
     name: &'static str,
     addr: String,
     /// How to connect: the address, with TLS when it serves TLS.
@@ -239,6 +259,42 @@ pub struct Measured {
     notes: Vec<String>,
     /// Extra JSON, e.g. the steps of `--find-max`.
     details: Map<String, Value>,
+    /// The load client's CPU over the measured window, when the scenario
+    /// measured it: the repeated report says from it when the client may
+    /// have been the limit.
+    client: Option<ClientCpu>,
+}
+
+/// The load client's CPU over a measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCpu {
+    /// Cores used: CPU time over the window's length.
+    cores: f64,
+    /// Worker threads of the client's runtime.
+    threads: usize,
+}
+
+impl ClientCpu {
+    /// Cores per thread at and above which a thread had little time to
+    /// spare, so the client, not the server, may have set the pace.
+    const LIMIT_PER_THREAD: f64 = 0.9;
+
+    fn per_thread(&self) -> f64 {
+        self.cores / self.threads.max(1) as f64
+    }
+
+    fn may_have_been_the_limit(&self) -> bool {
+        self.per_thread() >= Self::LIMIT_PER_THREAD
+    }
+
+    /// The report's note when the client may have been the limit.
+    fn note(&self) -> String {
+        format!(
+            "the client used {:.2} cores on {} thread(s): it may have been the limit; \
+             give it more (--client-threads) or run it on another machine",
+            self.cores, self.threads
+        )
+    }
 }
 
 impl Measured {
@@ -249,6 +305,7 @@ impl Measured {
 }
 
 /// One figure of a report.
+#[derive(Clone)]
 pub struct Metric {
     /// Its JSON key, e.g. `latency_p99_ms`.
     key: String,
@@ -320,30 +377,93 @@ pub async fn run(remote: &Remote, bench: Bench, json_output: bool) -> Result<(),
 }
 
 async fn execute(scenario: &impl Run, remote: &Remote, target: &Target, json_output: bool) -> Result<(), Failure> {
-    let mut results = Vec::new();
-    let game_session = || target.server_bin.clone().map_or_else(|| beside_gsctl("game-session"), Ok);
-    if target.compare_secure {
-        let bin = game_session()?;
-        results.push(("secure", on_spawned(scenario, Spawn::GameSession { secure: true }, "secure", &bin).await?));
-        results.push(("plain", on_spawned(scenario, Spawn::GameSession { secure: false }, "plain", &bin).await?));
-    } else if target.spawn || target.compare {
-        let spawn = Spawn::GameSession { secure: target.secure };
-        results.push(("game-session", on_spawned(scenario, spawn, "game-session", &game_session()?).await?));
-        if target.compare {
-            let bin = target.baseline_bin.clone().map_or_else(|| beside_gsctl("examples/bare_relay"), Ok)?;
-            results.push(("baseline", on_spawned(scenario, Spawn::Baseline, "baseline", &bin).await?));
+    let contenders = contenders(remote, target)?;
+    let repeats = target.repeats as usize;
+    let mut runs: Vec<Vec<repeated::Repeat>> = contenders.iter().map(|_| Vec::with_capacity(repeats)).collect();
+    for repeat in 1..=repeats {
+        // Rotated by one each repeat: each server runs in each place in turn.
+        for position in 1..=contenders.len() {
+            let index = (repeat - 1 + position - 1) % contenders.len();
+            let contender = &contenders[index];
+            if repeats > 1 {
+                eprintln!("repeat {repeat}/{repeats}: {}", contender.name());
+            }
+            let measured = contender.run(scenario).await?;
+            runs[index].push(repeated::Repeat { repeat, position, measured });
+        }
+    }
+    let names = contenders.iter().map(Contender::name);
+    if repeats == 1 && contenders.len() <= 2 {
+        let results: Vec<(&str, Measured)> =
+            names.zip(runs).filter_map(|(name, runs)| Some((name, runs.into_iter().next()?.measured))).collect();
+        let report = report(scenario, &results);
+        if json_output {
+            println!("{report}");
+        } else {
+            print_table(&scenario.describe(), &results);
         }
     } else {
-        let server = Server::remote(remote, target)?;
-        results.push((server.name, server.run(scenario).await?));
-    }
-    let report = report(scenario, &results);
-    if json_output {
-        println!("{report}");
-    } else {
-        print_table(&scenario.describe(), &results);
+        let servers: Vec<repeated::Server> =
+            names.zip(runs).map(|(name, runs)| repeated::Server::new(name, runs)).collect();
+        if json_output {
+            println!("{}", repeated::report(scenario.workload(), &servers, repeats));
+        } else {
+            repeated::print_table(&scenario.describe(), &servers, repeats);
+        }
     }
     Ok(())
+}
+
+/// A server of the report.
+enum Contender {
+    /// Started here for each run and stopped after it.
+    Spawned { name: &'static str, kind: Spawn, bin: PathBuf },
+    /// The server at --addr (boxed: it is much larger than the other, and
+    /// there is one).
+    Remote(Box<Server>),
+}
+
+impl Contender {
+    fn name(&self) -> &'static str {
+        match self {
+            Contender::Spawned { name, .. } => name,
+            Contender::Remote(server) => server.name,
+        }
+    }
+
+    async fn run(&self, scenario: &impl Run) -> Result<Measured, Failure> {
+        match self {
+            Contender::Spawned { name, kind, bin } => on_spawned(scenario, *kind, name, bin).await,
+            Contender::Remote(server) => server.run(scenario).await,
+        }
+    }
+}
+
+/// The servers the target names, in the report's order (and the first
+/// repeat's): ours first, the baseline last.
+fn contenders(remote: &Remote, target: &Target) -> Result<Vec<Contender>, Failure> {
+    let game_session = || target.server_bin.clone().map_or_else(|| beside_gsctl("game-session"), Ok);
+    let spawned = |name, kind, bin| Contender::Spawned { name, kind, bin };
+    if target.compare_secure {
+        let bin = game_session()?;
+        return Ok(vec![
+            spawned("secure", Spawn::GameSession { secure: true }, bin.clone()),
+            spawned("plain", Spawn::GameSession { secure: false }, bin),
+        ]);
+    }
+    if !(target.spawn || target.compare) {
+        return Ok(vec![Contender::Remote(Box::new(Server::remote(remote, target)?))]);
+    }
+    let ours = Spawn::GameSession { secure: target.secure };
+    let mut contenders = vec![spawned("game-session", ours, game_session()?)];
+    if target.compare {
+        if let Some(bin) = &target.before_bin {
+            contenders.push(spawned("before", ours, bin.clone()));
+        }
+        let bin = target.baseline_bin.clone().map_or_else(|| beside_gsctl("examples/bare_relay"), Ok)?;
+        contenders.push(spawned("baseline", Spawn::Baseline, bin));
+    }
+    Ok(contenders)
 }
 
 /// The JSON report: the workload, each server's figures, and their ratio.

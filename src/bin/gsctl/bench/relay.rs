@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{Failure, Measured, Run, Server, Target};
+use super::{ClientCpu, Failure, Measured, Run, Server, Target};
 
 /// The relay scenario's settings.
 #[derive(Debug, Args)]
@@ -193,15 +193,12 @@ impl Step {
         m.add("server_peak_rss_mib", "server peak RSS (MiB)", self.server_peak_rss.map(super::mib), 1);
         m.add("client_cpu_seconds", "client CPU (s)", Some(self.client_cpu_seconds), 2);
         m.add("client_cores", "client cores used", Some(self.client_cores()), 2);
-        let threads = super::client_threads();
-        m.add("client_threads", "client threads", Some(threads as f64), 0);
-        if self.client_cores() >= 0.9 * threads as f64 {
-            m.notes.push(format!(
-                "the client used {:.2} cores on {threads} thread(s): it may have been the limit; \
-                 give it more (--client-threads) or run it on another machine",
-                self.client_cores()
-            ));
+        let client = ClientCpu { cores: self.client_cores(), threads: super::client_threads() };
+        m.add("client_threads", "client threads", Some(client.threads as f64), 0);
+        if client.may_have_been_the_limit() {
+            m.notes.push(client.note());
         }
+        m.client = Some(client);
         m
     }
 }
@@ -307,10 +304,9 @@ impl Relay {
             if best.is_none() {
                 m.notes.push(format!("no step held p99 <= {ms} ms: start lower (--rate)"));
             }
-            if best.is_some_and(|s| s.client_cores() >= 0.9) {
-                m.notes.push(format!(
-                    "at the p99 <= {ms} ms maximum the client used most of its one core: it may have been the limit"
-                ));
+            let client = best.map(|s| ClientCpu { cores: s.client_cores(), threads: super::client_threads() });
+            if let Some(client) = client.filter(ClientCpu::may_have_been_the_limit) {
+                m.notes.push(format!("at the p99 <= {ms} ms maximum, {}", client.note()));
             }
         }
         m.details.insert("steps".into(), Value::Array(steps.iter().map(Step::to_json).collect()));
