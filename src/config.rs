@@ -111,6 +111,17 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_WATCH_BUFFER", default_value_t = 1024)]
     pub watch_buffer: usize,
 
+    /// Most WatchSessions streams open at once on the server; more are
+    /// refused with RESOURCE_EXHAUSTED. Each costs a pointer per listed
+    /// session until its listing is read, and up to hyper's send buffer.
+    #[arg(long, env = "GAME_SESSION_MAX_WATCHERS", default_value_t = 1000)]
+    pub max_watchers: usize,
+
+    /// Most WatchSessions streams open at once on one connection, so that
+    /// one client cannot take every watcher slot.
+    #[arg(long, env = "GAME_SESSION_MAX_WATCHERS_PER_CONNECTION", default_value_t = 16)]
+    pub max_watchers_per_connection: usize,
+
     /// Most streams (Play streams and calls) open at once on one HTTP/2
     /// connection; a client that multiplexes many players on one connection
     /// needs this many.
@@ -335,6 +346,8 @@ impl Config {
             ("max-targets", self.max_targets),
             ("session-inbox", self.session_inbox),
             ("watch-buffer", self.watch_buffer),
+            ("max-watchers", self.max_watchers),
+            ("max-watchers-per-connection", self.max_watchers_per_connection),
             ("max-streams-per-connection", self.max_streams_per_connection as usize),
         ];
         for (name, value) in positive {

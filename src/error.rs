@@ -34,6 +34,10 @@ pub enum Error {
     /// The server runs as many sessions as it may.
     #[error("the server is at its limit of {0} sessions")]
     TooManySessions(usize),
+    /// As many WatchSessions streams are open as may be (the text says
+    /// which limit).
+    #[error("{0}")]
+    TooManyWatchers(String),
     /// The session's command inbox is full; retry shortly.
     #[error("session {0:?} is busy (its inbox is full); retry")]
     SessionBusy(String),

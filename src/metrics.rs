@@ -40,6 +40,8 @@ pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
 /// the protocol), `session_ended`.
 pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
 /// Relay messages from players that passed validation, by `mode`.
+/// WatchSessions streams open.
+pub const WATCHERS: &str = "game_session_watchers";
 pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
@@ -89,6 +91,7 @@ fn describe() {
     describe_gauge!(PLAYERS_CONNECTED, "Players in a session now.");
     describe_counter!(PLAYER_JOINS, "Players joined.");
     describe_counter!(PLAYER_DEPARTURES, "Players gone, by reason.");
+    describe_gauge!(WATCHERS, "WatchSessions streams open.");
     describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
     describe_counter!(MESSAGES_QUEUED, "Messages queued for a recipient (a relay to 7 players counts 7).");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");

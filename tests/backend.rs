@@ -400,3 +400,39 @@ async fn a_full_size_config_fits_whatever_the_payload_limit() {
     assert!(created.is_ok(), "{created:?}");
     server.shutdown().await;
 }
+
+/// Catches WatchSessions streams that are not capped, per connection or in
+/// total (each pins memory in the server), and a cap whose slots are not
+/// given back when a watcher goes away.
+#[tokio::test]
+async fn watchers_are_capped_per_connection_and_in_total() {
+    let mut config = common::config();
+    config.max_watchers = 3;
+    config.max_watchers_per_connection = 2;
+    let server = TestServer::start_with(config).await;
+    let watch = |mut api: pb::session_service_client::SessionServiceClient<_>| async move {
+        api.watch_sessions(pb::WatchSessionsRequest::default()).await.map(tonic::Response::into_inner)
+    };
+    let first = server.sessions().await;
+    let (a, b) = (watch(first.clone()).await.expect("1st"), watch(first.clone()).await.expect("2nd"));
+    assert_status(watch(first.clone()).await, Code::ResourceExhausted, "per connection");
+    let c = watch(server.sessions().await).await.expect("3rd, on another connection");
+    assert_status(watch(server.sessions().await).await, Code::ResourceExhausted, "limit of 3");
+
+    // A watcher that goes away gives its slot back (the server notices the
+    // reset stream; poll until it has).
+    drop(a);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let d = loop {
+        match watch(server.sessions().await).await {
+            Ok(d) => break d,
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("the slot was never given back: {status:?}"),
+        }
+    };
+    drop((b, c, d));
+    server.shutdown().await;
+}

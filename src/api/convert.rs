@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_targets: usize,
     pub max_labels: usize,
+    pub max_watchers: usize,
+    pub max_watchers_per_connection: usize,
 }
 
 impl Limits {
@@ -43,6 +45,8 @@ impl Limits {
             max_payload_bytes: config.max_payload_bytes,
             max_targets: config.max_targets,
             max_labels: config.max_labels,
+            max_watchers: config.max_watchers,
+            max_watchers_per_connection: config.max_watchers_per_connection,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! `SessionService`: what matchmakers, lobbies and admin tools call.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -25,13 +28,74 @@ pub struct SessionApi<D> {
     directory: D,
     limits: Arc<Limits>,
     auth: Auth,
+    watchers: Arc<Watchers>,
 }
 
 impl<D: Directory> SessionApi<D> {
     /// Serves the sessions in `directory` to the backend services `auth`
     /// admits as admins.
     pub fn new(directory: D, limits: Limits, auth: Auth) -> Self {
-        SessionApi { directory, limits: Arc::new(limits), auth }
+        let watchers = Arc::new(Watchers {
+            total: Arc::new(Semaphore::new(limits.max_watchers)),
+            max_total: limits.max_watchers,
+            max_per_connection: limits.max_watchers_per_connection,
+            per_connection: Mutex::new(HashMap::new()),
+        });
+        SessionApi { directory, limits: Arc::new(limits), auth, watchers }
+    }
+}
+
+/// The open WatchSessions streams, capped in total and per connection.
+struct Watchers {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    max_per_connection: usize,
+    /// Streams open per connection (by the client's address, which names
+    /// one TCP connection).
+    per_connection: Mutex<HashMap<Option<SocketAddr>, usize>>,
+}
+
+impl Watchers {
+    /// A slot for one more watcher from `peer`, held for as long as its
+    /// stream lives.
+    fn admit(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<WatcherSlot, Error> {
+        let mut per_connection = self.per_connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let open = per_connection.entry(peer).or_default();
+        if *open >= self.max_per_connection {
+            return Err(Error::TooManyWatchers(format!(
+                "at most {} WatchSessions streams per connection are open; close one, or watch from another connection",
+                self.max_per_connection
+            )));
+        }
+        let Ok(permit) = self.total.clone().try_acquire_owned() else {
+            return Err(Error::TooManyWatchers(format!(
+                "the server has its limit of {} WatchSessions streams open; retry later or watch another instance",
+                self.max_total
+            )));
+        };
+        *open += 1;
+        metrics::gauge!(crate::metrics::WATCHERS).increment(1.0);
+        Ok(WatcherSlot { watchers: self.clone(), peer, _permit: permit })
+    }
+}
+
+/// One open watcher's place under the caps; freed when dropped.
+struct WatcherSlot {
+    watchers: Arc<Watchers>,
+    peer: Option<SocketAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut per_connection = self.watchers.per_connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(open) = per_connection.get_mut(&self.peer) {
+            *open -= 1;
+            if *open == 0 {
+                per_connection.remove(&self.peer);
+            }
+        }
+        metrics::gauge!(crate::metrics::WATCHERS).decrement(1.0);
     }
 }
 
@@ -123,17 +187,20 @@ impl<D: Directory> SessionService for SessionApi<D> {
         let span = super::rpc_span!("SessionService", "WatchSessions", &request);
         async move {
             use pb::watch_sessions_response::Kind;
-            self.auth.admin(&Call::of(&request)).await?;
+            let call = Call::of(&request);
+            self.auth.admin(&call).await?;
+            let peer = call.peer;
             let filter = convert::filter(request.into_inner().filter, &self.limits)?;
+            let slot = self.watchers.admit(peer)?;
             let watch = self.directory.watch(filter).await?;
+            // Each summary is encoded as the client reads (HTTP/2 flow
+            // control paces it): no copy of the listing per watcher.
             let initial = watch
                 .initial
-                .iter()
-                .map(|info| Ok(pb::WatchSessionsResponse { kind: Some(Kind::Initial(convert::session(info))) }))
-                .chain(std::iter::once(Ok(pb::WatchSessionsResponse {
+                .map(|info| Ok(pb::WatchSessionsResponse { kind: Some(Kind::Initial(convert::session(&info))) }))
+                .chain(stream::once(std::future::ready(Ok(pb::WatchSessionsResponse {
                     kind: Some(Kind::Synced(pb::Synced { revision: watch.revision })),
-                })))
-                .collect::<Vec<_>>();
+                }))));
             let live = watch.events.map(|event| match event {
                 Ok(event) => {
                     let kind = match event.kind {
@@ -156,7 +223,11 @@ impl<D: Directory> SessionService for SessionApi<D> {
                     Err(Status::unavailable("the server is shutting down; watch another instance"))
                 }
             });
-            let stream: WatchStream = Box::pin(stream::iter(initial).chain(live));
+            // The slot goes with the stream.
+            let stream: WatchStream = Box::pin(initial.chain(live).map(move |message| {
+                let _slot = &slot;
+                message
+            }));
             Ok(Response::new(stream))
         }
         .instrument(span)

@@ -158,9 +158,14 @@ pub enum WatchError {
 /// order. Ends with an error when the watcher lags or the server stops.
 pub type WatchEvents = Pin<Box<dyn Stream<Item = Result<Arc<WatchEvent>, WatchError>> + Send>>;
 
+/// A watch's initial listing: the matching sessions as of its revision, made
+/// as the watcher reads them (a watcher that never reads holds a pointer per
+/// session, not a copy).
+pub type WatchListing = Pin<Box<dyn Stream<Item = SessionInfo> + Send>>;
+
 /// A new watch: the matching sessions at `revision`, then `events`.
 pub struct Watch {
-    pub initial: Vec<SessionInfo>,
+    pub initial: WatchListing,
     pub revision: u64,
     pub events: WatchEvents,
 }

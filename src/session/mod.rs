@@ -54,7 +54,7 @@ use crate::error::Error;
 
 pub use directory::{
     CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
-    WatchEvents,
+    WatchEvents, WatchListing,
 };
 pub use handle::{JoinRequest, Joined};
 pub use logic::SessionLogic;

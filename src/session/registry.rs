@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -76,8 +76,10 @@ struct State {
 struct Entry {
     handle: SessionHandle,
     /// The summary as of the last change the actor reported; see
-    /// [`Entry::current`] for one with the current sequence.
-    summary: SessionInfo,
+    /// [`Entry::current`] for one with the current sequence. Shared with the
+    /// watchers' listings, and replaced (copied on write) on a change, so
+    /// that a listing costs a pointer per session, not a copy.
+    summary: Arc<SessionInfo>,
     /// The session's sequence number, stored by its actor.
     sequence: Arc<AtomicU64>,
     /// The key and request that created it, if any.
@@ -91,7 +93,7 @@ struct Entry {
 impl Entry {
     /// The summary with the session's current sequence number.
     fn current(&self) -> SessionInfo {
-        SessionInfo { sequence: self.sequence.load(Ordering::Relaxed), ..self.summary.clone() }
+        with_sequence(&self.summary, &self.sequence)
     }
 }
 
@@ -186,7 +188,7 @@ impl Registry {
             id.clone(),
             Entry {
                 handle: handle.clone(),
-                summary: info.clone(),
+                summary: Arc::new(info.clone()),
                 sequence,
                 idempotency: idempotency_key.map(|k| (k, params)),
                 reserved: 0,
@@ -352,7 +354,7 @@ impl Listing for Registry {
         let mut state = self.state();
         let Some(entry) = state.sessions.get_mut(id) else { return };
         let before = entry.current();
-        entry.summary.player_count = player_count;
+        Arc::make_mut(&mut entry.summary).player_count = player_count;
         let after = entry.current();
         self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
     }
@@ -406,10 +408,18 @@ impl Directory for Registry {
 
     async fn watch(&self, filter: SessionFilter) -> Result<Watch, Error> {
         // Subscribing under the lock makes the listing and the event stream
-        // meet exactly at `revision`: events are published under it too.
+        // meet exactly at `revision`: events are published under it too. The
+        // listing holds a pointer per matching session, and makes each
+        // summary only as the watcher reads it.
         let state = self.state();
         let events = self.inner.events.subscribe();
-        let initial = state.sessions.values().map(Entry::current).filter(|info| filter.matches(info)).collect();
+        let listed: Vec<(Arc<SessionInfo>, Arc<AtomicU64>)> = state
+            .sessions
+            .values()
+            .filter(|entry| filter.matches(&entry.summary))
+            .map(|entry| (entry.summary.clone(), entry.sequence.clone()))
+            .collect();
+        let initial = Box::pin(stream::iter(listed).map(|(summary, sequence)| with_sequence(&summary, &sequence)));
         let revision = state.revision;
         drop(state);
         let closing = self.inner.closing.clone();
@@ -442,6 +452,11 @@ impl Directory for Registry {
     async fn end(&self, id: &str, reason: EndReason, message: String) -> Result<u64, Error> {
         self.handle(id)?.end(reason, message).await
     }
+}
+
+/// `summary` with the session's current sequence number.
+fn with_sequence(summary: &SessionInfo, sequence: &AtomicU64) -> SessionInfo {
+    SessionInfo { sequence: sequence.load(Ordering::Relaxed), ..summary.clone() }
 }
 
 /// A seat reserved by join-or-create; released on drop.
