@@ -160,6 +160,31 @@ impl OutboundTx {
     }
 }
 
+impl OutboundTx {
+    /// Drops everything queued and queues `delivery` alone: for a player
+    /// removed from its session, whose queue must not hold memory for as
+    /// long as its connection lingers.
+    pub(super) fn replace_all(&self, delivery: Delivery) -> Result<(), Closed> {
+        let dropped = {
+            let mut items = self.shared.items();
+            if self.shared.rx_closed.load(Ordering::Relaxed) {
+                return Err(Closed);
+            }
+            // As in `push`: counted before it is queued, and the dropped
+            // items uncounted only once they are out of the queue.
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            let dropped = std::mem::take(&mut *items);
+            self.shared.queued.fetch_sub(dropped.len(), Ordering::Relaxed);
+            items.push_back(delivery);
+            dropped
+        };
+        self.shared.waker.wake();
+        // Freed outside the lock.
+        drop(dropped);
+        Ok(())
+    }
+}
+
 impl Drop for OutboundTx {
     fn drop(&mut self) {
         self.shared.tx_closed.store(true, Ordering::Release);
@@ -337,6 +362,12 @@ impl Outbox {
         self.tx.push(delivery)
     }
 
+    /// Ends the stream with `error` at once: what was queued is freed now,
+    /// not when (or if) the player reads it.
+    pub(super) fn end_now(&self, error: Error) -> Result<(), Closed> {
+        self.tx.replace_all(Delivery::End(Some(Box::new(error))))
+    }
+
     /// Checks a player that was behind: caught up (send its dropped notice),
     /// still within its grace period, or past it.
     pub(super) fn sweep(&mut self, now: Instant, policy: &Policy) -> Swept {
@@ -446,6 +477,21 @@ mod tests {
         assert!(tx.push(Delivery::EndAcked(ack)).is_ok());
         drop(rx);
         assert!(acked.await.is_err(), "the ack's sender is dropped, not kept in the queue");
+    }
+
+    /// Catches a removed player's queue that keeps its messages (and their
+    /// memory) until the player reads them: the end replaces them at once,
+    /// and the length says so.
+    #[tokio::test]
+    async fn replacing_the_queue_frees_what_was_queued() {
+        let (tx, mut rx) = channel();
+        for n in 0..5 {
+            assert!(tx.push(pong(n)).is_ok());
+        }
+        assert!(tx.replace_all(Delivery::End(None)).is_ok());
+        assert_eq!((tx.len(), rx.len()), (1, 1));
+        assert!(matches!(rx.recv().await, Some(Delivery::End(None))));
+        assert_eq!(rx.len(), 0);
     }
 
     /// Catches a queue that holds on to a burst's memory after draining.

@@ -365,9 +365,11 @@ impl Room {
             // with OK once it has sent what is queued.
             Departure::Left => (PresenceKind::Left, String::new()),
             Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
+            // A removed player gets its status at once, and what was queued
+            // for it is freed now, whatever its connection does afterwards.
             Departure::Removed(err) => {
                 if !seat.ended {
-                    let _ = seat.outbox.push_last(Delivery::End(Some(Box::new(err.clone()))));
+                    let _ = seat.outbox.end_now(err.clone());
                 }
                 (PresenceKind::Removed, err.to_string())
             }

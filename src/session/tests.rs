@@ -194,9 +194,10 @@ async fn overflowing_the_queue_disconnects_with_resource_exhausted() {
         reader_saw.extend(drain(&mut reader).iter().map(seen));
         assert!(stalled.len() <= QUEUE + 1, "the queue grew past its bound");
     }
-    // QUEUE messages, then the end with its reason.
+    // The end with its reason, alone: the QUEUE messages waiting for the
+    // player were freed when it was removed.
     let got: Vec<Seen> = drain(&mut stalled).iter().map(seen).collect();
-    assert_eq!(got.len(), QUEUE + 1);
+    assert_eq!(got.len(), 1, "{got:?}");
     match got.last() {
         Some(Seen::End(Some(Error::SlowPlayer(why)))) => assert!(why.contains("overflowed"), "{why}"),
         other => panic!("expected a RESOURCE_EXHAUSTED end, got {other:?}"),
@@ -529,8 +530,9 @@ async fn the_room_admits_up_to_its_seats_and_each_id_once() {
 }
 
 /// Catches a freed seat whose player the others are not told about, whose
-/// stream does not end (with the removal's error when removed), or whose
-/// later messages are still taken as current.
+/// stream does not end (with the removal's error when removed, at once and
+/// with its queue freed), or whose later messages are still taken as
+/// current.
 #[tokio::test(start_paused = true)]
 async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
     let registry = new_registry(16);
@@ -552,7 +554,9 @@ async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
     );
     assert_eq!(seen_by(&mut q[1]), [], "a leaving player's stream just ends");
     assert!(q[1].recv().await.is_none());
-    assert_eq!(seen_by(&mut q[2]), [Seen::Presence(PresenceKind::Left, "b".into()), Seen::End(Some(removed))]);
+    // Removed: its status at once, with what was queued for it (b's leave)
+    // freed.
+    assert_eq!(seen_by(&mut q[2]), [Seen::End(Some(removed))]);
 }
 
 /// Catches an end that some player is not told about, or whose stream goes
