@@ -321,11 +321,19 @@ impl Config {
     /// A config for tests: every default, listening on `127.0.0.1:0`, and
     /// untouched by the environment.
     pub fn for_tests() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        // Every flag's env var unset, so that a GAME_SESSION_* variable in
+        // the test's environment changes nothing.
+        let command = Config::command().mut_args(|arg| arg.env(None));
+        let defaults = command
+            .try_get_matches_from(["game-session"])
+            .and_then(|matches| Config::from_arg_matches(&matches))
+            .unwrap_or_else(|e| panic!("the defaults parse: {e}"));
         Config {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             health_listen: MaybeAddr(None),
             metrics_listen: MaybeAddr(None),
-            ..Config::default()
+            ..defaults
         }
     }
 

@@ -282,8 +282,26 @@ impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
     }
 }
 
+/// One export's spans in the count in flight; on drop (the export finished
+/// or was cancelled) they leave it, and count as dropped unless exported.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    spans: usize,
+    exported: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.spans, Ordering::Relaxed);
+        if !self.exported {
+            metrics::counter!(crate::metrics::SPANS_DROPPED).increment(self.spans as u64);
+        }
+    }
+}
+
 /// Takes exported spans out of the count in flight, and counts the spans of
-/// a failed export (a collector down or refusing) as dropped.
+/// a failed or timed-out export (a collector down, refusing or slow) as
+/// dropped.
 #[derive(Debug)]
 struct Counted<E> {
     inner: E,
@@ -292,12 +310,13 @@ struct Counted<E> {
 
 impl<E: SpanExporter> SpanExporter for Counted<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
+        // The batch processor drops this future when its export timeout
+        // fires first: the guard takes the spans out of the count however
+        // the export ends, or every span would soon count as in flight and
+        // be dropped.
+        let mut guard = InFlight { count: &self.in_flight, spans: batch.len(), exported: false };
         let result = self.inner.export(batch).await;
-        self.in_flight.fetch_sub(spans, Ordering::Relaxed);
-        if result.is_err() {
-            metrics::counter!(crate::metrics::SPANS_DROPPED).increment(spans as u64);
-        }
+        guard.exported = result.is_ok();
         result
     }
 
@@ -383,5 +402,52 @@ impl<K: Eq + std::hash::Hash> Throttle<K> {
                 Some(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exporter whose collector never answers.
+    #[derive(Debug)]
+    struct Stalled;
+
+    impl SpanExporter for Stalled {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+
+    fn span() -> SpanData {
+        use opentelemetry::trace::{SpanContext, SpanKind, Status};
+        SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: opentelemetry::trace::SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "test".into(),
+            start_time: std::time::SystemTime::UNIX_EPOCH,
+            end_time: std::time::SystemTime::UNIX_EPOCH,
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    /// Catches an export that the batch processor's timeout cancels leaving
+    /// its spans counted in flight: after a few such timeouts every new span
+    /// would be dropped.
+    #[tokio::test]
+    async fn a_cancelled_export_leaves_the_count_in_flight() {
+        let in_flight = Arc::new(AtomicUsize::new(3));
+        let exporter = Counted { inner: Stalled, in_flight: in_flight.clone() };
+        let export = exporter.export(vec![span(), span(), span()]);
+        // What the processor's timeout does: give up on the export.
+        assert!(tokio::time::timeout(Duration::from_millis(10), export).await.is_err());
+        assert_eq!(in_flight.load(Ordering::Relaxed), 0);
     }
 }
