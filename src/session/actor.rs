@@ -101,6 +101,13 @@ impl Actor {
         // (after a normal end the room has done so, and this does nothing).
         let _deregister = self.room.deregister_on_drop();
         let end = loop {
+            // A session whose players keep it busy would otherwise never give
+            // its worker thread back (its streams are always ready), starving
+            // the other sessions and connections on that worker. Each wake-up
+            // takes a unit of tokio's per-task budget (128 per turn on the
+            // worker): after a full batch the actor yields, and an actor that
+            // waits between wake-ups never does.
+            tokio::task::consume_budget().await;
             // Polling the players' streams runs their code (decoding), so it
             // is guarded too.
             let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {

@@ -613,3 +613,32 @@ async fn a_panic_while_polling_a_player_ends_the_session_with_an_internal_error(
     }
     assert!(registry.is_empty());
 }
+
+/// Catches a session that never gives its worker thread back while its
+/// players' streams stay ready: on one thread, a task spawned beside a
+/// flooding session must get to run long before the flood is handled.
+#[tokio::test(start_paused = true)]
+async fn a_flooding_session_yields_its_worker() {
+    const FLOOD: usize = 10_000;
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let relays = (0..FLOOD).map(|_| {
+        let message = RelayMessage { payload: Bytes::from_static(b"x"), targets: vec![], droppable: false };
+        Ok::<_, InboundError>(Inbound::Message(PlayerMessage::Relay(message)))
+    });
+    use futures_util::StreamExt as _;
+    let flood = Box::pin(futures_util::stream::iter(relays).chain(futures_util::stream::pending()));
+    let player = NewPlayer { id: "flood".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let mut joined = registry.join(JoinTarget::Session(session.to_string()), player, flood).await.expect("join");
+    // The probe runs as soon as the actor lets the thread go.
+    let probe = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let (sessions, _) = registry.list(&SessionFilter::default(), None, 1).await.unwrap_or_default();
+            sessions.first().map(|s| s.sequence)
+        })
+    };
+    let seen = probe.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("the session is listed"));
+    assert!(seen < FLOOD as u64 / 2, "the probe ran only after {seen} of {FLOOD} relays: the actor never yielded");
+    drain(&mut joined.outbound);
+}
