@@ -85,6 +85,13 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_OUTBOUND_QUEUE", default_value_t = 512)]
     pub outbound_queue: usize,
 
+    /// Capacity of each player's outbound queue, in bytes of the messages
+    /// it holds (payloads and texts, plus 64 bytes each): the same policy as
+    /// `--outbound-queue` applies at half and at all of it. The default holds
+    /// about three seconds of 64 KiB messages at 20 Hz.
+    #[arg(long, env = "GAME_SESSION_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20)]
+    pub outbound_queue_bytes: usize,
+
     /// How long a player's queue may stay at least half full ("behind") before
     /// the player is disconnected with RESOURCE_EXHAUSTED.
     #[arg(long, env = "GAME_SESSION_SLOW_PLAYER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -365,6 +372,12 @@ impl Config {
         }
         if self.outbound_queue < 2 {
             return Err("--outbound-queue must be at least 2".into());
+        }
+        if self.outbound_queue_bytes < 2 * self.max_payload_bytes {
+            return Err(format!(
+                "--outbound-queue-bytes ({}) must hold at least two messages of --max-payload-bytes ({})",
+                self.outbound_queue_bytes, self.max_payload_bytes
+            ));
         }
         if self.default_max_players > self.max_players_limit {
             return Err(format!(

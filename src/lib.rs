@@ -265,6 +265,7 @@ fn registry_config(config: &Config) -> RegistryConfig {
         watch_buffer: config.watch_buffer,
         session: SessionConfig {
             outbound_queue: config.outbound_queue,
+            outbound_queue_bytes: config.outbound_queue_bytes,
             slow_player_grace: config.slow_player_grace,
             inbox: config.session_inbox,
             idle_timeout: config.idle_timeout,

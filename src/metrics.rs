@@ -42,6 +42,10 @@ pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
 /// Relay messages from players that passed validation, by `mode`.
 /// WatchSessions streams open.
 pub const WATCHERS: &str = "game_session_watchers";
+/// Bytes held by the history events queued for players, by `kind` (relay,
+/// backend, presence, ended): payloads and texts plus 64 bytes an event,
+/// each event counted once however many queues share it.
+pub const QUEUED_BYTES: &str = "game_session_queued_event_bytes";
 pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
@@ -92,6 +96,7 @@ fn describe() {
     describe_counter!(PLAYER_JOINS, "Players joined.");
     describe_counter!(PLAYER_DEPARTURES, "Players gone, by reason.");
     describe_gauge!(WATCHERS, "WatchSessions streams open.");
+    describe_gauge!(QUEUED_BYTES, Unit::Bytes, "Bytes held by the events queued for players, by kind.");
     describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
     describe_counter!(MESSAGES_QUEUED, "Messages queued for a recipient (a relay to 7 players counts 7).");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
@@ -122,6 +127,15 @@ pub(crate) fn tls_handshake_failed(reason: &'static str) {
 pub(crate) fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
+
+/// The kinds of [`QUEUED_BYTES`], in the order of [`EVENT_BYTES`].
+pub(crate) const EVENT_KINDS: [&str; 4] = ["relay", "backend", "presence", "ended"];
+
+/// Bytes held by live events, by kind (see [`EVENT_KINDS`]): kept in plain
+/// atomics, one add when an event is made and one when its last queue lets
+/// go of it, and copied into the gauge at each scrape.
+pub(crate) static EVENT_BYTES: [std::sync::atomic::AtomicUsize; 4] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
 
 /// Scrapes served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
@@ -179,6 +193,9 @@ fn respond<B>(
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
             process.collect();
+            for (kind, bytes) in EVENT_KINDS.iter().zip(&EVENT_BYTES) {
+                gauge!(QUEUED_BYTES, "kind" => *kind).set(bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
+            }
             (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
         }
         _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try GET /metrics\n".to_owned()),

@@ -148,6 +148,54 @@ impl Binary {
 
 const RELAY: &str = "{mode=\"relay\"}";
 
+/// Catches byte accounting that misses what waits for a player, or that
+/// never gives back what the player finally read: 30 relays of 60 KiB to a
+/// player who does not read show as held relay bytes (beyond what HTTP/2
+/// has already taken), and once it has read them all, nothing is held.
+#[tokio::test]
+async fn queued_event_bytes_count_what_waits_and_go_back_to_zero() {
+    const PAYLOAD: usize = 60 * 1024;
+    let server = Binary::start(&[]).await;
+    let mut sessions = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 2, ..Default::default() };
+    let session_id =
+        sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let mut alice = Player::join_as(server.addr, &session_id, "alice").await;
+    // A small HTTP/2 window, so that what bob does not read waits in the
+    // server rather than in his client's buffers.
+    let connect = common::Connect { window: Some(16 * 1024), ..Default::default() };
+    let mut bob = Player::try_join(server.addr, common::join_session(&session_id, "bob"), connect).await.expect("bob");
+    assert!(matches!(alice.next().await, server_message::Kind::Presence(_)), "alice sees bob join");
+    for n in 0..30u8 {
+        alice.relay(&[n; PAYLOAD], &[]).await;
+    }
+    let held = |samples: &HashMap<String, f64>, kind: &str| {
+        samples.get(&format!("game_session_queued_event_bytes{{kind=\"{kind}\"}}")).copied().unwrap_or(-1.0)
+    };
+    // Bob reads nothing yet: most of the 1.8 MB waits in his queue.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let relay = held(&server.scrape().await, "relay");
+        if relay > 1_000_000.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "held relay bytes never showed: {relay}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for n in 0..30u8 {
+        assert_eq!(bob.next_relayed().await.payload.as_ref(), &[n; PAYLOAD][..]);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = server.scrape().await;
+        if (held(&samples, "relay"), held(&samples, "presence")) == (0.0, 0.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bytes still held after bob read everything: {samples:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Catches counters that miss or double-count: after a scripted session
 /// (create, two joins, three relays, a leave, an end, and a failed call),
 /// every session, player, message and RPC metric has exactly the value the

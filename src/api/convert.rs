@@ -155,7 +155,11 @@ pub fn inbound(message: pb::ClientMessage, limits: &Limits) -> Inbound {
 fn relay_message(relay: pb::Relay, limits: &Limits) -> Result<RelayMessage, Error> {
     check_payload("relay.payload", &relay.payload, limits)?;
     let targets = check_targets("relay.targets", relay.targets, limits)?;
-    Ok(RelayMessage { payload: relay.payload, targets, droppable: relay.droppable })
+    // Decoded, the payload is a slice of the stream's decode buffer, which
+    // is as large as the largest message the stream has had: queued for a
+    // slow player, it would pin all of that. Its own copy pins its size.
+    let payload = Bytes::copy_from_slice(&relay.payload);
+    Ok(RelayMessage { payload, targets, droppable: relay.droppable })
 }
 
 /// A ListSessions / WatchSessions filter.

@@ -208,25 +208,67 @@ pub enum Event {
 }
 
 /// An [`Event`] shared by all its recipients, with room for the API layer
-/// to cache its encoding: a fan-out to P players encodes once.
+/// to cache its encoding: a fan-out to P players encodes once. Its weight
+/// counts in the server's byte accounting for as long as any queue holds it.
 #[derive(Debug)]
 pub struct SharedEvent {
     /// The event itself.
     pub event: Event,
     /// The event's wire encoding, filled by the first recipient's stream.
     encoded: OnceLock<Bytes>,
+    /// What the event holds, in bytes (see [`Delivery::weight`]).
+    weight: usize,
 }
+
+/// Bytes every queued item is counted as besides its payload and texts:
+/// the item, its event and the encoding's framing, roughly.
+pub const ITEM_OVERHEAD: usize = 64;
 
 impl SharedEvent {
     /// Wraps an event for sharing.
     pub fn new(event: Event) -> Arc<Self> {
-        Arc::new(SharedEvent { event, encoded: OnceLock::new() })
+        let weight = ITEM_OVERHEAD
+            + match &event {
+                Event::Relayed { payload, .. } | Event::Backend { payload, .. } => payload.len(),
+                Event::Presence { player, detail, .. } => detail.len() + player_weight(player),
+                Event::Ended { message, .. } => message.len(),
+            };
+        crate::metrics::EVENT_BYTES[event_kind(&event)].fetch_add(weight, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(SharedEvent { event, encoded: OnceLock::new(), weight })
+    }
+
+    /// What the event holds, in bytes.
+    pub fn weight(&self) -> usize {
+        self.weight
     }
 
     /// The cached encoding, made by `encode` on first use.
     pub fn encoded(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
         self.encoded.get_or_init(|| encode(&self.event)).clone()
     }
+}
+
+impl Drop for SharedEvent {
+    fn drop(&mut self) {
+        crate::metrics::EVENT_BYTES[event_kind(&self.event)]
+            .fetch_sub(self.weight, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An event's kind, as an index of the byte accounting
+/// ([`crate::metrics::EVENT_KINDS`]).
+fn event_kind(event: &Event) -> usize {
+    match event {
+        Event::Relayed { .. } => 0,
+        Event::Backend { .. } => 1,
+        Event::Presence { .. } => 2,
+        Event::Ended { .. } => 3,
+    }
+}
+
+/// What a player's description holds, in bytes.
+pub(super) fn player_weight(player: &PlayerInfo) -> usize {
+    player.id.len() + player.display_name.len() + player.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A summary of one session.
@@ -249,6 +291,9 @@ pub struct SessionInfo {
 pub struct SessionConfig {
     /// Capacity of each player's outbound queue, in messages.
     pub outbound_queue: usize,
+    /// Capacity of each player's outbound queue, in bytes (see
+    /// [`Delivery::weight`]).
+    pub outbound_queue_bytes: usize,
     /// How long a player may stay behind before it is disconnected.
     pub slow_player_grace: Duration,
     /// Capacity of the session's command inbox.

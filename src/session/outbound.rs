@@ -13,14 +13,15 @@
 //! also takes a semaphore mutex on every receive. See BENCHMARKS.md,
 //! section 5.
 //!
-//! The policy ([`Outbox::offer`]):
-//! - below half capacity, everything is queued;
-//! - from half capacity on, the player is *behind*: droppable messages are
+//! The policy ([`Outbox::offer`]), with a capacity in messages and one in
+//! bytes ([`Delivery::weight`]):
+//! - below half of both, everything is queued;
+//! - from half of either on, the player is *behind*: droppable messages are
 //!   dropped and counted, and the player gets a `MessagesDropped` notice when
 //!   its queue has room again;
-//! - a non-droppable message that finds the queue full, or a player behind for
+//! - a non-droppable message that does not fit, or a player behind for
 //!   longer than the grace period, disconnects the player with
-//!   RESOURCE_EXHAUSTED.
+//!   RESOURCE_EXHAUSTED, and what was queued for it is freed at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,7 +33,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Departure, PlayerInfo, SessionConfig, SharedEvent};
+use super::{Departure, ITEM_OVERHEAD, PlayerInfo, SessionConfig, SharedEvent, player_weight};
 use crate::error::Error;
 
 /// One item of a player's outbound queue. Two words, so the queue's slots
@@ -48,6 +49,33 @@ pub enum Delivery {
     /// The last item: the stream ends with OK, and says so on `ack` once it
     /// takes this item (a stream dropped before then drops `ack` instead).
     EndAcked(oneshot::Sender<()>),
+}
+
+impl Delivery {
+    /// What the item holds, in bytes, for the queue's byte bound: an event's
+    /// payload and texts (shared with its other recipients, but each queue
+    /// is charged what it keeps alive), a direct message's, plus
+    /// [`ITEM_OVERHEAD`]. The stream's end weighs nothing, so that it always
+    /// fits.
+    pub fn weight(&self) -> usize {
+        match self {
+            Delivery::Event(event) => event.weight(),
+            Delivery::Direct(direct) => {
+                ITEM_OVERHEAD
+                    + match &**direct {
+                        Direct::Welcome(welcome) => {
+                            player_weight(&welcome.player)
+                                + welcome.players.iter().map(|p| player_weight(p)).sum::<usize>()
+                        }
+                        // Error texts are short and bounded; not worth
+                        // formatting to measure.
+                        Direct::Error(_) => 256,
+                        Direct::Pong { .. } | Direct::Dropped { .. } => 0,
+                    }
+            }
+            Delivery::End(_) | Delivery::EndAcked(_) => 0,
+        }
+    }
 }
 
 /// A message for one player alone; none of these carry a sequence number
@@ -80,6 +108,8 @@ struct Shared {
     items: Mutex<VecDeque<Delivery>>,
     /// Items pushed and not yet popped, readable without the lock.
     queued: AtomicUsize,
+    /// Their weight in bytes ([`Delivery::weight`]), likewise.
+    bytes: AtomicUsize,
     /// Woken on every push and when the actor's end is dropped.
     waker: AtomicWaker,
     /// The actor dropped its end: once empty, the stream ends.
@@ -141,6 +171,11 @@ impl OutboundTx {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
+    /// Their weight in bytes.
+    pub(super) fn bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
     /// Queues an item; the caller has applied the capacity policy.
     pub(super) fn push(&self, delivery: Delivery) -> Result<(), Closed> {
         {
@@ -153,6 +188,7 @@ impl OutboundTx {
             // Counted before it is queued, so the count is never below the
             // queue's length and the stream's decrement never precedes it.
             self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            self.shared.bytes.fetch_add(delivery.weight(), Ordering::Relaxed);
             items.push_back(delivery);
         }
         self.shared.waker.wake();
@@ -173,8 +209,10 @@ impl OutboundTx {
             // As in `push`: counted before it is queued, and the dropped
             // items uncounted only once they are out of the queue.
             self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            self.shared.bytes.fetch_add(delivery.weight(), Ordering::Relaxed);
             let dropped = std::mem::take(&mut *items);
             self.shared.queued.fetch_sub(dropped.len(), Ordering::Relaxed);
+            self.shared.bytes.fetch_sub(dropped.iter().map(Delivery::weight).sum(), Ordering::Relaxed);
             items.push_back(delivery);
             dropped
         };
@@ -224,8 +262,9 @@ impl OutboundRx {
             return None;
         }
         let item = self.shared.pop();
-        if item.is_some() {
+        if let Some(item) = &item {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.bytes.fetch_sub(item.weight(), Ordering::Relaxed);
         }
         item
     }
@@ -252,6 +291,7 @@ impl Drop for OutboundRx {
             std::mem::take(&mut *items)
         };
         self.shared.queued.fetch_sub(dropped.len(), Ordering::Relaxed);
+        self.shared.bytes.fetch_sub(dropped.iter().map(Delivery::weight).sum(), Ordering::Relaxed);
     }
 }
 
@@ -262,6 +302,10 @@ pub(super) struct Policy {
     soft_limit: usize,
     /// The queue's capacity.
     capacity: usize,
+    /// From this weight on the player is behind too.
+    soft_bytes: usize,
+    /// The queue's capacity in bytes.
+    capacity_bytes: usize,
     /// How long a player may stay behind.
     grace: Duration,
 }
@@ -271,6 +315,8 @@ impl Policy {
         Policy {
             soft_limit: config.outbound_queue / 2,
             capacity: config.outbound_queue,
+            soft_bytes: config.outbound_queue_bytes / 2,
+            capacity_bytes: config.outbound_queue_bytes,
             grace: config.slow_player_grace,
         }
     }
@@ -321,8 +367,8 @@ impl Outbox {
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for
     /// a direct message), for the dropped notice.
     pub(super) fn offer(&mut self, delivery: Delivery, droppable: bool, sequence: u64, policy: &Policy) -> Outcome {
-        let len = self.tx.len();
-        if len < policy.soft_limit {
+        let (len, bytes) = (self.tx.len(), self.tx.bytes());
+        if len < policy.soft_limit && bytes < policy.soft_bytes {
             self.behind_since = None;
             if let Err(departure) = self.flush_dropped_notice() {
                 return Outcome::Depart(departure);
@@ -350,6 +396,12 @@ impl Outbox {
                 policy.capacity
             ))));
         }
+        if bytes + delivery.weight() > policy.capacity_bytes {
+            return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
+                "outbound queue overflowed: {bytes} bytes were waiting for this player (at most {})",
+                policy.capacity_bytes
+            ))));
+        }
         match self.tx.push(delivery) {
             Ok(()) => Outcome::BehindQueued,
             Err(Closed) => Outcome::Depart(gone()),
@@ -373,7 +425,7 @@ impl Outbox {
     pub(super) fn sweep(&mut self, now: Instant, policy: &Policy) -> Swept {
         let Some(since) = self.behind_since else { return Swept::Fine };
         let len = self.tx.len();
-        if len < policy.soft_limit {
+        if len < policy.soft_limit && self.tx.bytes() < policy.soft_bytes {
             self.behind_since = None;
             match self.flush_dropped_notice() {
                 Ok(()) => Swept::Fine,

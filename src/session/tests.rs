@@ -18,6 +18,7 @@ use super::*;
 use crate::error::Error;
 
 const QUEUE: usize = 8;
+const QUEUE_BYTES: usize = 64 * 1024;
 const GRACE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -27,7 +28,13 @@ fn new_registry(inbox: usize) -> Registry {
         default_max_players: 8,
         max_players_limit: 8,
         watch_buffer: 64,
-        session: SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox, idle_timeout: IDLE },
+        session: SessionConfig {
+            outbound_queue: QUEUE,
+            outbound_queue_bytes: QUEUE_BYTES,
+            slow_player_grace: GRACE,
+            inbox,
+            idle_timeout: IDLE,
+        },
     };
     Registry::new(config, Modes::default())
 }
@@ -411,7 +418,13 @@ fn room(registry: &Registry) -> Room {
         sequence: 0,
         players: Vec::new(),
     };
-    let config = SessionConfig { outbound_queue: QUEUE, slow_player_grace: GRACE, inbox: 16, idle_timeout: IDLE };
+    let config = SessionConfig {
+        outbound_queue: QUEUE,
+        outbound_queue_bytes: QUEUE_BYTES,
+        slow_player_grace: GRACE,
+        inbox: 16,
+        idle_timeout: IDLE,
+    };
     Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(registry.clone()))
 }
 
@@ -641,4 +654,35 @@ async fn a_flooding_session_yields_its_worker() {
     let seen = probe.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("the session is listed"));
     assert!(seen < FLOOD as u64 / 2, "the probe ran only after {seen} of {FLOOD} relays: the actor never yielded");
     drain(&mut joined.outbound);
+}
+
+/// Catches a queue bounded in messages only: a player that stops reading
+/// large messages must be removed once its queue holds the configured bytes,
+/// long before it holds the configured number of messages, with its queue
+/// freed and the others unaffected.
+#[tokio::test(start_paused = true)]
+async fn a_queue_full_in_bytes_removes_its_player() {
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
+    settle().await;
+    drain(&mut reader);
+    // 16 KiB each: the fourth takes the stalled queue past 64 KiB.
+    let big = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut reader_saw = Vec::new();
+    for _ in 0..4 {
+        let message = RelayMessage { payload: big.clone(), targets: vec![], droppable: false };
+        sender.send(Ok(Inbound::Message(PlayerMessage::Relay(message)))).unwrap_or_else(|_| panic!("send"));
+        settle().await;
+        reader_saw.extend(drain(&mut reader).iter().map(seen));
+    }
+    let got: Vec<Seen> = drain(&mut stalled).iter().map(seen).collect();
+    match got.as_slice() {
+        [Seen::End(Some(Error::SlowPlayer(why)))] => assert!(why.contains("bytes were waiting"), "{why}"),
+        other => panic!("expected the end alone, its queue freed: {other:?}"),
+    }
+    assert_eq!(reader_saw.iter().filter(|s| matches!(s, Seen::Relay { .. })).count(), 4, "{reader_saw:?}");
+    assert!(reader_saw.contains(&Seen::Presence(PresenceKind::Removed, "stalled".into())));
 }
