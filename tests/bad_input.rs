@@ -119,8 +119,9 @@ async fn mistakes_in_session_get_non_fatal_errors() {
 }
 
 /// Catches a frame over the decode limit that takes down more than its own
-/// stream: the sender's stream ends with tonic's status, the others are
-/// told it was removed and go on relaying.
+/// stream, or whose decoder text reaches the others: the sender's stream
+/// ends with tonic's status, the others are told it was removed for a
+/// "protocol error" (those words only) and go on relaying.
 #[tokio::test]
 async fn an_oversize_frame_ends_only_its_stream() {
     let mut config = common::config();
@@ -144,6 +145,7 @@ async fn an_oversize_frame_ends_only_its_stream() {
         let removed = player.next_presence().await;
         assert_eq!(removed.kind, PresenceKind::Removed as i32);
         assert_eq!(removed.player.map(|p| p.player_id).as_deref(), Some("big"));
+        assert_eq!(removed.detail, "protocol error");
     }
     a.relay(b"still here", &[]).await;
     assert_eq!(&b.next_relayed().await.payload[..], b"still here");

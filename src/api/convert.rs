@@ -224,7 +224,7 @@ pub fn event(event: &Event) -> pb::ServerMessage {
                 PresenceKind::Disconnected => pb::PresenceKind::Disconnected,
                 PresenceKind::Removed => pb::PresenceKind::Removed,
             } as i32,
-            detail: detail.clone(),
+            detail: (*detail).to_owned(),
         }),
         Event::Backend { sequence, payload, server_time_unix_micros } => Kind::Backend(pb::BackendMessage {
             sequence: *sequence,
