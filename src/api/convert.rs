@@ -61,8 +61,32 @@ pub fn check_id(field: &str, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Free text a client chose (a display name, a label or metadata value, an
+/// end message, a mode): any Unicode letter, digit, punctuation, symbol or
+/// emoji, but no control character (C0, DEL, C1: newlines, tabs, ESC) and
+/// no bidirectional override, isolate or mark. Such text is shown to other
+/// players and printed by operators' tools, where a control sequence could
+/// forge lines, clear a terminal or retitle it, and a bidi override could
+/// make one string read as another.
+pub fn check_text(field: &str, text: &str) -> Result<(), Error> {
+    match text.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        Some(c) => Err(Error::invalid(
+            field,
+            format!("character U+{:04X} not allowed: no control or bidirectional-override characters", c as u32),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The characters that reorder or redirect how text around them is shown:
+/// embeddings and overrides (U+202A-U+202E), isolates (U+2066-U+2069) and
+/// the directional marks (U+200E, U+200F, U+061C).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 /// Labels or metadata: at most `max` entries, keys 1-63 characters of
-/// `[A-Za-z0-9._/-]`, values at most 255 bytes.
+/// `[A-Za-z0-9._/-]`, values at most 255 bytes of [`check_text`] text.
 pub fn check_labels(
     field: &str,
     labels: HashMap<String, String>,
@@ -87,6 +111,7 @@ pub fn check_labels(
                 format!("value of {} bytes; at most {MAX_LABEL_VALUE_LEN} allowed", value.len()),
             ));
         }
+        check_text(&format!("{field}[{key:?}]"), value)?;
     }
     Ok(labels.into_iter().collect())
 }
@@ -128,6 +153,7 @@ pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
     if join.display_name.chars().count() > MAX_DISPLAY_NAME_CHARS {
         return Err(Error::invalid("join.display_name", format!("longer than {MAX_DISPLAY_NAME_CHARS} characters")));
     }
+    check_text("join.display_name", &join.display_name)?;
     let metadata = check_labels("join.metadata", join.metadata, limits.max_labels)?;
     Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata })
 }
@@ -157,6 +183,7 @@ fn relay_message(relay: pb::Relay, limits: &Limits) -> Result<RelayMessage, Erro
 /// A ListSessions / WatchSessions filter.
 pub fn filter(filter: Option<pb::SessionFilter>, limits: &Limits) -> Result<SessionFilter, Error> {
     let Some(filter) = filter else { return Ok(SessionFilter::default()) };
+    check_text("filter.mode", &filter.mode)?;
     Ok(SessionFilter {
         mode: (!filter.mode.is_empty()).then_some(filter.mode),
         labels: check_labels("filter.labels", filter.labels, limits.max_labels)?,
@@ -264,4 +291,35 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
         }
     };
     pb::ServerMessage { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches a control or bidirectional character let through, or honest
+    /// text (emoji, other scripts, joiners) refused.
+    #[test]
+    fn check_text_refuses_controls_and_bidi_only() {
+        for ok in ["", "Zoë", "игрок 玩家 ضيف", "🎮 👩\u{200D}👩\u{200D}👧", "«¡hola!» ✓ ~$%"] {
+            assert_eq!(check_text("f", ok), Ok(()), "{ok:?}");
+        }
+        for (bad, code) in [
+            ("a\nb", 0x0A),
+            ("\t", 0x09),
+            ("\u{1b}[2J", 0x1B),
+            ("\u{7f}", 0x7F),
+            ("\u{9b}", 0x9B),
+            ("\u{202A}", 0x202A),
+            ("\u{202E}", 0x202E),
+            ("\u{2066}", 0x2066),
+            ("\u{2069}", 0x2069),
+            ("\u{200E}", 0x200E),
+            ("\u{200F}", 0x200F),
+            ("\u{061C}", 0x061C),
+        ] {
+            let reason = format!("character U+{code:04X} not allowed: no control or bidirectional-override characters");
+            assert_eq!(check_text("f", bad), Err(Error::invalid("f", reason)), "{bad:?}");
+        }
+    }
 }

@@ -67,7 +67,10 @@ impl<D: Directory> PlayerService for PlayerApi<D> {
                     convert::check_id("join.session_id", &id)?;
                     JoinTarget::Session(id)
                 }
-                Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => JoinTarget::Mode(mode),
+                Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => {
+                    convert::check_text("join.mode", &mode)?;
+                    JoinTarget::Mode(mode)
+                }
                 Some(pb::join::Target::Mode(_)) | None => {
                     return Err(Error::invalid("join.target", "set session_id or mode").into());
                 }

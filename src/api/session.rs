@@ -178,6 +178,7 @@ impl<D: Directory> SessionService for SessionApi<D> {
                 if request.message.len() > MAX_END_MESSAGE_LEN {
                     return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
                 }
+                convert::check_text("message", &request.message)?;
                 let sequence =
                     self.directory.end(&request.session_id, EndReason::EndedByBackend, request.message).await?;
                 Ok(Response::new(pb::EndSessionResponse { sequence }))
@@ -231,8 +232,12 @@ impl<D: Directory> SessionApi<D> {
                     Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into()
                 );
             }
-            key => Some(key),
+            key => {
+                convert::check_text("idempotency_key", &key)?;
+                Some(key)
+            }
         };
+        convert::check_text("mode", &request.mode)?;
         tracing::Span::current().record("session.mode", request.mode.as_str());
         let params = CreateParams {
             mode: request.mode,
