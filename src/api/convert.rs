@@ -116,6 +116,60 @@ pub fn check_labels(
     Ok(labels.into_iter().collect())
 }
 
+/// The version byte that starts every page token; a token of another
+/// version is refused, so that the encoding can change later.
+const PAGE_TOKEN_VERSION: u8 = 1;
+/// Mixed into a page token's checksum, so that a token of some other API
+/// (or of a later encoding) does not pass for ours by accident.
+const PAGE_TOKEN_DOMAIN: &[u8] = b"game-session ListSessions page token";
+
+/// The ListSessions page token that resumes after the session `last_id`:
+/// base64url (no padding) of the version byte, the id, and a 4-byte
+/// checksum of both. It encodes a position, not a pointer into this
+/// process, so any replica can decode it later; the checksum is unkeyed
+/// (nothing in it is secret) and only tells a made-up, cut or corrupted
+/// token from one the server wrote.
+pub fn page_token(last_id: &str) -> String {
+    use base64::Engine as _;
+    let mut bytes = Vec::with_capacity(1 + last_id.len() + 4);
+    bytes.push(PAGE_TOKEN_VERSION);
+    bytes.extend_from_slice(last_id.as_bytes());
+    let sum = page_token_checksum(&bytes);
+    bytes.extend_from_slice(&sum);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The session id a [`page_token`] resumes after; `INVALID_ARGUMENT` on
+/// `page_token` for anything the server did not write.
+pub fn page_token_position(token: &str) -> Result<String, Error> {
+    use base64::Engine as _;
+    let invalid = || Error::invalid("page_token", "not a token from a previous ListSessions response");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    // Version, at least one id byte, checksum.
+    if bytes.len() < 1 + 1 + 4 {
+        return Err(invalid());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 4);
+    if body[0] != PAGE_TOKEN_VERSION || page_token_checksum(body) != sum {
+        return Err(invalid());
+    }
+    let id = std::str::from_utf8(&body[1..]).map_err(|_| invalid())?;
+    check_id("page_token", id).map_err(|_| invalid())?;
+    Ok(id.to_owned())
+}
+
+/// The low 32 bits of FNV-1a over the domain and `body`. Each step of
+/// FNV-1a is a bijection on those bits, so any change to one byte of the
+/// body always changes the checksum.
+fn page_token_checksum(body: &[u8]) -> [u8; 4] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in PAGE_TOKEN_DOMAIN.iter().chain(body) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash as u32).to_be_bytes()
+}
+
 /// A payload within the size limit.
 pub fn check_payload(field: &str, payload: &Bytes, limits: &Limits) -> Result<(), Error> {
     if payload.len() > limits.max_payload_bytes {
@@ -321,5 +375,30 @@ mod tests {
             let reason = format!("character U+{code:04X} not allowed: no control or bidirectional-override characters");
             assert_eq!(check_text("f", bad), Err(Error::invalid("f", reason)), "{bad:?}");
         }
+    }
+
+    /// Catches a page token that does not round-trip, or a tampered one
+    /// (another version, a cut, a changed id, a changed checksum) accepted.
+    #[test]
+    fn page_tokens_round_trip_and_refuse_tampering() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = page_token("0123abcd");
+        assert_eq!(page_token_position(&token), Ok("0123abcd".to_owned()));
+        let bytes = b64.decode(&token).unwrap_or_default();
+        let invalid = Err(Error::invalid("page_token", "not a token from a previous ListSessions response"));
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut changed = bytes.clone();
+                changed[i] ^= 1 << bit;
+                assert_eq!(page_token_position(&b64.encode(&changed)), invalid, "byte {i} bit {bit}");
+            }
+            assert_eq!(page_token_position(&b64.encode(&bytes[..i])), invalid, "cut to {i} bytes");
+        }
+        let mut bad_id = vec![PAGE_TOKEN_VERSION];
+        bad_id.extend_from_slice(b"bad id");
+        let sum = page_token_checksum(&bad_id);
+        bad_id.extend_from_slice(&sum);
+        assert_eq!(page_token_position(&b64.encode(&bad_id)), invalid, "a checksummed token with no valid id");
     }
 }

@@ -97,13 +97,13 @@ impl<D: Directory> SessionService for SessionApi<D> {
                 0 => DEFAULT_PAGE_SIZE,
                 n => n.min(MAX_PAGE_SIZE),
             };
-            let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-            if let Some(token) = after {
-                convert::check_id("page_token", token)?;
-            }
-            let (page, more) = self.directory.list(&filter, after, page_size).await?;
+            let after = match request.page_token.as_str() {
+                "" => None,
+                token => Some(convert::page_token_position(token)?),
+            };
+            let (page, more) = self.directory.list(&filter, after.as_deref(), page_size).await?;
             let next_page_token = match page.last() {
-                Some(last) if more => last.id.to_string(),
+                Some(last) if more => convert::page_token(&last.id),
                 _ => String::new(),
             };
             Ok(Response::new(pb::ListSessionsResponse {
