@@ -66,6 +66,13 @@ pub const SPANS_DROPPED: &str = "game_session_trace_spans_dropped_total";
 /// `expired`, `not_yet_valid`, `wrong_issuer`, `wrong_audience`,
 /// `missing_claim`, `bad_subject`, `not_admin`, `no_player`, `impersonation`, `restricted`).
 pub const AUTH_REJECTIONS: &str = "game_session_auth_rejections_total";
+/// Play streams that ended before their player was seated, by `reason`:
+/// `session_not_found`, `session_full`, `already_joined`, `invalid` (a
+/// malformed join or first message), `timeout` (no join in time), `closed`
+/// (the stream ended or broke before its join), `draining`, `busy` (the
+/// session's inbox was full), `server_full` (join-or-create at the session
+/// limit) or `other`. Refused credentials count in [`AUTH_REJECTIONS`] only.
+pub const JOIN_FAILURES: &str = "game_session_join_failures_total";
 /// JWKS reads on the refresh interval that failed (the last good keys stay).
 pub const JWKS_REFRESH_FAILURES: &str = "game_session_auth_jwks_refresh_failures_total";
 /// TLS handshakes that failed, by `reason` (`error`: e.g. no or a bad client
@@ -102,6 +109,7 @@ fn describe() {
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
     describe_counter!(AUTH_REJECTIONS, "Credentials refused, by API and reason.");
+    describe_counter!(JOIN_FAILURES, "Play streams that failed to join, by reason.");
     describe_counter!(JWKS_REFRESH_FAILURES, "JWKS reads on the refresh interval that failed.");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes that failed, by reason.");
     describe_counter!(TLS_RELOADS, "TLS certificate reloads after a change on disk, by result.");
@@ -111,6 +119,11 @@ fn describe() {
 /// Counts a refused credential.
 pub(crate) fn auth_rejected(api: &'static str, reason: &'static str) {
     counter!(AUTH_REJECTIONS, "api" => api, "reason" => reason).increment(1);
+}
+
+/// Counts a Play stream that failed to join.
+pub(crate) fn join_failed(reason: &'static str) {
+    counter!(JOIN_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Counts a failed JWKS refresh.

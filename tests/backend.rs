@@ -147,6 +147,103 @@ async fn list_filters_and_pages() {
     server.shutdown().await;
 }
 
+/// Catches pagination that skips or repeats a session, and page tokens that
+/// are not opaque positions: every session is seen exactly once over pages
+/// of 4, each token looks nothing like a session id, and a token from one
+/// server is accepted by another (a replica) and resumes by position.
+#[tokio::test]
+async fn paging_visits_every_session_once() {
+    const SESSIONS: usize = 23;
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let mut created = BTreeSet::new();
+    for _ in 0..SESSIONS {
+        let session = api.create_session(create("relay", &[])).await.expect("create").into_inner().session;
+        created.insert(session.expect("session").session_id);
+    }
+    let mut seen = Vec::new();
+    let mut tokens = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListSessionsRequest { page_size: 4, page_token, filter: None };
+        let page = api.list_sessions(request).await.expect("page").into_inner();
+        seen.extend(page.sessions.into_iter().map(|s| s.session_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        tokens.push(page.next_page_token.clone());
+        page_token = page.next_page_token;
+    }
+    assert_eq!(tokens.len(), SESSIONS.div_ceil(4) - 1, "one token between each pair of pages");
+    assert_eq!(seen.len(), SESSIONS, "no session twice: {seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), created, "every session once");
+    for (token, last) in tokens.iter().zip(seen.chunks(4)) {
+        assert!(!token.contains(last[3].as_str()), "the token {token:?} is opaque, not the id {:?}", last[3]);
+    }
+
+    // Another server decodes the token and resumes after its position: it
+    // holds one session, listed only if its id sorts after the token's.
+    let replica = TestServer::start().await;
+    let mut other = replica.sessions().await;
+    let theirs = other.create_session(create("relay", &[])).await.expect("create").into_inner().session;
+    let theirs = theirs.expect("session").session_id;
+    let request = pb::ListSessionsRequest { page_size: 4, page_token: tokens[0].clone(), filter: None };
+    let page = other.list_sessions(request).await.expect("a replica accepts the token").into_inner();
+    let expected = if theirs > seen[3] { vec![theirs] } else { vec![] };
+    assert_eq!(page.sessions.into_iter().map(|s| s.session_id).collect::<Vec<_>>(), expected);
+    replica.shutdown().await;
+    server.shutdown().await;
+}
+
+/// Catches a page token accepted although the server never wrote it (which
+/// would silently skip or repeat sessions): made-up text, a bare session id,
+/// every cut of a real token, and every single-bit change of it get
+/// INVALID_ARGUMENT naming page_token.
+#[tokio::test]
+async fn made_up_cut_or_corrupted_page_tokens_are_refused() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let session = api.create_session(create("relay", &[])).await.expect("create").into_inner().session;
+        ids.push(session.expect("session").session_id);
+    }
+    ids.sort();
+    let first = api.list_sessions(pb::ListSessionsRequest { page_size: 1, ..Default::default() }).await;
+    let token = first.expect("page 1").into_inner().next_page_token;
+    assert!(!token.is_empty());
+
+    let mut bad: Vec<String> = vec!["?".into(), "AAAA".into(), "AQ".into(), ids[0].clone(), "not a token".into()];
+    bad.extend((1..token.len()).map(|n| token[..n].to_owned()));
+    bad.push(format!("{token}A"));
+    for (i, _) in token.char_indices() {
+        // Bits 0-6 only: flipping bit 7 of an ASCII byte is not UTF-8, so
+        // no gRPC string could carry it.
+        for bit in 0..7 {
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] ^= 1 << bit;
+            bad.push(String::from_utf8(bytes).expect("ASCII stays UTF-8"));
+        }
+    }
+    for page_token in bad {
+        let request = pb::ListSessionsRequest { page_size: 1, page_token: page_token.clone(), filter: None };
+        let result = api.list_sessions(request).await.map(|r| r.into_inner().sessions.len());
+        match result {
+            Err(status) => {
+                assert_eq!(status.code(), Code::InvalidArgument, "{page_token:?}: {status:?}");
+                assert!(status.message().starts_with("page_token:"), "{page_token:?}: {status:?}");
+            }
+            Ok(n) => panic!("token {page_token:?} (from {token:?}) was accepted, listing {n}"),
+        }
+    }
+
+    // The real token still resumes right after the first session.
+    let request = pb::ListSessionsRequest { page_size: 5, page_token: token, filter: None };
+    let rest = api.list_sessions(request).await.expect("page 2").into_inner().sessions;
+    assert_eq!(rest.into_iter().map(|s| s.session_id).collect::<Vec<_>>(), ids[1..]);
+    server.shutdown().await;
+}
+
 /// Catches a watch without its initial listing or synced marker, events
 /// that are missing, out of order or unfiltered, and a session leaving the
 /// filter without the watcher being told.

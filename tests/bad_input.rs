@@ -119,8 +119,9 @@ async fn mistakes_in_session_get_non_fatal_errors() {
 }
 
 /// Catches a frame over the decode limit that takes down more than its own
-/// stream: the sender's stream ends with tonic's status, the others are
-/// told it was removed and go on relaying.
+/// stream, or whose decoder text reaches the others: the sender's stream
+/// ends with tonic's status, the others are told it was removed for a
+/// "protocol error" (those words only) and go on relaying.
 #[tokio::test]
 async fn an_oversize_frame_ends_only_its_stream() {
     let mut config = common::config();
@@ -144,6 +145,7 @@ async fn an_oversize_frame_ends_only_its_stream() {
         let removed = player.next_presence().await;
         assert_eq!(removed.kind, PresenceKind::Removed as i32);
         assert_eq!(removed.player.map(|p| p.player_id).as_deref(), Some("big"));
+        assert_eq!(removed.detail, "protocol error");
     }
     a.relay(b"still here", &[]).await;
     assert_eq!(&b.next_relayed().await.payload[..], b"still here");
@@ -221,4 +223,103 @@ fn relay(payload: Vec<u8>, targets: &[&str]) -> client_message::Kind {
         targets: targets.iter().map(|t| t.to_string()).collect(),
         droppable: false,
     })
+}
+
+/// The strings a test sends in every client-chosen field: a control
+/// character, an escape sequence, and each kind of bidirectional control.
+const HOSTILE: [&str; 6] = ["a\nb", "\u{1b}]0;evil\u{7}", "tab\there", "\u{202E}evil", "x\u{2066}y", "\u{200F}"];
+
+/// Catches a control or bidirectional-override character accepted in any
+/// client-chosen string of a join (where it would reach the other players),
+/// or refused without naming its field.
+#[tokio::test]
+async fn control_and_bidi_characters_in_a_join_are_refused() {
+    let server = TestServer::start().await;
+    let session = server.create_session(4).await;
+    for bad in HOSTILE {
+        let mut name = join_session(&session, "x");
+        name.display_name = bad.into();
+        refused(&server, name, Code::InvalidArgument, "join.display_name").await;
+        let mut value = join_session(&session, "x");
+        value.metadata.insert("k".into(), bad.into());
+        refused(&server, value, Code::InvalidArgument, "join.metadata[\"k\"]").await;
+        let mut key = join_session(&session, "x");
+        key.metadata.insert(bad.into(), "v".into());
+        refused(&server, key, Code::InvalidArgument, "join.metadata").await;
+        refused(&server, join_session(&session, bad), Code::InvalidArgument, "join.player_id").await;
+        refused(&server, join_session(bad, "x"), Code::InvalidArgument, "join.session_id").await;
+        refused(&server, join_mode(bad, "x"), Code::InvalidArgument, "join.mode").await;
+    }
+    assert_eq!(server.session_info(&session).await.player_count, 0, "nobody got in");
+    server.shutdown().await;
+}
+
+/// Catches a control or bidirectional-override character accepted in any
+/// client-chosen string of the backend API, or refused without naming its
+/// field.
+#[tokio::test]
+async fn control_and_bidi_characters_in_backend_calls_are_refused() {
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let mut api = server.sessions().await;
+    let base = || pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
+    for bad in HOSTILE {
+        let one = |k: &str, v: &str| HashMap::from([(k.to_owned(), v.to_owned())]);
+        let cases: Vec<(pb::CreateSessionRequest, &str)> = vec![
+            (pb::CreateSessionRequest { labels: one("k", bad), ..base() }, "labels[\"k\"]"),
+            (pb::CreateSessionRequest { labels: one(bad, "v"), ..base() }, "labels"),
+            (pb::CreateSessionRequest { mode: bad.into(), ..base() }, "mode"),
+            (pb::CreateSessionRequest { idempotency_key: bad.into(), ..base() }, "idempotency_key"),
+        ];
+        for (request, field) in cases {
+            assert_status(api.create_session(request).await, Code::InvalidArgument, field);
+        }
+        let end = pb::EndSessionRequest { session_id: session.clone(), message: bad.into() };
+        assert_status(api.end_session(end).await, Code::InvalidArgument, "message");
+        let filter = |filter: pb::SessionFilter| pb::ListSessionsRequest { filter: Some(filter), ..Default::default() };
+        let by_label = filter(pb::SessionFilter { labels: one("k", bad), ..Default::default() });
+        assert_status(api.list_sessions(by_label).await, Code::InvalidArgument, "filter.labels[\"k\"]");
+        let by_mode = filter(pb::SessionFilter { mode: bad.into(), ..Default::default() });
+        assert_status(api.list_sessions(by_mode).await, Code::InvalidArgument, "filter.mode");
+    }
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions.len(), 1, "nothing was created, and the session was not ended");
+    server.shutdown().await;
+}
+
+/// Catches the character check refusing honest text: emoji, non-Latin
+/// letters, punctuation and symbols pass through joins, labels and end
+/// messages unchanged.
+#[tokio::test]
+async fn emoji_and_non_latin_letters_are_accepted() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let text = "Zoë 🎮 игрок 玩家 ضيف ✓ «¡hola!» 👩‍👩‍👧";
+    let created = api
+        .create_session(pb::CreateSessionRequest {
+            mode: "relay".into(),
+            labels: HashMap::from([("title".to_owned(), text.to_owned())]),
+            ..Default::default()
+        })
+        .await
+        .expect("labels with emoji")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(created.labels.get("title").map(String::as_str), Some(text));
+    let mut join = join_session(&created.session_id, "p");
+    join.display_name = "玩家 🎮 Zoë".into();
+    join.metadata.insert("motto".into(), text.into());
+    let mut player = Player::join(server.addr, join).await;
+    let me = player.welcome.player.clone().expect("player");
+    assert_eq!((me.display_name.as_str(), me.metadata.get("motto").map(String::as_str)), ("玩家 🎮 Zoë", Some(text)));
+    let end = pb::EndSessionRequest { session_id: created.session_id.clone(), message: text.into() };
+    api.end_session(end).await.expect("an end message with emoji");
+    let (seen, _) = player.until_end().await;
+    let ended = seen.iter().find_map(|kind| match kind {
+        pb::server_message::Kind::SessionEnded(ended) => Some(ended.message.as_str()),
+        _ => None,
+    });
+    assert_eq!(ended, Some(text));
+    server.shutdown().await;
 }

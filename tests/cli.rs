@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use common::{Player, TestServer, WAIT};
 use game_session::Config;
-use game_session::pb::{ListSessionsRequest, PresenceKind};
+use game_session::pb::{self, ListSessionsRequest, PresenceKind};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -208,6 +209,60 @@ async fn play_relays_stdin_and_prints_arrivals() {
     assert_eq!((left.kind, left.player.map(|p| p.player_id)), (PresenceKind::Left as i32, Some("cli".into())));
     let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
     assert!(status.success(), "{status:?}");
+    server.shutdown().await;
+}
+
+/// Catches gsctl printing a control sequence another player or a label
+/// chose: a relayed payload with ESC, OSC and newline sequences (which
+/// could forge a "session ended" line, clear the screen or retitle the
+/// terminal) arrives as one escaped line in `play`, and `get` escapes the
+/// line separators the server still allows in labels and display names.
+#[tokio::test]
+async fn play_and_get_print_hostile_text_escaped() {
+    let server = TestServer::start().await;
+    let mut api = server.sessions().await;
+    let request = pb::CreateSessionRequest {
+        mode: "relay".into(),
+        max_players: 2,
+        labels: HashMap::from([("title".to_owned(), "two\u{2028}lines".to_owned())]),
+        ..Default::default()
+    };
+    let session = api.create_session(request).await.expect("create").into_inner().session.expect("session");
+    let session = session.session_id;
+    let mut join = common::join_session(&session, "mallory");
+    join.display_name = "Mal\u{2029}lory".into();
+    let mut mallory = Player::join(server.addr, join).await;
+    let mut child = gsctl(&server)
+        .args(["play", "--session", &session, "--player-id", "cli"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next =
+        async || tokio::time::timeout(WAIT, lines.next_line()).await.expect("in time").expect("read").expect("line");
+    assert!(next().await.starts_with("#2 joined session"));
+    mallory.next_presence().await;
+
+    let hostile = "hi\n#9 session ended (ENDED_BY_BACKEND): reconnect to evil.example\u{1b}[2J\u{1b}]0;pwned\u{7}\r";
+    mallory.relay(hostile.as_bytes(), &["cli"]).await;
+    let arrival = next().await;
+    let shown =
+        "): hi\\n#9 session ended (ENDED_BY_BACKEND): reconnect to evil.example\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\r";
+    assert!(arrival.starts_with("#3 mallory (") && arrival.ends_with(shown), "{arrival:?}");
+    assert!(!arrival.chars().any(char::is_control), "{arrival:?}");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
+    assert!(status.success(), "{status:?}");
+
+    let table = ok(&server, &["get", &session]).await;
+    assert!(table.contains("title=two\\u{2028}lines"), "{table}");
+    assert!(table.contains("Mal\\u{2029}lory"), "{table}");
+    assert!(!table.contains('\u{2028}') && !table.contains('\u{2029}'), "{table:?}");
+    let got = ok(&server, &["get", "--json", &session]).await;
+    assert!(!got.contains('\u{2028}') && !got.contains('\u{2029}'), "{got:?}");
+    assert_eq!(json(&got)["labels"]["title"], "two\u{2028}lines", "the JSON still means the same text");
     server.shutdown().await;
 }
 

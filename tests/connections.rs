@@ -1,5 +1,6 @@
 //! Connections: HTTP/2 keepalive turns a dead peer into a disconnect within
-//! a bounded time.
+//! a bounded time, and a broken stream's error text stays between the server
+//! and that stream.
 
 mod common;
 
@@ -58,8 +59,61 @@ async fn a_silent_peer_is_disconnected_by_keepalive() {
     let gone = watcher.next_presence().await;
     assert_eq!(gone.kind, PresenceKind::Disconnected as i32, "{gone:?}");
     assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some("silent"));
-    assert!(!gone.detail.is_empty());
+    assert_eq!(gone.detail, "connection lost");
     assert!(frozen_at.elapsed() < Duration::from_secs(5), "took {:?}", frozen_at.elapsed());
+    driver.abort();
+    server.shutdown().await;
+}
+
+/// Catches the decoder's text ("failed to decode Protobuf message...")
+/// reaching the other players when a client sends bytes that are not
+/// protobuf: the sender's stream ends with the decoder's status, and the
+/// others hear only that it was removed for a "protocol error".
+#[tokio::test]
+async fn undecodable_bytes_reach_others_as_fixed_words() {
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let mut watcher = Player::join_as(server.addr, &session, "watcher").await;
+
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{}/gamesession.v1.PlayerService/Play", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send request");
+    let join = pb::ClientMessage { kind: Some(client_message::Kind::Join(join_session(&session, "garbled"))) };
+    body.send_data(grpc_frame(&join), false).expect("send join");
+    let response = tokio::time::timeout(WAIT, response).await.expect("headers in time").expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(watcher.next_presence().await.kind, PresenceKind::Joined as i32);
+
+    // A length-prefixed frame whose body is no protobuf message: field 15
+    // with the reserved wire type 7.
+    let mut garbage = BytesMut::new();
+    garbage.put_u8(0);
+    garbage.put_u32(3);
+    garbage.put_slice(&[0x7f, 0xff, 0xff]);
+    body.send_data(garbage.freeze(), false).expect("send garbage");
+
+    let mut response_body = response.into_body();
+    while let Some(data) = tokio::time::timeout(WAIT, response_body.data()).await.expect("data in time") {
+        data.expect("a data frame");
+    }
+    let trailers = tokio::time::timeout(WAIT, response_body.trailers()).await.expect("trailers in time");
+    let trailers = trailers.expect("trailers").expect("a trailer block");
+    let message = trailers.get("grpc-message").map(|v| v.to_str().unwrap_or_default().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("decode")),
+        "the sender gets the decoder's words: {trailers:?}"
+    );
+
+    let gone = watcher.next_presence().await;
+    assert_eq!(gone.kind, PresenceKind::Removed as i32, "{gone:?}");
+    assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some("garbled"));
+    assert_eq!(gone.detail, "protocol error");
     driver.abort();
     server.shutdown().await;
 }

@@ -783,3 +783,74 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     }
     let _ = server.child.kill().await;
 }
+
+/// Catches failed joins that go uncounted, are counted under the wrong
+/// reason, or flood the log: after two joins to a missing session, one to a
+/// full one, one taking a seated id, three malformed ones and one that never
+/// joins, each reason has exactly its count, and the two quick
+/// `session_not_found` failures make one log line, not two.
+#[tokio::test]
+async fn failed_joins_are_counted_by_reason() {
+    use common::{Connect, join_mode, join_session};
+    let mut server = Binary::start(&["--join-timeout", "200ms"]).await;
+    let mut api = server.sessions().await;
+    let mut ids = Vec::new();
+    for max_players in [1, 4] {
+        let request = pb::CreateSessionRequest { mode: "relay".into(), max_players, ..Default::default() };
+        let created = api.create_session(request).await.expect("create").into_inner();
+        ids.push(created.session.expect("a session").session_id);
+    }
+    let (full, roomy) = (ids[0].clone(), ids[1].clone());
+    let _alice = Player::join_as(server.addr, &full, "alice").await;
+    let _bob = Player::join_as(server.addr, &roomy, "bob").await;
+
+    let mut bad_name = join_session(&roomy, "carol");
+    bad_name.display_name = "\u{1b}[2J".into();
+    let failing = [
+        (join_session("no-such-session", "x"), Code::NotFound),
+        (join_session("no-such-session", "y"), Code::NotFound),
+        (join_session(&full, "carol"), Code::ResourceExhausted),
+        (join_session(&roomy, "bob"), Code::AlreadyExists),
+        (join_session(&roomy, "bad id"), Code::InvalidArgument),
+        (bad_name, Code::InvalidArgument),
+        (join_mode("", "carol"), Code::InvalidArgument),
+    ];
+    for (join, code) in failing {
+        let result = Player::try_join(server.addr, join, Connect::default()).await.map(|p| p.welcome);
+        assert_eq!(result.expect_err("the join fails").code(), code);
+    }
+    let (_tx, rx) = mpsc::channel::<pb::ClientMessage>(1);
+    let mut players = pb::player_service_client::PlayerServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    let silent = players.play(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    assert_eq!(silent.map(|_| ()).expect_err("no join in time").code(), Code::DeadlineExceeded);
+
+    let wanted = [
+        ("session_not_found", 2.0),
+        ("session_full", 1.0),
+        ("already_joined", 1.0),
+        ("invalid", 3.0),
+        ("timeout", 1.0),
+    ];
+    let samples = server.scrape().await;
+    let failures: HashMap<&str, f64> = samples
+        .iter()
+        .filter_map(|(series, value)| {
+            let reason = series.strip_prefix("game_session_join_failures_total{reason=\"")?.strip_suffix("\"}")?;
+            Some((wanted.iter().find(|(r, _)| *r == reason).map_or("unexpected", |(r, _)| *r), *value))
+        })
+        .collect();
+    assert_eq!(failures, HashMap::from(wanted), "{samples:?}");
+
+    // The log: one line for the two quick session_not_found failures.
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(std::time::Duration::from_millis(500), server.log.recv()).await {
+        lines.push(line);
+    }
+    let not_found: Vec<_> =
+        lines.iter().filter(|l| l.contains("join failed") && l.contains("session_not_found")).collect();
+    assert_eq!(not_found.len(), 1, "{lines:#?}");
+    assert!(not_found[0].contains("suppressed=0"), "{}", not_found[0]);
+    let _ = server.child.kill().await;
+}

@@ -65,8 +65,32 @@ pub fn check_id(field: &str, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Free text a client chose (a display name, a label or metadata value, an
+/// end message, a mode): any Unicode letter, digit, punctuation, symbol or
+/// emoji, but no control character (C0, DEL, C1: newlines, tabs, ESC) and
+/// no bidirectional override, isolate or mark. Such text is shown to other
+/// players and printed by operators' tools, where a control sequence could
+/// forge lines, clear a terminal or retitle it, and a bidi override could
+/// make one string read as another.
+pub fn check_text(field: &str, text: &str) -> Result<(), Error> {
+    match text.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        Some(c) => Err(Error::invalid(
+            field,
+            format!("character U+{:04X} not allowed: no control or bidirectional-override characters", c as u32),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The characters that reorder or redirect how text around them is shown:
+/// embeddings and overrides (U+202A-U+202E), isolates (U+2066-U+2069) and
+/// the directional marks (U+200E, U+200F, U+061C).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 /// Labels or metadata: at most `max` entries, keys 1-63 characters of
-/// `[A-Za-z0-9._/-]`, values at most 255 bytes.
+/// `[A-Za-z0-9._/-]`, values at most 255 bytes of [`check_text`] text.
 pub fn check_labels(
     field: &str,
     labels: HashMap<String, String>,
@@ -91,8 +115,63 @@ pub fn check_labels(
                 format!("value of {} bytes; at most {MAX_LABEL_VALUE_LEN} allowed", value.len()),
             ));
         }
+        check_text(&format!("{field}[{key:?}]"), value)?;
     }
     Ok(labels.into_iter().collect())
+}
+
+/// The version byte that starts every page token; a token of another
+/// version is refused, so that the encoding can change later.
+const PAGE_TOKEN_VERSION: u8 = 1;
+/// Mixed into a page token's checksum, so that a token of some other API
+/// (or of a later encoding) does not pass for ours by accident.
+const PAGE_TOKEN_DOMAIN: &[u8] = b"game-session ListSessions page token";
+
+/// The ListSessions page token that resumes after the session `last_id`:
+/// base64url (no padding) of the version byte, the id, and a 4-byte
+/// checksum of both. It encodes a position, not a pointer into this
+/// process, so any replica can decode it later; the checksum is unkeyed
+/// (nothing in it is secret) and only tells a made-up, cut or corrupted
+/// token from one the server wrote.
+pub fn page_token(last_id: &str) -> String {
+    use base64::Engine as _;
+    let mut bytes = Vec::with_capacity(1 + last_id.len() + 4);
+    bytes.push(PAGE_TOKEN_VERSION);
+    bytes.extend_from_slice(last_id.as_bytes());
+    let sum = page_token_checksum(&bytes);
+    bytes.extend_from_slice(&sum);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The session id a [`page_token`] resumes after; `INVALID_ARGUMENT` on
+/// `page_token` for anything the server did not write.
+pub fn page_token_position(token: &str) -> Result<String, Error> {
+    use base64::Engine as _;
+    let invalid = || Error::invalid("page_token", "not a token from a previous ListSessions response");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    // Version, at least one id byte, checksum.
+    if bytes.len() < 1 + 1 + 4 {
+        return Err(invalid());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 4);
+    if body[0] != PAGE_TOKEN_VERSION || page_token_checksum(body) != sum {
+        return Err(invalid());
+    }
+    let id = std::str::from_utf8(&body[1..]).map_err(|_| invalid())?;
+    check_id("page_token", id).map_err(|_| invalid())?;
+    Ok(id.to_owned())
+}
+
+/// The low 32 bits of FNV-1a over the domain and `body`. Each step of
+/// FNV-1a is a bijection on those bits, so any change to one byte of the
+/// body always changes the checksum.
+fn page_token_checksum(body: &[u8]) -> [u8; 4] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in PAGE_TOKEN_DOMAIN.iter().chain(body) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash as u32).to_be_bytes()
 }
 
 /// A payload within the size limit.
@@ -132,6 +211,7 @@ pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
     if join.display_name.chars().count() > MAX_DISPLAY_NAME_CHARS {
         return Err(Error::invalid("join.display_name", format!("longer than {MAX_DISPLAY_NAME_CHARS} characters")));
     }
+    check_text("join.display_name", &join.display_name)?;
     let metadata = check_labels("join.metadata", join.metadata, limits.max_labels)?;
     Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata })
 }
@@ -165,6 +245,7 @@ fn relay_message(relay: pb::Relay, limits: &Limits) -> Result<RelayMessage, Erro
 /// A ListSessions / WatchSessions filter.
 pub fn filter(filter: Option<pb::SessionFilter>, limits: &Limits) -> Result<SessionFilter, Error> {
     let Some(filter) = filter else { return Ok(SessionFilter::default()) };
+    check_text("filter.mode", &filter.mode)?;
     Ok(SessionFilter {
         mode: (!filter.mode.is_empty()).then_some(filter.mode),
         labels: check_labels("filter.labels", filter.labels, limits.max_labels)?,
@@ -232,7 +313,7 @@ pub fn event(event: &Event) -> pb::ServerMessage {
                 PresenceKind::Disconnected => pb::PresenceKind::Disconnected,
                 PresenceKind::Removed => pb::PresenceKind::Removed,
             } as i32,
-            detail: detail.clone(),
+            detail: (*detail).to_owned(),
         }),
         Event::Backend { sequence, payload, server_time_unix_micros } => Kind::Backend(pb::BackendMessage {
             sequence: *sequence,
@@ -272,4 +353,60 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
         }
     };
     pb::ServerMessage { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches a control or bidirectional character let through, or honest
+    /// text (emoji, other scripts, joiners) refused.
+    #[test]
+    fn check_text_refuses_controls_and_bidi_only() {
+        for ok in ["", "Zoë", "игрок 玩家 ضيف", "🎮 👩\u{200D}👩\u{200D}👧", "«¡hola!» ✓ ~$%"] {
+            assert_eq!(check_text("f", ok), Ok(()), "{ok:?}");
+        }
+        for (bad, code) in [
+            ("a\nb", 0x0A),
+            ("\t", 0x09),
+            ("\u{1b}[2J", 0x1B),
+            ("\u{7f}", 0x7F),
+            ("\u{9b}", 0x9B),
+            ("\u{202A}", 0x202A),
+            ("\u{202E}", 0x202E),
+            ("\u{2066}", 0x2066),
+            ("\u{2069}", 0x2069),
+            ("\u{200E}", 0x200E),
+            ("\u{200F}", 0x200F),
+            ("\u{061C}", 0x061C),
+        ] {
+            let reason = format!("character U+{code:04X} not allowed: no control or bidirectional-override characters");
+            assert_eq!(check_text("f", bad), Err(Error::invalid("f", reason)), "{bad:?}");
+        }
+    }
+
+    /// Catches a page token that does not round-trip, or a tampered one
+    /// (another version, a cut, a changed id, a changed checksum) accepted.
+    #[test]
+    fn page_tokens_round_trip_and_refuse_tampering() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = page_token("0123abcd");
+        assert_eq!(page_token_position(&token), Ok("0123abcd".to_owned()));
+        let bytes = b64.decode(&token).unwrap_or_default();
+        let invalid = Err(Error::invalid("page_token", "not a token from a previous ListSessions response"));
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut changed = bytes.clone();
+                changed[i] ^= 1 << bit;
+                assert_eq!(page_token_position(&b64.encode(&changed)), invalid, "byte {i} bit {bit}");
+            }
+            assert_eq!(page_token_position(&b64.encode(&bytes[..i])), invalid, "cut to {i} bytes");
+        }
+        let mut bad_id = vec![PAGE_TOKEN_VERSION];
+        bad_id.extend_from_slice(b"bad id");
+        let sum = page_token_checksum(&bad_id);
+        bad_id.extend_from_slice(&sum);
+        assert_eq!(page_token_position(&b64.encode(&bad_id)), invalid, "a checksummed token with no valid id");
+    }
 }

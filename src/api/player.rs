@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, Span};
+use tracing::{Instrument, Span, info};
 
 use super::codec::{self, Outbound};
 use super::convert::{self, Limits};
@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::pb;
 use crate::pb::play_server::player_service_server::PlayerService;
 use crate::session::{Delivery, Directory, Inbound, InboundError, JoinTarget, OutboundRx};
+use crate::telemetry::Throttle;
 
 /// The PlayerService implementation.
 #[derive(Clone)]
@@ -29,13 +30,49 @@ pub struct PlayerApi<D> {
     limits: Arc<Limits>,
     join_timeout: Duration,
     auth: Auth,
+    /// Rate-limits the log line of a failed join, per reason: a client
+    /// retrying a full session in a loop must not flood the log.
+    failed_joins: Arc<Throttle<&'static str>>,
 }
 
 impl<D: Directory> PlayerApi<D> {
     /// Serves players of the sessions in `directory`, to the callers `auth`
     /// admits.
     pub fn new(directory: D, limits: Limits, join_timeout: Duration, auth: Auth) -> Self {
-        PlayerApi { directory, limits: Arc::new(limits), join_timeout, auth }
+        PlayerApi { directory, limits: Arc::new(limits), join_timeout, auth, failed_joins: Arc::default() }
+    }
+}
+
+/// Why a Play stream failed before its player was seated: the `reason`
+/// label of [`crate::metrics::JOIN_FAILURES`], or `None` for a refused
+/// credential, which auth counts and logs itself.
+struct JoinFailed {
+    reason: Option<&'static str>,
+    status: Status,
+}
+
+impl From<Error> for JoinFailed {
+    fn from(err: Error) -> Self {
+        let reason = match &err {
+            Error::Unauthenticated(_) | Error::PermissionDenied(_) => None,
+            Error::SessionNotFound(_) => Some("session_not_found"),
+            Error::SessionFull(_) => Some("session_full"),
+            Error::PlayerAlreadyJoined { .. } => Some("already_joined"),
+            Error::InvalidArgument { .. }
+            | Error::FailedPrecondition { .. }
+            | Error::UnknownMode { .. }
+            | Error::Protocol { .. } => Some("invalid"),
+            Error::JoinTimeout(_) => Some("timeout"),
+            Error::Draining => Some("draining"),
+            Error::SessionBusy(_) => Some("busy"),
+            Error::TooManySessions(_) => Some("server_full"),
+            Error::UnknownPlayer { .. }
+            | Error::IdempotencyConflict(_)
+            | Error::SlowPlayer(_)
+            | Error::TooManyWatchers(_)
+            | Error::Internal(_) => Some("other"),
+        };
+        JoinFailed { reason, status: err.into() }
     }
 }
 
@@ -46,54 +83,83 @@ impl<D: Directory> PlayerService for PlayerApi<D> {
     async fn play(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, Status> {
         let span = super::rpc_span!("PlayerService", "Play", &request);
         async move {
-            // The token is checked before anything is read from the stream.
-            let call = Call::of(&request);
-            let (token, peer) = (self.auth.player(&call).await?, call.peer);
-            let mut inbound = request.into_inner();
-            let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
-                Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
-                Ok(Err(status)) => return Err(status),
-                Ok(Ok(None)) => return Err(Error::precondition("join", "the stream closed before its join").into()),
-                Ok(Ok(Some(message))) => message,
-            };
-            let join = match first.kind {
-                Some(pb::client_message::Kind::Join(join)) => join,
-                Some(_) | None => {
-                    return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
+            let peer = request.remote_addr();
+            self.join(request).await.map_err(|failed| {
+                if let Some(reason) = failed.reason {
+                    crate::metrics::join_failed(reason);
+                    if let Some(suppressed) = self.failed_joins.admit(reason) {
+                        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                        let status = failed.status.message();
+                        info!(reason, peer, suppressed, status, "join failed");
+                    }
                 }
-            };
-            let target = match join.target.clone() {
-                Some(pb::join::Target::SessionId(id)) => {
-                    convert::check_id("join.session_id", &id)?;
-                    JoinTarget::Session(id)
-                }
-                Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => JoinTarget::Mode(mode),
-                Some(pb::join::Target::Mode(_)) | None => {
-                    return Err(Error::invalid("join.target", "set session_id or mode").into());
-                }
-            };
-            let mut player = convert::new_player(join, &self.limits)?;
-            if let Some(token) = &token {
-                // Looked up first (the directory may be remote), and used
-                // only if the token limits its modes.
-                let mode = match &target {
-                    JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
-                    _ => None,
-                };
-                // Not looked up means not wanted; were it wanted, the session
-                // is as good as not found.
-                let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
-                player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
-            }
-            let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
-            let joined = self.directory.join(target, player, messages).await?;
-            let span = Span::current();
-            span.record("session.id", &*joined.session_id);
-            span.record("player.id", &*joined.player_id);
-            Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
+                failed.status
+            })
         }
         .instrument(span)
         .await
+    }
+}
+
+impl<D: Directory> PlayerApi<D> {
+    /// Reads, validates and performs a Play stream's join.
+    async fn join(&self, request: Request<Streaming<pb::ClientMessage>>) -> Result<Response<PlayStream>, JoinFailed> {
+        // The token is checked before anything is read from the stream.
+        let call = Call::of(&request);
+        let (token, peer) = (self.auth.player(&call).await?, call.peer);
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(self.join_timeout, inbound.message()).await {
+            Err(_) => return Err(Error::JoinTimeout(self.join_timeout).into()),
+            Ok(Err(status)) => {
+                // As in `inbound_error`: a transport error is a stream that
+                // broke, anything else the decoder's refusal.
+                let broke = std::error::Error::source(&status).is_some();
+                return Err(JoinFailed { reason: Some(if broke { "closed" } else { "invalid" }), status });
+            }
+            Ok(Ok(None)) => {
+                let err = Error::precondition("join", "the stream closed before its join");
+                return Err(JoinFailed { reason: Some("closed"), status: err.into() });
+            }
+            Ok(Ok(Some(message))) => message,
+        };
+        let join = match first.kind {
+            Some(pb::client_message::Kind::Join(join)) => join,
+            Some(_) | None => {
+                return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
+            }
+        };
+        let target = match join.target.clone() {
+            Some(pb::join::Target::SessionId(id)) => {
+                convert::check_id("join.session_id", &id)?;
+                JoinTarget::Session(id)
+            }
+            Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => {
+                convert::check_text("join.mode", &mode)?;
+                JoinTarget::Mode(mode)
+            }
+            Some(pb::join::Target::Mode(_)) | None => {
+                return Err(Error::invalid("join.target", "set session_id or mode").into());
+            }
+        };
+        let mut player = convert::new_player(join, &self.limits)?;
+        if let Some(token) = &token {
+            // Looked up first (the directory may be remote), and used
+            // only if the token limits its modes.
+            let mode = match &target {
+                JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
+                _ => None,
+            };
+            // Not looked up means not wanted; were it wanted, the session
+            // is as good as not found.
+            let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
+            player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
+        }
+        let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
+        let joined = self.directory.join(target, player, messages).await?;
+        let span = Span::current();
+        span.record("session.id", &*joined.session_id);
+        span.record("player.id", &*joined.player_id);
+        Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
     }
 }
 

@@ -161,13 +161,13 @@ impl<D: Directory> SessionService for SessionApi<D> {
                 0 => DEFAULT_PAGE_SIZE,
                 n => n.min(MAX_PAGE_SIZE),
             };
-            let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-            if let Some(token) = after {
-                convert::check_id("page_token", token)?;
-            }
-            let (page, more) = self.directory.list(&filter, after, page_size).await?;
+            let after = match request.page_token.as_str() {
+                "" => None,
+                token => Some(convert::page_token_position(token)?),
+            };
+            let (page, more) = self.directory.list(&filter, after.as_deref(), page_size).await?;
             let next_page_token = match page.last() {
-                Some(last) if more => last.id.to_string(),
+                Some(last) if more => convert::page_token(&last.id),
                 _ => String::new(),
             };
             Ok(Response::new(pb::ListSessionsResponse {
@@ -249,6 +249,7 @@ impl<D: Directory> SessionService for SessionApi<D> {
                 if request.message.len() > MAX_END_MESSAGE_LEN {
                     return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
                 }
+                convert::check_text("message", &request.message)?;
                 let sequence =
                     self.directory.end(&request.session_id, EndReason::EndedByBackend, request.message).await?;
                 Ok(Response::new(pb::EndSessionResponse { sequence }))
@@ -302,8 +303,12 @@ impl<D: Directory> SessionApi<D> {
                     Error::invalid("idempotency_key", format!("longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")).into()
                 );
             }
-            key => Some(key),
+            key => {
+                convert::check_text("idempotency_key", &key)?;
+                Some(key)
+            }
         };
+        convert::check_text("mode", &request.mode)?;
         tracing::Span::current().record("session.mode", request.mode.as_str());
         let params = CreateParams {
             mode: request.mode,

@@ -184,6 +184,23 @@ pub enum Departure {
     Removed(Error),
 }
 
+impl Departure {
+    /// The few fixed words the other players are told in the presence
+    /// event's `detail`. The departure's own text (a transport error, the
+    /// decoder's words, how far behind a player fell) names internals and
+    /// may carry what a client sent, so it goes to the log only; the removed
+    /// player still gets the full error on its own stream.
+    pub fn presence_detail(&self) -> &'static str {
+        match self {
+            Departure::Left => "",
+            Departure::Disconnected(_) => "connection lost",
+            Departure::Removed(Error::SlowPlayer(_)) => "too slow",
+            Departure::Removed(Error::Protocol { .. }) => "protocol error",
+            Departure::Removed(_) => "removed",
+        }
+    }
+}
+
 /// What a presence event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceKind {
@@ -200,7 +217,9 @@ pub enum Event {
     /// A player's relay message.
     Relayed { sequence: u64, sender: PlayerId, payload: Bytes, server_time_unix_micros: i64, droppable: bool },
     /// A player joined or left.
-    Presence { sequence: u64, player: Arc<PlayerInfo>, kind: PresenceKind, detail: String },
+    /// `detail` is one of [`Departure::presence_detail`]'s fixed phrases (a
+    /// `&'static str`, so no departure's own text can slip in).
+    Presence { sequence: u64, player: Arc<PlayerInfo>, kind: PresenceKind, detail: &'static str },
     /// A backend service's message.
     Backend { sequence: u64, payload: Bytes, server_time_unix_micros: i64 },
     /// The session ended.

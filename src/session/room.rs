@@ -302,7 +302,7 @@ impl Room {
             sequence,
             player: info.clone(),
             kind: PresenceKind::Joined,
-            detail: String::new(),
+            detail: "",
         });
         self.fan_out(&event, Audience::All, false, sequence);
 
@@ -360,20 +360,22 @@ impl Room {
         seat.joined.add_to(&span);
         crate::telemetry::record_ids(&span);
         let entered = span.enter();
-        let (kind, detail) = match departure {
+        let kind = match departure {
             // Dropping the seat drops its queue's sender: the stream ends
             // with OK once it has sent what is queued.
-            Departure::Left => (PresenceKind::Left, String::new()),
-            Departure::Disconnected(reason) => (PresenceKind::Disconnected, reason.clone()),
+            Departure::Left => PresenceKind::Left,
+            Departure::Disconnected(_) => PresenceKind::Disconnected,
             // A removed player gets its status at once, and what was queued
             // for it is freed now, whatever its connection does afterwards.
             Departure::Removed(err) => {
                 if !seat.ended {
                     let _ = seat.outbox.end_now(err.clone());
                 }
-                (PresenceKind::Removed, err.to_string())
+                PresenceKind::Removed
             }
         };
+        // The others get fixed words; the full text is in the log line below.
+        let detail = departure.presence_detail();
         let reason = match departure {
             Departure::Left => "left",
             Departure::Disconnected(_) => "disconnected",

@@ -572,6 +572,46 @@ async fn freeing_a_seat_tells_the_others_and_ends_the_players_stream() {
     assert_eq!(seen_by(&mut q[2]), [Seen::End(Some(removed))]);
 }
 
+/// Catches a departure's own text (a transport error, the decoder's words,
+/// how far a player fell behind) reaching the other players: they get only
+/// the fixed phrase for each cause, while the removed player still gets its
+/// full error.
+#[tokio::test(start_paused = true)]
+async fn presence_details_are_fixed_phrases() {
+    let registry = new_registry(16);
+    let mut room = room(&registry);
+    let mut q = seat_all(&mut room, &["watcher", "d", "s", "p", "l"]);
+    drain(&mut q[0]);
+    let transport = "h2 protocol error: error reading a body from connection";
+    let decoder = Error::Protocol {
+        fault: crate::error::ProtocolFault::Malformed,
+        message: "failed to decode Protobuf message: \x1b]0;evil\x07".into(),
+    };
+    let departures = [
+        ("d", Departure::Disconnected(transport.into())),
+        ("s", Departure::Removed(Error::SlowPlayer("fell behind by 512 messages".into()))),
+        ("p", Departure::Removed(decoder.clone())),
+        ("l", Departure::Left),
+    ];
+    for (id, departure) in &departures {
+        assert!(room.free_seat(&PlayerId::from(*id), departure).is_some());
+    }
+    let details: Vec<(String, &str)> = drain(&mut q[0])
+        .iter()
+        .filter_map(|item| match item {
+            Delivery::Event(event) => match &event.event {
+                Event::Presence { player, detail, .. } => Some((player.id.to_string(), *detail)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let expected = [("d", "connection lost"), ("s", "too slow"), ("p", "protocol error"), ("l", "")];
+    assert_eq!(details, expected.map(|(id, detail)| (id.to_owned(), detail)));
+    let ended: Vec<Seen> = drain(&mut q[3]).iter().map(seen).collect();
+    assert_eq!(ended.last(), Some(&Seen::End(Some(decoder))), "the removed player gets its own full error");
+}
+
 /// Catches an end that some player is not told about, or whose stream goes
 /// on after it.
 #[tokio::test(start_paused = true)]

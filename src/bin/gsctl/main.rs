@@ -246,7 +246,8 @@ async fn run_cli(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", explain::explain(err.as_ref(), context));
+            // The server's status message may carry what a client chose.
+            eprintln!("error: {}", render::printable(&explain::explain(err.as_ref(), context)));
             ExitCode::FAILURE
         }
     }

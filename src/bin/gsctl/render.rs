@@ -1,5 +1,11 @@
 //! How gsctl prints: aligned tables for people, JSON lines for scripts.
+//!
+//! Everything gsctl prints that a server or another player chose (payloads,
+//! ids, names, labels, end messages, error texts) goes through [`printable`]
+//! or, as JSON, through [`json`]'s escaping: a relayed payload must not be
+//! able to forge a line, clear the screen or retitle the terminal.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +29,7 @@ impl Output {
             return json(response);
         }
         let session = response.session.clone().unwrap_or_default();
-        println!("{} {}", if response.created { "created" } else { "existing" }, session.session_id);
+        println!("{} {}", if response.created { "created" } else { "existing" }, printable(&session.session_id));
         Ok(())
     }
 
@@ -38,7 +44,13 @@ impl Output {
             let rows: Vec<Vec<String>> = session
                 .players
                 .iter()
-                .map(|p| vec![p.player_id.clone(), p.display_name.clone(), pairs(&p.metadata)])
+                .map(|p| {
+                    vec![
+                        printable(&p.player_id).into_owned(),
+                        printable(&p.display_name).into_owned(),
+                        pairs(&p.metadata),
+                    ]
+                })
                 .collect();
             table(&["PLAYER", "NAME", "METADATA"], &rows);
         }
@@ -80,8 +92,8 @@ impl Output {
             watch_line([
                 revision,
                 event.to_owned(),
-                s.session_id.clone(),
-                s.mode.clone(),
+                printable(&s.session_id).into_owned(),
+                printable(&s.mode).into_owned(),
                 format!("{}/{}", s.player_count, s.max_players),
                 pairs(&s.labels),
             ])
@@ -108,43 +120,47 @@ impl Output {
         }
         match &message.kind {
             Some(Kind::Welcome(w)) => {
-                let me = w.player.as_ref().map(|p| p.player_id.as_str()).unwrap_or_default();
-                let others: Vec<&str> = w.players.iter().map(|p| p.player_id.as_str()).collect();
+                let me = printable(w.player.as_ref().map(|p| p.player_id.as_str()).unwrap_or_default());
+                let others: Vec<Cow<'_, str>> = w.players.iter().map(|p| printable(&p.player_id)).collect();
                 let present = if others.is_empty() { "nobody else".to_owned() } else { others.join(", ") };
-                println!("#{} joined session {} ({}) as {me}; present: {present}", w.sequence, w.session_id, w.mode);
+                let (session, mode) = (printable(&w.session_id), printable(&w.mode));
+                println!("#{} joined session {session} ({mode}) as {me}; present: {present}", w.sequence);
             }
+            // Whether a relay went to this player alone or to everyone is
+            // not on the wire (Relayed carries no targets), so it is not
+            // shown.
             Some(Kind::Relayed(r)) => println!(
                 "#{} {} ({} ago): {}",
                 r.sequence,
-                r.sender_id,
+                printable(&r.sender_id),
                 age(r.server_time_unix_micros),
-                String::from_utf8_lossy(&r.payload)
+                printable(&String::from_utf8_lossy(&r.payload))
             ),
             Some(Kind::Presence(p)) => {
                 let kind = pb::PresenceKind::try_from(p.kind).unwrap_or_default();
-                let who = p.player.as_ref().map(|p| p.player_id.as_str()).unwrap_or_default();
+                let who = printable(p.player.as_ref().map(|p| p.player_id.as_str()).unwrap_or_default());
                 let what = kind.as_str_name().trim_start_matches("PRESENCE_KIND_").to_lowercase();
-                let detail = if p.detail.is_empty() { String::new() } else { format!(" ({})", p.detail) };
+                let detail = if p.detail.is_empty() { String::new() } else { format!(" ({})", printable(&p.detail)) };
                 println!("#{} * {who} {what}{detail}", p.sequence);
             }
             Some(Kind::Backend(b)) => println!(
                 "#{} [backend] ({} ago): {}",
                 b.sequence,
                 age(b.server_time_unix_micros),
-                String::from_utf8_lossy(&b.payload)
+                printable(&String::from_utf8_lossy(&b.payload))
             ),
             Some(Kind::Pong(p)) => println!(
                 "pong: round trip {}",
                 fmt(Duration::from_micros((unix_micros() - p.client_time).max(0) as u64))
             ),
-            Some(Kind::Error(e)) => eprintln!("error {} on {}: {}", e.code, e.field, e.message),
+            Some(Kind::Error(e)) => eprintln!("error {} on {}: {}", e.code, printable(&e.field), printable(&e.message)),
             Some(Kind::SessionEnded(e)) => {
                 let reason = pb::SessionEndReason::try_from(e.reason).unwrap_or_default();
                 println!(
                     "#{} session ended ({}): {}",
                     e.sequence,
                     reason.as_str_name().trim_start_matches("SESSION_END_REASON_"),
-                    e.message
+                    printable(&e.message)
                 );
             }
             Some(Kind::Dropped(d)) => {
@@ -159,8 +175,8 @@ impl Output {
 
 fn session_row(s: &pb::SessionInfo) -> Vec<String> {
     vec![
-        s.session_id.clone(),
-        s.mode.clone(),
+        printable(&s.session_id).into_owned(),
+        printable(&s.mode).into_owned(),
         format!("{}/{}", s.player_count, s.max_players),
         if s.open_to_join_or_create { "yes" } else { "no" }.to_owned(),
         s.sequence.to_string(),
@@ -171,7 +187,7 @@ fn session_row(s: &pb::SessionInfo) -> Vec<String> {
 
 /// `k=v,k=v`, sorted.
 fn pairs(map: &std::collections::HashMap<String, String>) -> String {
-    let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{}={}", printable(k), printable(v))).collect();
     pairs.sort();
     pairs.join(",")
 }
@@ -216,12 +232,83 @@ fn watch_line([revision, event, session, mode, players, labels]: [String; 6]) {
     println!("{revision:<8}  {event:<8}  {session:<32}  {mode:<8}  {players:<7}  {labels}");
 }
 
+/// One JSON line. serde_json escapes C0 controls but writes DEL, C1
+/// controls and bidirectional overrides raw; those can only stand inside a
+/// JSON string, where `\uXXXX` means the same, so they are escaped too.
 fn json(value: &impl Serialize) -> Result {
-    println!("{}", serde_json::to_string(value)?);
+    let text = serde_json::to_string(value)?;
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if unprintable(c) {
+            line.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            line.push(c);
+        }
+    }
+    println!("{line}");
     flush();
     Ok(())
 }
 
+/// `text` with every character a terminal would act on rather than show
+/// written as an escape: `\n`, `\r` and `\t`, and `\u{1b}` style for the
+/// rest. Emoji, accents and other scripts pass unchanged. Backslashes are
+/// left alone, so a sender can spell an escape but never make one.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unprintable(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Control characters (C0, DEL, C1: ESC starts ANSI and OSC sequences),
+/// the bidirectional overrides, isolates and marks (they make text read
+/// other than it is), and the line and paragraph separators (some
+/// terminals and viewers break lines on them).
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{2028}' | '\u{2029}'
+        )
+}
+
 fn flush() {
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches a control sequence printed raw (a forged line, a cleared
+    /// screen, a new terminal title) or honest text altered.
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        let cases = [
+            ("plain text", "plain text"),
+            ("Zoë 🎮 игрок 玩家 👩‍👩‍👧", "Zoë 🎮 игрок 玩家 👩‍👩‍👧"),
+            ("a\nsession ended: reconnect", "a\\nsession ended: reconnect"),
+            ("\r\t", "\\r\\t"),
+            ("\u{1b}[2J\u{1b}]0;evil\u{7}", "\\u{1b}[2J\\u{1b}]0;evil\\u{7}"),
+            ("\u{9b}31m\u{7f}", "\\u{9b}31m\\u{7f}"),
+            ("\u{202e}gnp.exe", "\\u{202e}gnp.exe"),
+            ("x\u{2066}y\u{2069}\u{200f}\u{2028}", "x\\u{2066}y\\u{2069}\\u{200f}\\u{2028}"),
+            ("a\\u{1b}b", "a\\u{1b}b"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(printable(raw), shown, "{raw:?}");
+        }
+        assert!(matches!(printable("no escapes"), Cow::Borrowed(_)), "nothing copied when nothing changes");
+    }
 }
