@@ -1,6 +1,7 @@
 //! Connection and stream limits against hostile clients, over real TCP:
-//! the first request's deadline, the connection cap, rapid reset, streams
-//! that never join, and running out of file descriptors (the server binary
+//! the first request's deadline, the connection cap, rapid reset, the
+//! header-size limit, streams that never join, and running out of file
+//! descriptors (the server binary
 //! as a child process, with its own lowered limit). In each, honest players
 //! relay alongside and get every message.
 
@@ -365,4 +366,27 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
     honest.relay().await;
     child.start_kill().expect("kill");
     let _ = child.wait().await;
+}
+
+/// Catches `--max-header-list-size` not reaching the HTTP/2 settings: a
+/// header block over it must be refused, one under it served.
+#[tokio::test]
+async fn a_header_block_over_the_limit_is_refused() {
+    let mut config = common::config();
+    config.max_header_list_size = 4096;
+    let server = TestServer::start_with(config).await;
+    let channel = connect(server.addr).await.expect("connect");
+    let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel.clone())).await;
+
+    let check = |padding: usize| {
+        let mut client = HealthClient::new(channel.clone());
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        let value = "a".repeat(padding).parse().expect("metadata value");
+        request.metadata_mut().insert("x-padding", value);
+        async move { tokio::time::timeout(WAIT, client.check(request)).await.expect("an answer in time") }
+    };
+    assert!(check(8 * 1024).await.is_err(), "an 8 KiB header block was served over a 4 KiB limit");
+    assert!(check(1024).await.is_ok(), "a 1 KiB header block was refused");
+    honest.relay().await;
+    server.shutdown().await;
 }
