@@ -285,11 +285,13 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// are freed. The server runs as a child process with a lowered limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"));
     command
-        .args(["--listen", &addr.to_string(), "--health-listen", "off", "--metrics-listen", "off"])
+        .args(["--listen", &addr.to_string(), "--health-listen", "off"])
+        .args(["--metrics-listen", &metrics_addr.to_string()])
         .args(["--first-request-timeout", "60s", "--log-format", "text"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -331,7 +333,9 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
         assert!(tokio::time::Instant::now() < deadline, "server not serving");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut honest = Honest::join(addr, &mut SessionServiceClient::new(backend)).await;
+    // Kept open to the end: one of the connections the gauge must show.
+    let mut sessions = SessionServiceClient::new(backend);
+    let mut honest = Honest::join(addr, &mut sessions).await;
 
     // More connections than the server has descriptors left.
     let mut flood = Vec::new();
@@ -364,6 +368,20 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     honest.relay().await;
+
+    // The failed accepts are counted, and the gauge comes back to the
+    // honest connections alone (the backend's and the two players').
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = scrape(metrics_addr).await;
+        let errors = metric(&metrics, "game_session_accept_errors_total{listener=\"main\"}");
+        let open = metric(&metrics, "game_session_connections_open{listener=\"main\"}");
+        if errors.is_some_and(|errors| errors >= 1.0) && open == Some(3.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "accept errors {errors:?}, connections open {open:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.start_kill().expect("kill");
     let _ = child.wait().await;
 }
@@ -389,4 +407,21 @@ async fn a_header_block_over_the_limit_is_refused() {
     assert!(check(1024).await.is_ok(), "a 1 KiB header block was refused");
     honest.relay().await;
     server.shutdown().await;
+}
+
+/// The Prometheus text from a metrics endpoint (empty when it cannot be read).
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let read = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    tokio::time::timeout(WAIT, read).await.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+/// The value of the sample named (with its labels) `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
