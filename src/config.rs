@@ -130,10 +130,48 @@ pub struct Config {
     pub max_watchers_per_connection: usize,
 
     /// Most streams (Play streams and calls) open at once on one HTTP/2
-    /// connection; a client that multiplexes many players on one connection
-    /// needs this many.
-    #[arg(long, env = "GAME_SESSION_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000)]
+    /// connection. It bounds what one connection can make the server hold;
+    /// a client that multiplexes more players than this on one connection
+    /// (a load generator: `gsctl bench connections` passes what it needs
+    /// to a server it starts) must raise it.
+    #[arg(long, env = "GAME_SESSION_MAX_STREAMS_PER_CONNECTION", default_value_t = 1_000)]
     pub max_streams_per_connection: u32,
+
+    /// Most connections open at once on each gRPC address (main, backend,
+    /// health, counted apart). A connection over it is closed as soon as it
+    /// is accepted, and counted in `game_session_connections_refused_total`,
+    /// so that a flood of connections cannot take every file descriptor.
+    /// Keep the process's open-files limit above the sum.
+    #[arg(long, env = "GAME_SESSION_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A connection must send its first request (a call or a Play stream)
+    /// within this time of being accepted (after the TLS handshake, with
+    /// TLS on), or it is closed: a client that connects and sends nothing,
+    /// or only the HTTP/2 preface, holds nothing for longer. Later idleness
+    /// is left to the keepalive.
+    #[arg(long, env = "GAME_SESSION_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+
+    /// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`,
+    /// decoded size), in bytes; a larger one is refused before it is
+    /// buffered. A bearer token and gRPC's own headers fit many times over.
+    #[arg(long, env = "GAME_SESSION_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024)]
+    pub max_header_list_size: u32,
+
+    /// HTTP/2 rapid-reset protection (CVE-2023-44487): most streams a
+    /// client may open and reset before the server has taken them up, on
+    /// one connection; past it the connection is closed with GOAWAY
+    /// (ENHANCE_YOUR_CALM). An honest client resets streams it has used,
+    /// which do not count.
+    #[arg(long, env = "GAME_SESSION_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20)]
+    pub max_pending_accept_reset_streams: usize,
+
+    /// HTTP/2 protection against clients that make the server reset streams
+    /// (malformed frames and the like, "MadeYouReset"): most such resets on
+    /// one connection before it is closed with GOAWAY (ENHANCE_YOUR_CALM).
+    #[arg(long, env = "GAME_SESSION_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 1024)]
+    pub max_local_error_reset_streams: usize,
 
     /// Interval of HTTP/2 keepalive pings on every connection.
     #[arg(long, env = "GAME_SESSION_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -364,6 +402,9 @@ impl Config {
             ("max-watchers", self.max_watchers),
             ("max-watchers-per-connection", self.max_watchers_per_connection),
             ("max-streams-per-connection", self.max_streams_per_connection as usize),
+            ("max-connections", self.max_connections),
+            ("max-pending-accept-reset-streams", self.max_pending_accept_reset_streams),
+            ("max-local-error-reset-streams", self.max_local_error_reset_streams),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -393,6 +434,12 @@ impl Config {
         }
         if self.join_timeout.is_zero() {
             return Err("--join-timeout must be positive".into());
+        }
+        if self.first_request_timeout.is_zero() {
+            return Err("--first-request-timeout must be positive".into());
+        }
+        if self.max_header_list_size < 1024 {
+            return Err("--max-header-list-size must be at least 1024 bytes".into());
         }
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be positive".into());
@@ -482,6 +529,19 @@ mod tests {
         assert_eq!(json.log_format, LogFormat::Json);
     }
 
+    /// Catches a connection limit whose default drifts from the one README
+    /// and the chart document (or is lifted altogether).
+    #[test]
+    fn connection_limits_have_their_documented_defaults() {
+        let config = Config::default();
+        assert_eq!(config.max_connections, 10_000);
+        assert_eq!(config.first_request_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_streams_per_connection, 1_000);
+        assert_eq!(config.max_header_list_size, 16 * 1024);
+        assert_eq!(config.max_pending_accept_reset_streams, 20);
+        assert_eq!(config.max_local_error_reset_streams, 1024);
+    }
+
     /// Catches settings that contradict each other being accepted.
     #[test]
     fn validation_rejects_contradictions() {
@@ -497,6 +557,12 @@ mod tests {
         assert_eq!(bad(&["--outbound-queue", "1"]), Err("--outbound-queue must be at least 2".into()));
         assert_eq!(bad(&["--max-sessions", "0"]), Err("--max-sessions must be at least 1".into()));
         assert_eq!(bad(&["--idle-timeout", "0s"]), Err("--idle-timeout must be positive".into()));
+        assert_eq!(bad(&["--max-connections", "0"]), Err("--max-connections must be at least 1".into()));
+        assert_eq!(bad(&["--first-request-timeout", "0s"]), Err("--first-request-timeout must be positive".into()));
+        assert_eq!(
+            bad(&["--max-header-list-size", "100"]),
+            Err("--max-header-list-size must be at least 1024 bytes".into())
+        );
         assert!(bad(&["--listen", "127.0.0.1:7000", "--backend-listen", "127.0.0.1:7000"]).is_err());
         assert!(Config::try_parse_from(["game-session", "--drain-period", "soon"]).is_err());
         assert_eq!(

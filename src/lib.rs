@@ -24,6 +24,9 @@
 //! - [`auth`]: who is calling: player tokens on Play (the player id is the
 //!   token's `sub`), admin tokens or API keys on SessionService, and the keys
 //!   that verify them (HS256 secret, PEM keys, JWKS).
+//! - [`connections`]: accepting and serving the gRPC connections: the cap
+//!   on connections, the first request's deadline, accept errors backed off,
+//!   and the HTTP/2 limits (streams, headers, rapid reset).
 //! - [`tls`]: rustls on the gRPC ports, certificates reloaded on change, and
 //!   mutual TLS on the backend address.
 //! - [`error`]: typed errors, with no gRPC in them.
@@ -48,6 +51,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod metrics;
 pub mod pb;
@@ -62,9 +66,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::transport::Server;
-use tonic::transport::server::Router;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -144,12 +146,7 @@ pub async fn run(
     }
 
     let stop = CancellationToken::new();
-    let builder = || {
-        Server::builder()
-            .max_concurrent_streams(config.max_streams_per_connection)
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-    };
+    let settings = connections::Settings::from_config(&config);
     // Both reflection versions (grpcurl 1.8 speaks only v1alpha), each also
     // listing the other, so that every client sees every service.
     let reflection = || -> Result<_, BoxError> {
@@ -165,13 +162,14 @@ pub async fn run(
 
     let main_addr = listeners.main.local_addr()?;
     let (v1, v1alpha) = reflection()?;
-    let mut main_router =
-        builder().add_service(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(player_api);
+    let mut main_routes =
+        Routes::new(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(player_api);
     if listeners.backend.is_none() {
-        main_router = main_router.add_service(session_api.clone());
+        main_routes = main_routes.add_service(session_api.clone());
     }
     let backend_api_here = listeners.backend.is_none();
-    let mut servers = vec![serve(main_router, listeners.main, tls.clone(), false, &stop)];
+    let main_tls = tls.clone().map(|tls| (tls, false));
+    let mut servers = vec![serve(main_routes, listeners.main, "main", main_tls, &settings, &stop)];
     info!(address = %main_addr, backend_api = backend_api_here, tls = tls.is_some(), auth = auth.is_on(), "serving players");
     if !auth.is_on() {
         warn!(
@@ -183,15 +181,15 @@ pub async fn run(
     if let Some(backend) = listeners.backend {
         let backend_addr = backend.local_addr()?;
         let (v1, v1alpha) = reflection()?;
-        let router =
-            builder().add_service(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(session_api);
-        servers.push(serve(router, backend, tls.clone(), true, &stop));
+        let routes = Routes::new(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(session_api);
+        let backend_tls = tls.clone().map(|tls| (tls, true));
+        servers.push(serve(routes, backend, "backend", backend_tls, &settings, &stop));
         let mtls = config.tls.tls_client_ca_file.is_some();
         info!(address = %backend_addr, tls = tls.is_some(), mtls, "serving the backend API");
     }
     if let Some(health) = listeners.health {
         let health_addr = health.local_addr()?;
-        servers.push(serve(builder().add_service(health_service), health, None, false, &stop));
+        servers.push(serve(Routes::new(health_service), health, "health", None, &settings, &stop));
         info!(address = %health_addr, "serving health checks (plain text)");
     }
     tokio::spawn(auth.refresh(stop.clone()));
@@ -207,8 +205,7 @@ pub async fn run(
     if let Some(result) = failed {
         stop.cancel();
         return match result {
-            Ok(Ok(())) => Err("a server stopped unexpectedly".into()),
-            Ok(Err(err)) => Err(err.into()),
+            Ok(()) => Err("a server stopped unexpectedly".into()),
             Err(err) => Err(err.into()),
         };
     }
@@ -237,24 +234,18 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves `router` on `listener` until `stop`, over TLS when `tls` is set
-/// (with the backend's settings when `backend`). Connections get
-/// `TCP_NODELAY`: a game's small messages must not wait for Nagle's
-/// algorithm.
+/// Serves `routes` on `listener` (named `name` in metrics and logs) until
+/// `stop`, over TLS when `tls` is set, with the connection limits and HTTP/2
+/// settings of [`connections`].
 fn serve(
-    router: Router,
+    routes: Routes,
     listener: TcpListener,
-    tls: Option<Arc<Tls>>,
-    backend: bool,
+    name: &'static str,
+    tls: Option<(Arc<Tls>, bool)>,
+    settings: &connections::Settings,
     stop: &CancellationToken,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    let stop = stop.clone().cancelled_owned();
-    match tls {
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener, backend), stop)),
-        None => tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop),
-        ),
-    }
+) -> JoinHandle<()> {
+    tokio::spawn(connections::serve(routes.prepare(), listener, name, tls, settings.clone(), stop.clone()))
 }
 
 fn registry_config(config: &Config) -> RegistryConfig {

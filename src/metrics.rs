@@ -81,6 +81,19 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "game_session_tls_handshake_failures_to
 /// Certificate reloads after a change on disk, by `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "game_session_tls_reloads_total";
 
+/// Connections open now on a gRPC address, by `listener` (`main`,
+/// `backend`, `health`).
+pub const CONNECTIONS_OPEN: &str = "game_session_connections_open";
+/// Connections closed as soon as accepted, by `listener` and `reason`
+/// (`limit`: `--max-connections` were open).
+pub const CONNECTIONS_REFUSED: &str = "game_session_connections_refused_total";
+/// Connections closed because no request came within
+/// `--first-request-timeout`, by `listener`.
+pub const CONNECTIONS_TIMED_OUT: &str = "game_session_connections_first_request_timeouts_total";
+/// Failed accepts (out of file descriptors and the like), by `listener`;
+/// each is followed by a pause that doubles up to a second.
+pub const ACCEPT_ERRORS: &str = "game_session_accept_errors_total";
+
 /// Histogram buckets of [`RPC_DURATION`], in seconds.
 const RPC_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -113,6 +126,10 @@ fn describe() {
     describe_counter!(JWKS_REFRESH_FAILURES, "JWKS reads on the refresh interval that failed.");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes that failed, by reason.");
     describe_counter!(TLS_RELOADS, "TLS certificate reloads after a change on disk, by result.");
+    describe_gauge!(CONNECTIONS_OPEN, "Connections open now on a gRPC address, by listener.");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections closed as soon as accepted, by listener and reason.");
+    describe_counter!(CONNECTIONS_TIMED_OUT, "Connections closed for sending no request in time, by listener.");
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener.");
     describe_counter!(SPANS_DROPPED, "Spans not exported: dropped at the queue's bound or in a failed export.");
 }
 
@@ -149,6 +166,26 @@ pub(crate) const EVENT_KINDS: [&str; 4] = ["relay", "backend", "presence", "ende
 /// go of it, and copied into the gauge at each scrape.
 pub(crate) static EVENT_BYTES: [std::sync::atomic::AtomicUsize; 4] =
     [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
+
+/// The connections open now on `listener`.
+pub(crate) fn connections_open(listener: &'static str) -> Gauge {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener)
+}
+
+/// Counts a connection refused for `reason`.
+pub(crate) fn connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// Counts a connection closed for sending no request in time.
+pub(crate) fn connection_timed_out(listener: &'static str) {
+    counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).increment(1);
+}
+
+/// Counts a failed accept.
+pub(crate) fn accept_failed(listener: &'static str) {
+    counter!(ACCEPT_ERRORS, "listener" => listener).increment(1);
+}
 
 /// Scrapes served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;

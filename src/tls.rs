@@ -3,8 +3,9 @@
 //! when they change, and optional client-certificate verification (mutual
 //! TLS) on the backend address.
 //!
-//! Handshakes run in their own tasks with a deadline, so a client that
-//! stalls mid-handshake holds nothing but its own socket.
+//! Handshakes run in their own tasks with a deadline ([`crate::connections`]
+//! accepts and hands them over), so a client that stalls mid-handshake holds
+//! nothing but its own socket.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,11 +16,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -30,7 +27,7 @@ use crate::telemetry::Throttle;
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted whose handshakes have not finished, per address.
-const HANDSHAKES_IN_FLIGHT: usize = 1024;
+pub(crate) const HANDSHAKES_IN_FLIGHT: usize = 1024;
 
 /// The process's one rustls crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -182,56 +179,15 @@ impl Tls {
             .collect()
     }
 
-    /// The TLS connections of `listener`: accepted, handshaken concurrently
-    /// (each within [`HANDSHAKE_TIMEOUT`]), and yielded once secure. `backend`
-    /// picks the backend settings (client certificates, when configured).
-    /// Ends when the returned stream is dropped.
-    pub fn incoming(
-        self: Arc<Self>,
-        listener: TcpListener,
-        backend: bool,
-    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-        let (tx, rx) = mpsc::channel(HANDSHAKES_IN_FLIGHT);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(5);
-            loop {
-                let accepted = tokio::select! {
-                    () = tx.closed() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => {
-                        backoff = Duration::from_millis(5);
-                        accepted
-                    }
-                    // Out of file descriptors and the like: wait, and try again.
-                    Err(err) => {
-                        warn!(error = %err, ?backoff, "accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok(permit) = tx.clone().reserve_owned().await else { return };
-                let acceptor = TlsAcceptor::from(self.current(backend));
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            permit.send(Ok(stream));
-                        }
-                        Ok(Err(err)) => handshake_failed("error", peer, &err.to_string()),
-                        Err(_) => handshake_failed("timeout", peer, "no handshake within the deadline"),
-                    }
-                });
-            }
-        });
-        ReceiverStream::new(rx)
+    /// An acceptor with the current settings, for one new connection:
+    /// the backend's (client certificates, when configured) when `backend`.
+    pub(crate) fn acceptor(&self, backend: bool) -> TlsAcceptor {
+        TlsAcceptor::from(self.current(backend))
     }
 }
 
 /// Counts a failed handshake, and logs it at most once a second per reason.
-fn handshake_failed(reason: &'static str, peer: std::net::SocketAddr, error: &str) {
+pub(crate) fn handshake_failed(reason: &'static str, peer: std::net::SocketAddr, error: &str) {
     static LOG: std::sync::LazyLock<Throttle<&'static str>> = std::sync::LazyLock::new(Throttle::default);
     crate::metrics::tls_handshake_failed(reason);
     if let Some(suppressed) = LOG.admit(reason) {

@@ -1,7 +1,8 @@
 //! TLS against the real server over TCP, with certificates made for each
 //! test: both gRPC addresses over TLS, mutual TLS on the backend address, a
-//! certificate rotated on disk and served without a restart, and the
-//! plain-text health address that probes use meanwhile.
+//! certificate rotated on disk and served without a restart, the
+//! plain-text health address that probes use meanwhile, and the first
+//! request's deadline after a handshake.
 
 mod common;
 
@@ -191,5 +192,57 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     assert_eq!(served_certificate(server.addr, &ca).await, der(&second.cert_pem));
     let response = SessionServiceClient::new(before).list_sessions(pb::ListSessionsRequest::default()).await;
     assert_eq!(response.expect("the earlier connection goes on").into_inner().sessions.len(), 0);
+    server.shutdown().await;
+}
+
+/// Catches the first request's deadline being lost on the TLS path (where
+/// the handshake runs in a task of its own): a client that completes the
+/// handshake and then sends nothing is closed, while players relay over TLS.
+#[tokio::test]
+async fn a_tls_connection_that_sends_no_request_is_closed_by_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let mut config = tls_config(dir.path(), &ca.server());
+    config.backend_listen = None;
+    config.first_request_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let created = SessionServiceClient::new(channel(server.addr, Some(client_tls(&ca, None))).await.expect("connect"))
+        .create_session(pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() })
+        .await
+        .expect("create over TLS");
+    let session = created.into_inner().session.expect("session").session_id;
+    let over_tls = || Connect { tls: Some(client_tls(&ca, None)), ..Connect::default() };
+    let alice = Player::try_join(server.addr, join_session(&session, "alice"), over_tls()).await.expect("alice");
+    let mut bob = Player::try_join(server.addr, join_session(&session, "bob"), over_tls()).await.expect("bob");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA")).expect("root");
+    let mut client = rustls::ClientConfig::builder_with_provider(game_session::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut silent =
+        tokio::time::timeout(WAIT, connector.connect(name, tcp)).await.expect("in time").expect("handshake");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a TLS connection without a request was held");
+    for round in 0..10u8 {
+        alice.relay(&[round], &[]).await;
+        assert_eq!(bob.next_relayed().await.payload, vec![round]);
+    }
     server.shutdown().await;
 }

@@ -114,6 +114,25 @@ impl Run for Connections {
         )
     }
 
+    /// More streams on a connection than the server's default allows (N
+    /// players over C connections, the warm-up's on one), and, with a
+    /// connection per player, more connections.
+    fn server_args(&self) -> Vec<String> {
+        let warmup_players = self.warmup_sessions * self.per_session();
+        let streams = if self.connection_per_player {
+            1
+        } else {
+            self.players.div_ceil(self.connection_count()).max(warmup_players)
+        };
+        // Room for the scenario's own calls (creating sessions, reading metrics).
+        let mut args = vec!["--max-streams-per-connection".to_owned(), (streams + 64).max(1_000).to_string()];
+        let connections = self.connection_count() + 64;
+        if connections > 10_000 {
+            args.extend(["--max-connections".to_owned(), connections.to_string()]);
+        }
+        args
+    }
+
     async fn run(&self, server: &Server) -> Result<Measured, Failure> {
         if self.players == 0 || self.ping_interval.is_zero() {
             return Err("--players and --ping-interval must be above zero".into());

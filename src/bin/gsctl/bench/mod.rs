@@ -364,6 +364,11 @@ trait Run {
     fn describe(&self) -> String;
     /// Runs the scenario against `server`.
     async fn run(&self, server: &Server) -> Result<Measured, Failure>;
+    /// Flags a game-session server started for the scenario needs beyond
+    /// its defaults (a server given with `--addr` must be started with them).
+    fn server_args(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Runs the scenario against the target, then prints the report.
@@ -550,6 +555,7 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, name: &'static str, bin: &
         // its metrics endpoint on a free port (metrics on, as deployed).
         command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
         command.args(["--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
+        command.args(scenario.server_args());
         if secure {
             let files = secure::SecureFiles::create()?;
             command.args(files.server_args());

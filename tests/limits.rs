@@ -1,0 +1,427 @@
+//! Connection and stream limits against hostile clients, over real TCP:
+//! the first request's deadline, the connection cap, rapid reset, the
+//! header-size limit, streams that never join, and running out of file
+//! descriptors (the server binary
+//! as a child process, with its own lowered limit). In each, honest players
+//! relay alongside and get every message.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Player, TestServer, WAIT};
+use game_session::pb;
+use game_session::pb::player_service_client::PlayerServiceClient;
+use game_session::pb::session_service_client::SessionServiceClient;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Two honest players in one session: `a` relays, `b` receives.
+struct Honest {
+    a: Player,
+    b: Player,
+    sent: u32,
+}
+
+impl Honest {
+    async fn join(addr: std::net::SocketAddr, sessions: &mut SessionServiceClient<Channel>) -> Self {
+        let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 2, ..Default::default() };
+        let created = sessions.create_session(request).await.expect("create session").into_inner();
+        let session = created.session.expect("session").session_id;
+        let mut a = Player::join_as(addr, &session, "honest-a").await;
+        let b = Player::join_as(addr, &session, "honest-b").await;
+        let joined = a.next_presence().await;
+        assert_eq!(joined.kind, pb::PresenceKind::Joined as i32, "{joined:?}");
+        Honest { a, b, sent: 0 }
+    }
+
+    /// One relay from `a`, which `b` must receive, in order.
+    async fn relay(&mut self) {
+        self.sent += 1;
+        let payload = format!("honest {}", self.sent);
+        self.a.relay(payload.as_bytes(), &[]).await;
+        let relayed = self.b.next_relayed().await;
+        assert_eq!(relayed.payload.as_ref(), payload.as_bytes());
+    }
+}
+
+/// Reads until the server closes the connection: `true` when it did within
+/// `WAIT` (EOF or a reset), `false` when it still holds it.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read_to_end).await.is_ok()
+}
+
+/// A channel on a connection of its own.
+async fn connect(addr: std::net::SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await
+}
+
+/// A health check on `channel`: `true` when answered.
+async fn healthy(channel: &Channel) -> bool {
+    let mut client = HealthClient::new(channel.clone());
+    let check = client.check(HealthCheckRequest { service: String::new() });
+    matches!(tokio::time::timeout(WAIT, check).await, Ok(Ok(_)))
+}
+
+/// Catches a connection that sends nothing, or only the HTTP/2 preface,
+/// being held forever (or an honest player's connection being closed by the
+/// same deadline).
+#[tokio::test]
+async fn silent_connections_and_a_lone_preface_are_closed_by_the_deadline() {
+    let mut config = common::config();
+    config.first_request_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let channel = connect(server.addr).await.expect("connect");
+    let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel)).await;
+
+    let mut silent: Vec<TcpStream> = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let mut preface_only = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(PREFACE).await.expect("preface");
+        // An empty SETTINGS frame: the rest of a client's preface.
+        stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.expect("settings");
+        preface_only.push(stream);
+    }
+    honest.relay().await;
+    for stream in silent.iter_mut().chain(preface_only.iter_mut()) {
+        assert!(closed_by_server(stream).await, "a connection without a request was held");
+    }
+    // Well past the deadline, the honest players' connections still work.
+    for _ in 0..20 {
+        honest.relay().await;
+    }
+    server.shutdown().await;
+}
+
+/// Catches connections beyond `--max-connections` being served (or
+/// queued) instead of closed at once, and a cap that does not free a slot
+/// when a connection closes.
+#[tokio::test]
+async fn the_connection_cap_refuses_the_excess_and_recovers() {
+    let mut config = common::config();
+    config.max_connections = 4;
+    let server = TestServer::start_with(config).await;
+    // Three connections: the backend's and the two players'.
+    let backend = connect(server.addr).await.expect("connect");
+    let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(backend.clone())).await;
+    let fourth = connect(server.addr).await.expect("connect");
+    assert!(healthy(&fourth).await, "the fourth connection is within the cap");
+
+    for _ in 0..5 {
+        let refused = match connect(server.addr).await {
+            Ok(channel) => !healthy(&channel).await,
+            Err(_) => true,
+        };
+        assert!(refused, "a connection over the cap was served");
+        let mut raw = TcpStream::connect(server.addr).await.expect("connect");
+        assert!(closed_by_server(&mut raw).await, "a connection over the cap was held");
+        honest.relay().await;
+    }
+
+    drop(fourth);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(channel) = connect(server.addr).await
+            && healthy(&channel).await
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection served after one closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    honest.relay().await;
+    assert!(healthy(&backend).await);
+    server.shutdown().await;
+}
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    frame.push(kind);
+    frame.push(flags);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Catches the HTTP/2 rapid-reset attack (CVE-2023-44487) being served:
+/// a client that opens and resets streams faster than they are taken up
+/// must get GOAWAY with ENHANCE_YOUR_CALM, while honest players go on.
+#[tokio::test]
+async fn a_rapid_reset_client_gets_goaway_and_honest_players_go_on() {
+    let server = TestServer::start_with(common::config()).await;
+    let channel = connect(server.addr).await.expect("connect");
+    let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel)).await;
+
+    let mut attack = PREFACE.to_vec();
+    attack.extend(frame(0x4, 0, 0, &[]));
+    // HPACK, static table: :method POST, :scheme http, :path /.
+    let headers = [0x83, 0x86, 0x84];
+    // A hundred pairs: past the limit of 20, and small enough to arrive
+    // and be read whole, so that the server's close does not turn into a
+    // reset that discards its GOAWAY before this client reads it.
+    for i in 0..100u32 {
+        let stream = 2 * i + 1;
+        attack.extend(frame(0x1, 0x4, stream, &headers));
+        attack.extend(frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // The server may close before it has read it all.
+    let _ = stream.write_all(&attack).await;
+
+    let mut received = Vec::new();
+    let mut goaway = None;
+    let read = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    assert!(tokio::time::timeout(WAIT, read).await.is_ok(), "the attacker's connection stayed open");
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
+        let kind = received[at + 3];
+        let payload = &received[(at + 9).min(received.len())..(at + 9 + length).min(received.len())];
+        if kind == 0x7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+        }
+        at += 9 + length;
+    }
+    assert_eq!(goaway, Some(0xb), "expected GOAWAY with ENHANCE_YOUR_CALM");
+    for _ in 0..10 {
+        honest.relay().await;
+    }
+    server.shutdown().await;
+}
+
+/// Catches Play streams that never send their join being held past the
+/// join timeout (or leaving anything in the registry), a thousand at once.
+#[tokio::test]
+async fn a_thousand_streams_that_never_join_all_end_at_the_join_timeout() {
+    let mut config = common::config();
+    config.join_timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(config).await;
+    let backend = connect(server.addr).await.expect("connect");
+    let mut sessions = SessionServiceClient::new(backend);
+    let mut honest = Honest::join(server.addr, &mut sessions).await;
+
+    let channels = [connect(server.addr).await.expect("connect"), connect(server.addr).await.expect("connect")];
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let channel = channels[i % 2].clone();
+        streams.spawn(async move {
+            // Held open and never sent on: the stream never joins.
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::ClientMessage>(1);
+            let call = async {
+                let mut inbound = PlayerServiceClient::new(channel).play(ReceiverStream::new(rx)).await?.into_inner();
+                loop {
+                    if inbound.message().await?.is_none() {
+                        return Ok(());
+                    }
+                }
+            };
+            let outcome: Result<(), tonic::Status> = tokio::time::timeout(WAIT * 3, call).await.expect("ended");
+            drop(tx);
+            outcome.err().map(|status| status.code())
+        });
+    }
+    let mut deadline_exceeded = 0;
+    while let Some(outcome) = streams.join_next().await {
+        if outcome.expect("stream task") == Some(Code::DeadlineExceeded) {
+            deadline_exceeded += 1;
+        }
+        if deadline_exceeded % 100 == 0 {
+            honest.relay().await;
+        }
+    }
+    assert_eq!(deadline_exceeded, 1000);
+    let listed = sessions.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions.len(), 1, "only the honest session is left");
+    honest.relay().await;
+    server.shutdown().await;
+}
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces), from field 3.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+/// Catches an accept loop that spins a core, silently, while the process is
+/// out of file descriptors, and one that does not serve again once they
+/// are freed. The server runs as a child process with a lowered limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"));
+    command
+        .args(["--listen", &addr.to_string(), "--health-listen", "off"])
+        .args(["--metrics-listen", &metrics_addr.to_string()])
+        .args(["--first-request-timeout", "60s", "--log-format", "text"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: setrlimit is async-signal-safe, and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn the server");
+    let pid = child.id().expect("pid");
+    let log = Arc::new(Mutex::new(String::new()));
+    for output in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(output).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let backend = loop {
+        if let Ok(channel) = connect(addr).await {
+            break channel;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "server not serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Kept open to the end: one of the connections the gauge must show.
+    let mut sessions = SessionServiceClient::new(backend);
+    let mut honest = Honest::join(addr, &mut sessions).await;
+
+    // More connections than the server has descriptors left.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(TcpStream::connect(addr).await.expect("connect (the kernel's backlog)"));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log.lock().unwrap_or_else(|p| p.into_inner()).contains("accept failed") {
+        assert!(tokio::time::Instant::now() < deadline, "no log line for the failed accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = cpu_ticks(pid);
+    for _ in 0..20 {
+        honest.relay().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = cpu_ticks(pid) - before;
+    // Spinning would use about one tick per 10 ms, all 2 s of them (200).
+    assert!(used < 50, "the server used {used} ticks of CPU in 2 s while out of descriptors");
+
+    drop(flood);
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        if let Ok(channel) = connect(addr).await
+            && healthy(&channel).await
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not serving new connections after descriptors freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    honest.relay().await;
+
+    // The failed accepts are counted, and the gauge comes back to the
+    // honest connections alone (the backend's and the two players').
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = scrape(metrics_addr).await;
+        let errors = metric(&metrics, "game_session_accept_errors_total{listener=\"main\"}");
+        let open = metric(&metrics, "game_session_connections_open{listener=\"main\"}");
+        if errors.is_some_and(|errors| errors >= 1.0) && open == Some(3.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "accept errors {errors:?}, connections open {open:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+}
+
+/// Catches `--max-header-list-size` not reaching the HTTP/2 settings: a
+/// header block over it must be refused, one under it served.
+#[tokio::test]
+async fn a_header_block_over_the_limit_is_refused() {
+    let mut config = common::config();
+    config.max_header_list_size = 4096;
+    let server = TestServer::start_with(config).await;
+    let channel = connect(server.addr).await.expect("connect");
+    let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel.clone())).await;
+
+    let check = |padding: usize| {
+        let mut client = HealthClient::new(channel.clone());
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        let value = "a".repeat(padding).parse().expect("metadata value");
+        request.metadata_mut().insert("x-padding", value);
+        async move { tokio::time::timeout(WAIT, client.check(request)).await.expect("an answer in time") }
+    };
+    assert!(check(8 * 1024).await.is_err(), "an 8 KiB header block was served over a 4 KiB limit");
+    assert!(check(1024).await.is_ok(), "a 1 KiB header block was refused");
+    honest.relay().await;
+    server.shutdown().await;
+}
+
+/// The Prometheus text from a metrics endpoint (empty when it cannot be read).
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let read = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    tokio::time::timeout(WAIT, read).await.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+/// The value of the sample named (with its labels) `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
