@@ -92,6 +92,15 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20)]
     pub outbound_queue_bytes: usize,
 
+    /// The server's budget, in bytes, for the messages waiting in all its
+    /// players' queues (as `game_session_queued_event_bytes` counts them).
+    /// Past it, droppable messages are dropped for players whose queue is a
+    /// quarter full, and players who are behind are removed at their next
+    /// non-droppable message instead of after `--slow-player-grace`. Default: half the container's memory limit (cgroup v2
+    /// `memory.max`), or 1 GiB without one.
+    #[arg(long, env = "GAME_SESSION_QUEUED_BYTES_BUDGET")]
+    pub queued_bytes_budget: Option<usize>,
+
     /// How long a player's queue may stay at least half full ("behind") before
     /// the player is disconnected with RESOURCE_EXHAUSTED.
     #[arg(long, env = "GAME_SESSION_SLOW_PLAYER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -361,6 +370,15 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// The largest id (session or player) and the characters it may use.
 pub const MAX_ID_LEN: usize = 64;
+
+/// The default of `--queued-bytes-budget`: half of cgroup v2's
+/// `memory.max`, or 1 GiB when there is no limit.
+pub fn default_queued_bytes_budget() -> usize {
+    std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<usize>().ok())
+        .map_or(1 << 30, |max| max / 2)
+}
 
 impl Config {
     /// A config for tests: every default, listening on `127.0.0.1:0`, and

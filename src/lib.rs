@@ -257,6 +257,7 @@ fn registry_config(config: &Config) -> RegistryConfig {
         session: SessionConfig {
             outbound_queue: config.outbound_queue,
             outbound_queue_bytes: config.outbound_queue_bytes,
+            queued_bytes_budget: config.queued_bytes_budget.unwrap_or_else(config::default_queued_bytes_budget),
             slow_player_grace: config.slow_player_grace,
             inbox: config.session_inbox,
             idle_timeout: config.idle_timeout,

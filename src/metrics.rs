@@ -187,6 +187,11 @@ pub(crate) fn accept_failed(listener: &'static str) {
     counter!(ACCEPT_ERRORS, "listener" => listener).increment(1);
 }
 
+/// Bytes held by all live events (every kind).
+pub(crate) fn queued_event_bytes() -> usize {
+    EVENT_BYTES.iter().map(|bytes| bytes.load(std::sync::atomic::Ordering::Relaxed)).sum()
+}
+
 /// Scrapes served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
 

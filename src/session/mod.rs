@@ -313,6 +313,9 @@ pub struct SessionConfig {
     /// Capacity of each player's outbound queue, in bytes (see
     /// [`Delivery::weight`]).
     pub outbound_queue_bytes: usize,
+    /// The server's budget for all queued events' bytes; past it, players
+    /// who are behind go first (see `outbound.rs`).
+    pub queued_bytes_budget: usize,
     /// How long a player may stay behind before it is disconnected.
     pub slow_player_grace: Duration,
     /// Capacity of the session's command inbox.

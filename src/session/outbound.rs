@@ -21,7 +21,11 @@
 //!   its queue has room again;
 //! - a non-droppable message that does not fit, or a player behind for
 //!   longer than the grace period, disconnects the player with
-//!   RESOURCE_EXHAUSTED, and what was queued for it is freed at once.
+//!   RESOURCE_EXHAUSTED, and what was queued for it is freed at once;
+//! - while the server is past its budget for all queued bytes, a droppable
+//!   message is dropped for a player whose queue is a quarter full, and a
+//!   player who is behind is removed at its next non-droppable message rather
+//!   than after the grace period: the players holding memory go first.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -366,9 +370,35 @@ impl Outbox {
 
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for
     /// a direct message), for the dropped notice.
-    pub(super) fn offer(&mut self, delivery: Delivery, droppable: bool, sequence: u64, policy: &Policy) -> Outcome {
+    /// `over_budget`: the server is past its budget for queued bytes.
+    pub(super) fn offer(
+        &mut self,
+        delivery: Delivery,
+        droppable: bool,
+        sequence: u64,
+        policy: &Policy,
+        over_budget: bool,
+    ) -> Outcome {
         let (len, bytes) = (self.tx.len(), self.tx.bytes());
-        if len < policy.soft_limit && bytes < policy.soft_bytes {
+        let behind = len >= policy.soft_limit || bytes >= policy.soft_bytes;
+        // A quarter of capacity: well past what a promptly reading player
+        // holds between two reads.
+        let backlogged = len >= policy.soft_limit / 2 || bytes >= policy.soft_bytes / 2;
+        if over_budget && (behind || (droppable && backlogged)) {
+            if droppable {
+                if sequence != 0 {
+                    self.dropped += 1;
+                    self.last_dropped = sequence;
+                }
+                self.behind_since.get_or_insert_with(Instant::now);
+                return Outcome::BehindDropped;
+            }
+            return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
+                "the server's budget for queued messages is used up, and this player was behind \
+                 ({len} messages, {bytes} bytes waiting)"
+            ))));
+        }
+        if !behind {
             self.behind_since = None;
             if let Err(departure) = self.flush_dropped_notice() {
                 return Outcome::Depart(departure);

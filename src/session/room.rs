@@ -449,6 +449,7 @@ impl Room {
     /// Delivers a shared event to its audience under the queue policy.
     fn fan_out(&mut self, event: &Arc<SharedEvent>, to: Audience<'_>, droppable: bool, sequence: u64) {
         let mut tally = Tally::default();
+        let over_budget = self.over_budget();
         match to {
             Audience::All | Audience::AllBut(_) => {
                 // By generation rather than id: one integer compare per seat.
@@ -460,14 +461,16 @@ impl Room {
                     if Some(seat.generation) == except || seat.ended {
                         continue;
                     }
-                    let outcome = seat.outbox.offer(Delivery::Event(event.clone()), droppable, sequence, &self.policy);
+                    let delivery = Delivery::Event(event.clone());
+                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, over_budget);
                     tally.record(id, outcome, &mut self.departures);
                 }
             }
             Audience::Only(targets) => {
                 for target in targets {
                     let Some(seat) = self.seats.get_mut(target).filter(|seat| !seat.ended) else { continue };
-                    let outcome = seat.outbox.offer(Delivery::Event(event.clone()), droppable, sequence, &self.policy);
+                    let delivery = Delivery::Event(event.clone());
+                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, over_budget);
                     tally.record(target, outcome, &mut self.departures);
                 }
             }
@@ -487,13 +490,21 @@ impl Room {
 
     fn send_direct(&mut self, to: &PlayerId, message: Direct, droppable: bool) {
         let mut tally = Tally::default();
+        let over_budget = self.over_budget();
         if let Some(seat) = self.seats.get_mut(to).filter(|seat| !seat.ended) {
-            let outcome = seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy);
+            let outcome =
+                seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy, over_budget);
             tally.record(to, outcome, &mut self.departures);
         }
         if tally.behind {
             self.arm_sweep(None);
         }
+    }
+
+    /// Whether the server is past its budget for queued bytes (read once
+    /// per fan-out).
+    fn over_budget(&self) -> bool {
+        crate::metrics::queued_event_bytes() > self.config.queued_bytes_budget
     }
 
     /// Arms the sweep for a quarter grace period from now, or for

@@ -23,6 +23,11 @@ const GRACE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 
 fn new_registry(inbox: usize) -> Registry {
+    registry_with_budget(inbox, usize::MAX)
+}
+
+/// A registry whose sessions have `budget` bytes for all queued events.
+fn registry_with_budget(inbox: usize, budget: usize) -> Registry {
     let config = RegistryConfig {
         max_sessions: 10,
         default_max_players: 8,
@@ -31,6 +36,7 @@ fn new_registry(inbox: usize) -> Registry {
         session: SessionConfig {
             outbound_queue: QUEUE,
             outbound_queue_bytes: QUEUE_BYTES,
+            queued_bytes_budget: budget,
             slow_player_grace: GRACE,
             inbox,
             idle_timeout: IDLE,
@@ -421,6 +427,7 @@ fn room(registry: &Registry) -> Room {
     let config = SessionConfig {
         outbound_queue: QUEUE,
         outbound_queue_bytes: QUEUE_BYTES,
+        queued_bytes_budget: usize::MAX,
         slow_player_grace: GRACE,
         inbox: 16,
         idle_timeout: IDLE,
@@ -725,4 +732,43 @@ async fn a_queue_full_in_bytes_removes_its_player() {
     }
     assert_eq!(reader_saw.iter().filter(|s| matches!(s, Seen::Relay { .. })).count(), 4, "{reader_saw:?}");
     assert!(reader_saw.contains(&Seen::Presence(PresenceKind::Removed, "stalled".into())));
+}
+
+/// Catches a server past its budget for queued bytes that goes on queueing
+/// for players who are behind until their grace or their own capacity runs
+/// out: with no budget left, droppable messages stop queueing behind
+/// a quarter-full queue, a behind player is removed at its next
+/// non-droppable message, and a player who reads keeps its seat and every
+/// non-droppable message.
+#[tokio::test(start_paused = true)]
+async fn past_the_budget_the_players_holding_memory_go_first() {
+    // A budget of nothing: every fan-out finds the server past it.
+    let registry = registry_with_budget(16, 0);
+    let session = create(&registry);
+    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
+    let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
+    settle().await;
+    drain(&mut reader);
+    let mut reader_saw = Vec::new();
+    // One non-droppable and one droppable, over and over: the stalled
+    // player queues both until its queue is a quarter full (QUEUE / 4),
+    // then only non-droppables until it is behind (QUEUE / 2); then the
+    // next non-droppable removes it.
+    for _ in 0..QUEUE / 2 + 1 {
+        relay(&sender, false);
+        relay(&sender, true);
+        settle().await;
+        reader_saw.extend(drain(&mut reader).iter().map(seen));
+    }
+    let got: Vec<Seen> = drain(&mut stalled).iter().map(seen).collect();
+    match got.as_slice() {
+        [Seen::End(Some(Error::SlowPlayer(why)))] => assert!(why.contains("budget"), "{why}"),
+        other => panic!("expected the end alone: {other:?}"),
+    }
+    // The reader keeps every non-droppable message and its seat (with a
+    // queue this small, two at once is a quarter: it may lose a droppable).
+    let kept = reader_saw.iter().filter(|s| matches!(s, Seen::Relay { droppable: false, .. })).count();
+    assert_eq!(kept, QUEUE / 2 + 1, "{reader_saw:?}");
+    assert!(!reader_saw.iter().any(|s| matches!(s, Seen::End(_))), "{reader_saw:?}");
 }
