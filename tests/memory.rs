@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Player, WAIT, join_session};
-use game_session::pb::{self, session_service_client::SessionServiceClient};
+use game_session::pb::{self, server_message, session_service_client::SessionServiceClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
@@ -128,4 +128,59 @@ async fn never_reading_watchers_pin_little_memory() {
         per_watcher >> 10
     );
     drop(watchers);
+}
+
+/// Catches slow players that pin memory without bound: eight players who
+/// stop reading while 60 KiB relays keep coming (once 511 MiB held for as
+/// long as their connections answered pings) are removed when their queues
+/// hold `--outbound-queue-bytes`, and what was queued for them is freed at
+/// once; the honest reader gets every relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_slow_players_free_their_queues() {
+    const PAYLOAD: usize = 60 * 1024;
+    const RELAYS: u32 = 200;
+    let (child, addr) = spawn(&["--outbound-queue-bytes", "2097152", "--max-players-limit", "16"]).await;
+    let mut api = SessionServiceClient::new(channel(&addr).await);
+    let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 10, ..Default::default() };
+    let session = api.create_session(request).await.expect("create").into_inner().session.expect("session").session_id;
+    let addr: std::net::SocketAddr = addr.parse().expect("addr");
+    let before = rss(&child);
+
+    let mut reader = Player::join(addr, join_session(&session, "reader")).await;
+    // Small HTTP/2 windows: what they do not read waits in the server.
+    let connect = common::Connect { window: Some(16 * 1024), ..Default::default() };
+    let mut stalled = Vec::new();
+    for n in 0..8 {
+        let join = join_session(&session, &format!("stalled-{n}"));
+        stalled.push(Player::try_join(addr, join, connect.clone()).await.expect("join"));
+    }
+    let sender = Player::join(addr, join_session(&session, "sender")).await;
+    let mut removed = 0;
+    let mut relayed = 0u32;
+    let sending = async {
+        for n in 0..RELAYS {
+            let mut payload = vec![0u8; PAYLOAD];
+            payload[..4].copy_from_slice(&n.to_be_bytes());
+            sender.relay(&payload, &[]).await;
+        }
+    };
+    let reading = async {
+        while relayed < RELAYS {
+            match reader.next().await {
+                server_message::Kind::Relayed(relay) => {
+                    assert_eq!(relay.payload[..4], relayed.to_be_bytes(), "the reader lost or reordered a relay");
+                    relayed += 1;
+                }
+                server_message::Kind::Presence(presence) if presence.kind == pb::PresenceKind::Removed as i32 => {
+                    removed += 1;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::join!(sending, reading);
+    assert_eq!(removed, 8, "every stalled player was removed");
+    let grown = rss(&child).saturating_sub(before);
+    assert!(grown < 64 << 20, "eight removed players still hold {} MiB", grown >> 20);
+    drop(stalled);
 }
