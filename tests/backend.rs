@@ -533,3 +533,77 @@ async fn watchers_are_capped_per_connection_and_in_total() {
     drop((b, c, d));
     server.shutdown().await;
 }
+
+/// Catches a watch whose initial listing and events do not meet exactly at
+/// its `synced` revision while sessions change under it (a session listed
+/// and then created again, or changed and missed): replaying the events
+/// after the listing gives exactly what ListSessions says once the churn
+/// stops, and the revisions strictly increase.
+#[tokio::test]
+async fn a_watch_replayed_equals_the_registry_under_churn() {
+    let mut config = common::config();
+    config.watch_buffer = 4096;
+    let server = TestServer::start_with(config).await;
+    let mut api = server.sessions().await;
+    for _ in 0..50 {
+        api.create_session(create("relay", &[])).await.expect("create");
+    }
+    // Churn: create and end sessions while the watch starts and lists.
+    let churn = {
+        let mut api = server.sessions().await;
+        tokio::spawn(async move {
+            for n in 0..100 {
+                let id = api.create_session(create("relay", &[])).await.expect("create").into_inner().session;
+                if n % 2 == 0 {
+                    let end =
+                        pb::EndSessionRequest { session_id: id.expect("session").session_id, message: String::new() };
+                    api.end_session(end).await.expect("end");
+                }
+            }
+        })
+    };
+    let mut watch = api.watch_sessions(pb::WatchSessionsRequest::default()).await.expect("watch").into_inner();
+    let mut next = async || {
+        let message = tokio::time::timeout(WAIT, watch.message()).await.expect("in time").expect("ok").expect("open");
+        message.kind.expect("kind")
+    };
+    use watch_sessions_response::Kind as W;
+    let mut live = BTreeSet::new();
+    let mut revision = loop {
+        match next().await {
+            W::Initial(session) => assert!(live.insert(session.session_id), "a session listed twice"),
+            W::Synced(synced) => break synced.revision,
+            other => panic!("an event before synced: {other:?}"),
+        }
+    };
+    churn.await.expect("churn");
+    let listed: BTreeSet<String> = {
+        let request = pb::ListSessionsRequest { page_size: 1000, ..Default::default() };
+        api.list_sessions(request)
+            .await
+            .expect("list")
+            .into_inner()
+            .sessions
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect()
+    };
+    // Replay until the watch agrees with the registry (each event moves it
+    // one step; every step's revision is the next one).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while live != listed {
+        assert!(tokio::time::Instant::now() < deadline, "the replay never matched the registry");
+        let W::Event(event) = next().await else { panic!("expected an event") };
+        assert_eq!(event.revision, revision + 1, "revisions step by one");
+        revision = event.revision;
+        let id = event.session.expect("session").session_id;
+        match SessionEventKind::try_from(event.kind) {
+            Ok(SessionEventKind::Created) => assert!(live.insert(id), "created twice"),
+            Ok(SessionEventKind::Ended) => assert!(live.remove(&id), "ended but never seen"),
+            Ok(SessionEventKind::Updated) => assert!(live.contains(&id), "updated but never seen"),
+            other => panic!("unexpected event kind {other:?}"),
+        }
+    }
+    assert_eq!(live.len(), 100);
+    server.shutdown().await;
+}
