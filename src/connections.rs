@@ -35,10 +35,10 @@ use crate::telemetry::Throttle;
 use crate::tls::Tls;
 
 /// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub(crate) const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause after failed accepts: long enough not to spin while
 /// file descriptors are out, short enough to serve again soon after.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub(crate) const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How one address serves its connections; the same for every address.
 #[derive(Clone)]
@@ -232,7 +232,7 @@ impl Drop for Open {
 }
 
 /// Counts a failed accept, and logs it at most once a second per address.
-fn accept_failed(name: &'static str, err: &std::io::Error, backoff: Duration) {
+pub(crate) fn accept_failed(name: &'static str, err: &std::io::Error, backoff: Duration) {
     static LOG: std::sync::LazyLock<Throttle<&'static str>> = std::sync::LazyLock::new(Throttle::default);
     crate::metrics::accept_failed(name);
     if let Some(suppressed) = LOG.admit(name) {

@@ -21,7 +21,7 @@ use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, d
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Sessions running now, by `mode`.
 pub const SESSIONS_ACTIVE: &str = "game_session_sessions_active";
@@ -210,14 +210,20 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     });
     let state = Arc::new((handle, metrics_process::Collector::default()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = crate::connections::ACCEPT_BACKOFF_MIN;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff = crate::connections::ACCEPT_BACKOFF_MIN;
+                stream
+            }
+            // E.g. out of file descriptors: back off instead of spinning, as
+            // the gRPC addresses do (counted, and logged once a second).
             Err(err) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                warn!(error = %err, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::connections::accept_failed("metrics", &err, backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(crate::connections::ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
