@@ -106,6 +106,36 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_SLOW_PLAYER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_player_grace: Duration,
 
+    /// Messages a second each player may send on average (relays, pings and
+    /// refused messages alike; a leave is not counted), or 0 for no limit.
+    /// Messages over it are dropped and counted
+    /// (`game_session_messages_rate_limited_total`), and the player is told
+    /// with a RESOURCE_EXHAUSTED `error` at most once a second. The default
+    /// is ten times a 20 Hz game's rate.
+    #[arg(long, env = "GAME_SESSION_PLAYER_MESSAGE_RATE", default_value_t = 200)]
+    pub player_message_rate: u64,
+
+    /// Messages a player may send at once above `--player-message-rate`
+    /// (the token bucket's size).
+    #[arg(long, env = "GAME_SESSION_PLAYER_MESSAGE_BURST", default_value_t = 400)]
+    pub player_message_burst: u64,
+
+    /// Bytes a second each player may send on average (relay payloads and
+    /// target ids), or 0 for no limit; as `--player-message-rate` over it.
+    #[arg(long, env = "GAME_SESSION_PLAYER_BYTE_RATE", default_value_t = 1 << 20)]
+    pub player_byte_rate: u64,
+
+    /// Bytes a player may send at once above `--player-byte-rate`; at least
+    /// one largest message (`--max-payload-bytes` plus its target ids).
+    #[arg(long, env = "GAME_SESSION_PLAYER_BYTE_BURST", default_value_t = 2 << 20)]
+    pub player_byte_burst: u64,
+
+    /// A player that stays over its rate limits this long (a run of dropped
+    /// messages with no quiet second) is removed with RESOURCE_EXHAUSTED;
+    /// the players it sent to are untouched.
+    #[arg(long, env = "GAME_SESSION_FLOOD_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub flood_grace: Duration,
+
     /// Capacity of each session's command inbox (joins, backend messages,
     /// EndSession). When full, the call fails at once with UNAVAILABLE so the
     /// caller can retry; player relay traffic does not pass through it.
@@ -462,6 +492,20 @@ impl Config {
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be positive".into());
         }
+        if self.player_message_rate > 0 && self.player_message_burst == 0 {
+            return Err("--player-message-burst must be at least 1".into());
+        }
+        let largest = (self.max_payload_bytes + self.max_targets * MAX_ID_LEN) as u64;
+        if self.player_byte_rate > 0 && self.player_byte_burst < largest {
+            return Err(format!(
+                "--player-byte-burst ({}) must hold the largest message ({largest} bytes: --max-payload-bytes and \
+                 --max-targets ids)",
+                self.player_byte_burst
+            ));
+        }
+        if self.flood_grace.is_zero() {
+            return Err("--flood-grace must be positive".into());
+        }
         if self.slow_player_grace.is_zero() {
             return Err("--slow-player-grace must be positive".into());
         }
@@ -560,6 +604,18 @@ mod tests {
         assert_eq!(config.max_local_error_reset_streams, 1024);
     }
 
+    /// Catches a player rate limit whose default drifts from the one README
+    /// and the chart document, or comes near what a real game sends (the
+    /// benchmarks' 100 Hz of 64 B).
+    #[test]
+    fn player_limits_have_their_documented_defaults() {
+        let config = Config::default();
+        assert_eq!((config.player_message_rate, config.player_message_burst), (200, 400));
+        assert_eq!((config.player_byte_rate, config.player_byte_burst), (1 << 20, 2 << 20));
+        assert_eq!(config.flood_grace, Duration::from_secs(5));
+        assert!(config.player_message_rate >= 2 * 100 && config.player_byte_rate >= 100 * 100 * 64);
+    }
+
     /// Catches settings that contradict each other being accepted.
     #[test]
     fn validation_rejects_contradictions() {
@@ -575,6 +631,10 @@ mod tests {
         assert_eq!(bad(&["--outbound-queue", "1"]), Err("--outbound-queue must be at least 2".into()));
         assert_eq!(bad(&["--max-sessions", "0"]), Err("--max-sessions must be at least 1".into()));
         assert_eq!(bad(&["--idle-timeout", "0s"]), Err("--idle-timeout must be positive".into()));
+        assert_eq!(bad(&["--flood-grace", "0s"]), Err("--flood-grace must be positive".into()));
+        assert_eq!(bad(&["--player-message-burst", "0"]), Err("--player-message-burst must be at least 1".into()));
+        assert!(bad(&["--player-byte-burst", "1000"]).is_err_and(|e| e.contains("must hold the largest message")));
+        assert_eq!(bad(&["--player-message-rate", "0", "--player-message-burst", "0"]), Ok(()));
         assert_eq!(bad(&["--max-connections", "0"]), Err("--max-connections must be at least 1".into()));
         assert_eq!(bad(&["--first-request-timeout", "0s"]), Err("--first-request-timeout must be positive".into()));
         assert_eq!(

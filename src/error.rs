@@ -50,6 +50,10 @@ pub enum Error {
     /// The player could not keep up with its stream and was disconnected.
     #[error("{0}")]
     SlowPlayer(String),
+    /// A player sent faster than its rate limits: a non-fatal notice that
+    /// messages were dropped, or, for a flood, why the player was removed.
+    #[error("{0}")]
+    RateLimited(String),
     /// The client broke the gRPC protocol on its stream (e.g. a frame over
     /// the decode limit).
     #[error("{message}")]

@@ -77,7 +77,7 @@ use api::convert::Limits;
 use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
-use session::{EndReason, Registry, RegistryConfig, SessionConfig};
+use session::{EndReason, RateLimits, Registry, RegistryConfig, SessionConfig};
 use tls::Tls;
 
 pub use error::BoxError;
@@ -261,6 +261,13 @@ fn registry_config(config: &Config) -> RegistryConfig {
             slow_player_grace: config.slow_player_grace,
             inbox: config.session_inbox,
             idle_timeout: config.idle_timeout,
+            rates: RateLimits {
+                messages_per_second: config.player_message_rate,
+                message_burst: config.player_message_burst,
+                bytes_per_second: config.player_byte_rate,
+                byte_burst: config.player_byte_burst,
+                flood_grace: config.flood_grace,
+            },
         },
     }
 }

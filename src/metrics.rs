@@ -36,7 +36,8 @@ pub const PLAYERS_CONNECTED: &str = "game_session_players_connected";
 /// Players joined, by `mode`.
 pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
 /// Players gone, by `mode` and `reason`: `left`, `disconnected`,
-/// `slow_player` (the outbound queue policy removed it), `removed` (it broke
+/// `slow_player` (the outbound queue policy removed it), `flooding` (it
+/// stayed over its rate limits for the flood grace), `removed` (it broke
 /// the protocol), `session_ended`.
 pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
 /// Relay messages from players that passed validation, by `mode`.
@@ -50,6 +51,9 @@ pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
 pub const MESSAGES_QUEUED: &str = "game_session_messages_queued_total";
+/// Player messages (relays, pings, invalid ones) dropped because their
+/// sender went over its rate limits, by `mode`.
+pub const MESSAGES_RATE_LIMITED: &str = "game_session_messages_rate_limited_total";
 /// Droppable relays and backend messages dropped for a player that was
 /// behind, by `mode`.
 pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
@@ -119,6 +123,7 @@ fn describe() {
     describe_gauge!(QUEUED_BYTES, Unit::Bytes, "Bytes held by the events queued for players, by kind.");
     describe_counter!(MESSAGES_RECEIVED, "Relay messages received from players.");
     describe_counter!(MESSAGES_QUEUED, "Messages queued for a recipient (a relay to 7 players counts 7).");
+    describe_counter!(MESSAGES_RATE_LIMITED, "Player messages dropped for going over the sender's rate limits.");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
     describe_counter!(AUTH_REJECTIONS, "Credentials refused, by API and reason.");
@@ -278,6 +283,7 @@ pub(crate) struct SessionMetrics {
     pub received: Counter,
     pub queued: Counter,
     pub dropped: Counter,
+    pub rate_limited: Counter,
     joins: Counter,
     players: Gauge,
     active: Gauge,
@@ -299,6 +305,7 @@ impl SessionMetrics {
             received: counter!(MESSAGES_RECEIVED, &label()),
             queued: counter!(MESSAGES_QUEUED, &label()),
             dropped: counter!(MESSAGES_DROPPED, &label()),
+            rate_limited: counter!(MESSAGES_RATE_LIMITED, &label()),
             joins: counter!(PLAYER_JOINS, &label()),
             players: gauge!(PLAYERS_CONNECTED, &label()),
             active,

@@ -343,10 +343,13 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
         Direct::Pong { client_time, server_time_unix_micros } => {
             Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })
         }
-        Direct::Error(err) => Kind::Error(pb::Error {
-            code: super::status::code(err) as i32,
-            message: err.to_string(),
-            field: err.field().to_owned(),
+        Direct::Error { error, unanswered } => Kind::Error(pb::Error {
+            code: super::status::code(error) as i32,
+            message: match unanswered {
+                0 => error.to_string(),
+                n => format!("{error} ({n} more refused message(s) were not answered)"),
+            },
+            field: error.field().to_owned(),
         }),
         Direct::Dropped { count, last_sequence } => {
             Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })

@@ -69,6 +69,7 @@ impl From<Error> for JoinFailed {
             Error::UnknownPlayer { .. }
             | Error::IdempotencyConflict(_)
             | Error::SlowPlayer(_)
+            | Error::RateLimited(_)
             | Error::TooManyWatchers(_)
             | Error::Internal(_) => Some("other"),
         };

@@ -13,9 +13,11 @@ pub fn code(err: &Error) -> Code {
             Code::InvalidArgument
         }
         Error::SessionNotFound(_) => Code::NotFound,
-        Error::SessionFull(_) | Error::TooManySessions(_) | Error::TooManyWatchers(_) | Error::SlowPlayer(_) => {
-            Code::ResourceExhausted
-        }
+        Error::SessionFull(_)
+        | Error::TooManySessions(_)
+        | Error::TooManyWatchers(_)
+        | Error::SlowPlayer(_)
+        | Error::RateLimited(_) => Code::ResourceExhausted,
         Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
         Error::FailedPrecondition { .. } => Code::FailedPrecondition,
         Error::SessionBusy(_) | Error::Draining => Code::Unavailable,

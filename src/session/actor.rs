@@ -252,8 +252,15 @@ impl Actor {
         generation: u64,
         item: Option<Result<Inbound, InboundError>>,
     ) -> Option<EndRequest> {
-        // A message from a seat already freed.
-        if !self.room.is_current(&id, generation) {
+        // Every message but a leave counts against the sender's rate
+        // limits, whatever the mode; one over them is dropped here.
+        let counted = matches!(item, Some(Ok(Inbound::Message(_) | Inbound::Ping { .. } | Inbound::Invalid(_))));
+        let go_on = match &item {
+            Some(Ok(inbound)) if counted => self.room.admit_message(&id, generation, inbound.bytes()),
+            // A message from a seat already freed.
+            _ => self.room.is_current(&id, generation),
+        };
+        if !go_on {
             return None;
         }
         match item {

@@ -18,6 +18,9 @@
 //!   half-close protocol.
 //! - `outbound.rs`: one player's outbound queue and the policy for a player
 //!   who falls behind.
+//! - `rate.rs`: what one player may send (a token bucket on messages and
+//!   one on bytes), the flood that removes it, and the coalescing of the
+//!   error replies it causes.
 //! - `logic.rs`: the rules of a session ([`SessionLogic`]): the hooks the
 //!   actor calls with the room.
 //! - `mode.rs`: the named kinds of session ([`Mode`], [`Modes`]): each makes
@@ -36,6 +39,7 @@ mod handle;
 mod logic;
 mod mode;
 mod outbound;
+mod rate;
 mod registry;
 mod relay;
 mod room;
@@ -60,6 +64,7 @@ pub use handle::{JoinRequest, Joined};
 pub use logic::SessionLogic;
 pub use mode::{Mode, Modes, ModesBuilder};
 pub use outbound::{Delivery, Direct, OutboundRx, Welcome};
+pub use rate::RateLimits;
 pub use registry::{Registry, RegistryConfig};
 pub use relay::Relay;
 pub use room::{Audience, Room};
@@ -107,6 +112,20 @@ pub enum Inbound {
     Leave,
     /// A malformed message: answer with a non-fatal error, change nothing.
     Invalid(Error),
+}
+
+impl Inbound {
+    /// What the message counts against its sender's byte limit: a relay's
+    /// payload and target ids. The other kinds are small and bounded, and
+    /// the message limit covers them.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Inbound::Message(PlayerMessage::Relay(relay)) => {
+                relay.payload.len() + relay.targets.iter().map(|t| t.len()).sum::<usize>()
+            }
+            Inbound::Ping { .. } | Inbound::Leave | Inbound::Invalid(_) => 0,
+        }
+    }
 }
 
 /// A player's message for the session's logic
@@ -195,6 +214,7 @@ impl Departure {
             Departure::Left => "",
             Departure::Disconnected(_) => "connection lost",
             Departure::Removed(Error::SlowPlayer(_)) => "too slow",
+            Departure::Removed(Error::RateLimited(_)) => "sending too fast",
             Departure::Removed(Error::Protocol { .. }) => "protocol error",
             Departure::Removed(_) => "removed",
         }
@@ -322,6 +342,8 @@ pub struct SessionConfig {
     pub inbox: usize,
     /// How long the session may stay empty.
     pub idle_timeout: Duration,
+    /// What each player may send.
+    pub rates: RateLimits,
 }
 
 /// The wall clock in microseconds since the Unix epoch.

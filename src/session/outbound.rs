@@ -73,7 +73,7 @@ impl Delivery {
                         }
                         // Error texts are short and bounded; not worth
                         // formatting to measure.
-                        Direct::Error(_) => 256,
+                        Direct::Error { .. } => 256,
                         Direct::Pong { .. } | Direct::Dropped { .. } => 0,
                     }
             }
@@ -90,8 +90,10 @@ pub enum Direct {
     Welcome(Welcome),
     /// The answer to a ping.
     Pong { client_time: i64, server_time_unix_micros: i64 },
-    /// A non-fatal error about one of the player's messages.
-    Error(Error),
+    /// A non-fatal error about one of the player's messages, and how many
+    /// more were refused without a reply since the last one (see
+    /// [`Room::send_error`](super::Room::send_error)).
+    Error { error: Error, unanswered: u64 },
     /// `count` droppable messages were dropped, the last with `last_sequence`.
     Dropped { count: u64, last_sequence: u64 },
 }

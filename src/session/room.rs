@@ -19,10 +19,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::field::Empty;
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
 use super::outbound::{self, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
+use super::rate::{ErrorReplies, PlayerRate, Verdict};
 use super::{
     Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
     SharedEvent,
@@ -71,6 +72,10 @@ struct Seat {
     ended: bool,
     /// The `player.join` span, for a link from `player.leave`.
     joined: SpanLink,
+    /// The player's standing under its rate limits.
+    rate: PlayerRate,
+    /// The error replies it may still get at once.
+    errors: ErrorReplies,
 }
 
 /// A new seat, for the actor: the player, and what it polls for the
@@ -245,9 +250,41 @@ impl Room {
     }
 
     /// Tells `to` alone that one of its messages was refused; the player
-    /// stays.
+    /// stays. Replies are coalesced: past a small burst, at most one a
+    /// second, the next saying how many went unanswered. They are dropped
+    /// rather than queued for a player that is behind, so that answers to
+    /// its own mistakes never get a player removed as slow.
     pub fn send_error(&mut self, to: &PlayerId, error: Error) {
-        self.send_direct(to, Direct::Error(error), false);
+        let Some(seat) = self.seats.get_mut(to).filter(|seat| !seat.ended) else { return };
+        let Some(unanswered) = seat.errors.admit(Instant::now()) else { return };
+        self.send_direct(to, Direct::Error { error, unanswered }, true);
+    }
+
+    /// Charges a message of `bytes` bytes from `player`'s seat `generation`
+    /// to the player's rate limits. Returns whether to handle it: not if the
+    /// seat was freed since, nor if the message is over the limits. Such a
+    /// message is dropped and counted; the player is told at most once a
+    /// second (droppably), and one over its limits for longer than the
+    /// flood grace is removed. Its recipients are untouched either way.
+    pub(super) fn admit_message(&mut self, player: &PlayerId, generation: u64, bytes: usize) -> bool {
+        let Some(seat) = self.seats.get_mut(player).filter(|seat| seat.generation == generation) else {
+            return false;
+        };
+        match seat.rate.charge(&self.config.rates, Instant::now(), bytes as u64) {
+            Verdict::Pass => return true,
+            Verdict::Drop { notice } => {
+                self.metrics.rate_limited.increment(1);
+                if let Some(err) = notice {
+                    debug!(session.id = %self.info.id, player.id = %player, reason = %err, "player rate-limited");
+                    self.send_direct(player, Direct::Error { error: err, unanswered: 0 }, true);
+                }
+            }
+            Verdict::Flood(err) => {
+                self.metrics.rate_limited.increment(1);
+                self.depart(player.clone(), Departure::Removed(err));
+            }
+        }
+        false
     }
 
     /// Answers a ping. A pong is as droppable as it gets: a behind player
@@ -320,8 +357,18 @@ impl Room {
         let (kick, kicked) = oneshot::channel();
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.seats
-            .insert(id.clone(), Seat { info: info.clone(), generation, outbox, _kick: kick, ended: false, joined });
+        let now = Instant::now();
+        let seat = Seat {
+            info: info.clone(),
+            generation,
+            outbox,
+            _kick: kick,
+            ended: false,
+            joined,
+            rate: PlayerRate::new(&self.config.rates, now),
+            errors: ErrorReplies::new(now),
+        };
+        self.seats.insert(id.clone(), seat);
         self.idle_armed = false;
         self.players_changed();
         self.metrics.joined();
@@ -380,6 +427,7 @@ impl Room {
             Departure::Left => "left",
             Departure::Disconnected(_) => "disconnected",
             Departure::Removed(Error::SlowPlayer(_)) => "slow_player",
+            Departure::Removed(Error::RateLimited(_)) => "flooding",
             Departure::Removed(_) => "removed",
         };
         self.metrics.departed(reason, 1);

@@ -23,11 +23,12 @@ const GRACE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 
 fn new_registry(inbox: usize) -> Registry {
-    registry_with_budget(inbox, usize::MAX)
+    registry_with(inbox, RateLimits::OFF, usize::MAX)
 }
 
-/// A registry whose sessions have `budget` bytes for all queued events.
-fn registry_with_budget(inbox: usize, budget: usize) -> Registry {
+/// A registry whose sessions have `rates` for their players and `budget`
+/// bytes for all queued events.
+fn registry_with(inbox: usize, rates: RateLimits, budget: usize) -> Registry {
     let config = RegistryConfig {
         max_sessions: 10,
         default_max_players: 8,
@@ -40,6 +41,7 @@ fn registry_with_budget(inbox: usize, budget: usize) -> Registry {
             slow_player_grace: GRACE,
             inbox,
             idle_timeout: IDLE,
+            rates,
         },
     };
     Registry::new(config, Modes::default())
@@ -431,6 +433,7 @@ fn room(registry: &Registry) -> Room {
         slow_player_grace: GRACE,
         inbox: 16,
         idle_timeout: IDLE,
+        rates: RateLimits::OFF,
     };
     Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(registry.clone()))
 }
@@ -499,7 +502,7 @@ async fn relay_to_an_unknown_player_is_refused_to_its_sender_alone() {
     Relay.on_message(&mut room, &a, relay_message(b"x", &["b", "ghost"]));
     match drain(&mut q[0]).as_slice() {
         [Delivery::Direct(direct)] => match &**direct {
-            Direct::Error(err) => {
+            Direct::Error { error: err, .. } => {
                 assert_eq!(*err, Error::UnknownPlayer { field: "relay.targets[1]".into(), player: "ghost".into() })
             }
             other => panic!("expected an error, got {other:?}"),
@@ -743,7 +746,7 @@ async fn a_queue_full_in_bytes_removes_its_player() {
 #[tokio::test(start_paused = true)]
 async fn past_the_budget_the_players_holding_memory_go_first() {
     // A budget of nothing: every fan-out finds the server past it.
-    let registry = registry_with_budget(16, 0);
+    let registry = registry_with(16, RateLimits::OFF, 0);
     let session = create(&registry);
     let (sender, _sender_rx) = join(&registry, &session, "sender").await;
     let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
@@ -771,4 +774,135 @@ async fn past_the_budget_the_players_holding_memory_go_first() {
     let kept = reader_saw.iter().filter(|s| matches!(s, Seen::Relay { droppable: false, .. })).count();
     assert_eq!(kept, QUEUE / 2 + 1, "{reader_saw:?}");
     assert!(!reader_saw.iter().any(|s| matches!(s, Seen::End(_))), "{reader_saw:?}");
+}
+
+// Rate limits.
+
+const RATES: RateLimits = RateLimits {
+    messages_per_second: 10,
+    message_burst: 20,
+    bytes_per_second: 1 << 20,
+    byte_burst: 2 << 20,
+    flood_grace: Duration::from_secs(3),
+};
+
+/// The error replies in `items`, as (code-bearing error, unanswered count).
+fn errors(items: &[Delivery]) -> Vec<(Error, u64)> {
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Delivery::Direct(direct) => match &**direct {
+                Direct::Error { error, unanswered } => Some((error.clone(), *unanswered)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Catches a flood that reaches its recipients past the limit, a notice per
+/// dropped message, and a flooder that is never removed (or whose removal
+/// touches the others): the reader gets the burst and then the rate, the
+/// flooder one notice a second and then its removal with
+/// RESOURCE_EXHAUSTED, and the reader stays.
+#[tokio::test(start_paused = true)]
+async fn a_flooding_sender_is_limited_told_once_a_second_and_removed() {
+    let registry = registry_with(16, RATES, usize::MAX);
+    let session = create(&registry);
+    let (flooder, mut flooder_rx) = join(&registry, &session, "flooder").await;
+    let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
+    settle().await;
+    drain(&mut flooder_rx);
+    let (mut relays, mut notices, mut end) = (0, Vec::new(), None);
+    // 100 relays a second, ten times the limit, read as they come.
+    for _ in 0..1000 {
+        if flooder.send(Ok(Inbound::Message(relay_msg(false)))).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let got = drain(&mut reader);
+        relays += got.iter().filter(|item| matches!(seen(item), Seen::Relay { .. })).count();
+        assert!(!got.iter().any(|item| matches!(seen(item), Seen::End(_))), "the reader was removed");
+        if got.iter().any(|item| seen(item) == Seen::Presence(PresenceKind::Removed, "flooder".into())) {
+            let mine = drain(&mut flooder_rx);
+            notices.extend(errors(&mine));
+            end = mine.last().map(seen);
+            break;
+        }
+        notices.extend(errors(&drain(&mut flooder_rx)));
+    }
+    match end {
+        Some(Seen::End(Some(Error::RateLimited(why)))) => {
+            assert_eq!(why, "sending faster than 10 messages/s (burst 20) for 3s: removed")
+        }
+        other => panic!("expected the flooder's removal, got {other:?}"),
+    }
+    // The burst (20), then 10 a second for the ~3 s until the removal.
+    assert!((45..=60).contains(&relays), "the reader got {relays} relays");
+    assert!((3..=4).contains(&notices.len()), "one notice a second: {notices:?}");
+    assert!(notices.iter().all(|(e, _)| matches!(e, Error::RateLimited(t) if t.starts_with("sending faster"))));
+}
+
+fn relay_msg(droppable: bool) -> PlayerMessage {
+    PlayerMessage::Relay(RelayMessage { payload: Bytes::from_static(b"pos"), targets: vec![], droppable })
+}
+
+/// Catches pings or refused messages that escape the rate limit: a burst of
+/// pings past the limit gets exactly the burst's pongs.
+#[tokio::test(start_paused = true)]
+async fn pings_count_against_the_limit() {
+    let registry = registry_with(16, RATES, usize::MAX);
+    let session = create(&registry);
+    let (pinger, mut pinger_rx) = join(&registry, &session, "pinger").await;
+    let mut pongs = 0;
+    let mut notices = 0;
+    // 30 pings within 30 ms, read as they come (so that the queue's bound
+    // plays no part): the burst of 20 and nothing more.
+    for n in 0..30 {
+        pinger.send(Ok(Inbound::Ping { client_time: n })).unwrap_or_else(|_| panic!("send"));
+        settle().await;
+        for item in drain(&mut pinger_rx) {
+            match item {
+                Delivery::Direct(direct) => match *direct {
+                    Direct::Pong { .. } => pongs += 1,
+                    Direct::Error { error: Error::RateLimited(_), .. } => notices += 1,
+                    other => panic!("unexpected {other:?}"),
+                },
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!((pongs, notices), (20, 1));
+}
+
+/// Catches a player removed for the volume of its own error replies: one
+/// that sends a burst of bad messages far larger than its queue, and reads
+/// promptly, stays; its replies are coalesced, and a later one says how
+/// many went unanswered.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_bad_messages_never_removes_a_reading_player() {
+    let registry = new_registry(16);
+    let session = create(&registry);
+    let (mistaken, mut mistaken_rx) = join(&registry, &session, "mistaken").await;
+    let (other, _other_rx) = join(&registry, &session, "other").await;
+    settle().await;
+    drain(&mut mistaken_rx);
+    let bad = || Ok(Inbound::Invalid(Error::invalid("kind", "empty message")));
+    for _ in 0..100 {
+        mistaken.send(bad()).unwrap_or_else(|_| panic!("send"));
+    }
+    settle().await;
+    let first = drain(&mut mistaken_rx);
+    // Of the ten answered at once, those that found the queue half full
+    // (QUEUE / 2) were dropped rather than queued.
+    assert_eq!(errors(&first).len(), QUEUE / 2, "{:?}", first.iter().map(seen).collect::<Vec<_>>());
+    assert_eq!(first.len(), QUEUE / 2, "nothing but error replies: {:?}", first.iter().map(seen).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mistaken.send(bad()).unwrap_or_else(|_| panic!("send"));
+    relay(&other, false);
+    settle().await;
+    let later: Vec<Delivery> = drain(&mut mistaken_rx);
+    assert_eq!(errors(&later), [(Error::invalid("kind", "empty message"), 90)]);
+    assert!(later.iter().any(|item| matches!(seen(item), Seen::Relay { .. })), "the player still gets relays");
+    assert!(!later.iter().any(|item| matches!(seen(item), Seen::End(_))), "the player was removed");
 }
