@@ -39,16 +39,7 @@ async fn a_silent_peer_is_disconnected_by_keepalive() {
         poll_fn(|cx| if freeze.load(Ordering::SeqCst) { Poll::Pending } else { connection.as_mut().poll(cx) }).await
     });
 
-    let request = http::Request::post(format!("http://{}/gamesession.v1.PlayerService/Play", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (response, mut body) = client.send_request(request, false).expect("send request");
-    let join = pb::ClientMessage { kind: Some(client_message::Kind::Join(join_session(&session, "silent"))) };
-    body.send_data(grpc_frame(&join), false).expect("send join");
-    let response = tokio::time::timeout(WAIT, response).await.expect("headers in time").expect("response");
-    assert_eq!(response.status(), 200);
+    let (response, _body) = raw_join(&mut client, server.addr, &session, "silent").await;
     let mut response_body = response.into_body();
     let welcome = tokio::time::timeout(WAIT, response_body.data()).await.expect("welcome in time");
     assert!(welcome.is_some_and(|data| data.is_ok()), "no welcome");
@@ -78,16 +69,7 @@ async fn undecodable_bytes_reach_others_as_fixed_words() {
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
     let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let driver = tokio::spawn(connection);
-    let request = http::Request::post(format!("http://{}/gamesession.v1.PlayerService/Play", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (response, mut body) = client.send_request(request, false).expect("send request");
-    let join = pb::ClientMessage { kind: Some(client_message::Kind::Join(join_session(&session, "garbled"))) };
-    body.send_data(grpc_frame(&join), false).expect("send join");
-    let response = tokio::time::timeout(WAIT, response).await.expect("headers in time").expect("response");
-    assert_eq!(response.status(), 200);
+    let (response, mut body) = raw_join(&mut client, server.addr, &session, "garbled").await;
     assert_eq!(watcher.next_presence().await.kind, PresenceKind::Joined as i32);
 
     // A length-prefixed frame whose body is no protobuf message: field 15
@@ -126,4 +108,25 @@ fn grpc_frame(message: &impl Message) -> Bytes {
     frame.put_u32(encoded.len() as u32);
     frame.put_slice(&encoded);
     frame.freeze()
+}
+
+/// Opens a Play stream by hand on an h2 `client` and joins `session` as
+/// `player`: the response (its headers checked) and the request body, open.
+async fn raw_join(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    session: &str,
+    player: &str,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::post(format!("http://{addr}/gamesession.v1.PlayerService/Play"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send request");
+    let join = pb::ClientMessage { kind: Some(client_message::Kind::Join(join_session(session, player))) };
+    body.send_data(grpc_frame(&join), false).expect("send join");
+    let response = tokio::time::timeout(WAIT, response).await.expect("headers in time").expect("response");
+    assert_eq!(response.status(), 200);
+    (response, body)
 }

@@ -692,7 +692,8 @@ async fn a_flooding_session_yields_its_worker() {
     use futures_util::StreamExt as _;
     let flood = Box::pin(futures_util::stream::iter(relays).chain(futures_util::stream::pending()));
     let player = NewPlayer { id: "flood".into(), display_name: String::new(), metadata: BTreeMap::new() };
-    let mut joined = registry.join(JoinTarget::Session(session.to_string()), player, flood).await.expect("join");
+    let joined = registry.join(JoinTarget::Session(session.to_string()), player, flood).await;
+    let mut joined = joined.unwrap_or_else(|e| panic!("join: {e}"));
     // The probe runs as soon as the actor lets the thread go.
     let probe = {
         let registry = registry.clone();
