@@ -55,6 +55,24 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
 
+    /// Sessions one caller may have running that it started by
+    /// join-or-create, or 0 for no limit; past it, a join-or-create that
+    /// would start another gets RESOURCE_EXHAUSTED (joins into open sessions
+    /// go on). The caller is the token's `sub` with auth on, and the
+    /// connection with auth off. CreateSession is held to `--max-sessions`
+    /// only.
+    #[arg(long, env = "GAME_SESSION_MAX_SESSIONS_PER_CALLER", default_value_t = 10)]
+    pub max_sessions_per_caller: u32,
+
+    /// Sessions a second one caller may start by join-or-create, on average,
+    /// or 0 for no limit; past it, as `--max-sessions-per-caller`.
+    #[arg(long, env = "GAME_SESSION_SESSION_CREATE_RATE", default_value_t = 1)]
+    pub session_create_rate: u64,
+
+    /// Sessions one caller may start at once above `--session-create-rate`.
+    #[arg(long, env = "GAME_SESSION_SESSION_CREATE_BURST", default_value_t = 10)]
+    pub session_create_burst: u64,
+
     /// Seats of a session whose creator did not choose (CreateSession with
     /// max_players 0, and sessions made by join-or-create).
     #[arg(long, env = "GAME_SESSION_DEFAULT_MAX_PLAYERS", default_value_t = 8)]
@@ -491,6 +509,9 @@ impl Config {
         }
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be positive".into());
+        }
+        if self.session_create_rate > 0 && self.session_create_burst == 0 {
+            return Err("--session-create-burst must be at least 1".into());
         }
         if self.player_message_rate > 0 && self.player_message_burst == 0 {
             return Err("--player-message-burst must be at least 1".into());

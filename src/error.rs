@@ -38,6 +38,10 @@ pub enum Error {
     /// which limit).
     #[error("{0}")]
     TooManyWatchers(String),
+    /// A join-or-create would start a session its caller may not (the text
+    /// says which limit).
+    #[error("{0}")]
+    CreationLimited(String),
     /// The session's command inbox is full; retry shortly.
     #[error("session {0:?} is busy (its inbox is full); retry")]
     SessionBusy(String),

@@ -77,7 +77,7 @@ use api::convert::Limits;
 use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
-use session::{EndReason, RateLimits, Registry, RegistryConfig, SessionConfig};
+use session::{CreationLimits, EndReason, RateLimits, Registry, RegistryConfig, SessionConfig};
 use tls::Tls;
 
 pub use error::BoxError;
@@ -254,6 +254,11 @@ fn registry_config(config: &Config) -> RegistryConfig {
         default_max_players: config.default_max_players,
         max_players_limit: config.max_players_limit,
         watch_buffer: config.watch_buffer,
+        creation: CreationLimits {
+            live_per_caller: config.max_sessions_per_caller,
+            per_second: config.session_create_rate,
+            burst: config.session_create_burst,
+        },
         session: SessionConfig {
             outbound_queue: config.outbound_queue,
             outbound_queue_bytes: config.outbound_queue_bytes,

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::binary::Binary;
 use common::{Player, TestServer, WAIT};
 use game_session::pb;
 use game_session::pb::player_service_client::PlayerServiceClient;
@@ -424,4 +425,82 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
 /// The value of the sample named (with its labels) `series`.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Opens a Play stream on `channel` (so several can share one connection)
+/// with `join`, and waits for its welcome; the sender keeps it open.
+async fn play_on(
+    channel: &Channel,
+    join: pb::Join,
+    token: Option<&str>,
+) -> Result<(tokio::sync::mpsc::Sender<pb::ClientMessage>, tonic::Streaming<pb::ServerMessage>), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let join = pb::ClientMessage { kind: Some(pb::client_message::Kind::Join(join)) };
+    tx.send(join).await.expect("queue the join");
+    let request = match token {
+        Some(token) => common::bearer(ReceiverStream::new(rx), token),
+        None => tonic::Request::new(ReceiverStream::new(rx)),
+    };
+    let mut stream = PlayerServiceClient::new(channel.clone()).play(request).await?.into_inner();
+    let first = tokio::time::timeout(WAIT, stream.message()).await.expect("an answer in time")?;
+    match first.and_then(|m| m.kind) {
+        Some(pb::server_message::Kind::Welcome(_)) => Ok((tx, stream)),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// Catches join-or-create that lets one client start sessions without limit
+/// (each one memory and a task on the server), and a limit charged to the
+/// wrong client. With auth off the caller is the connection: two streams
+/// on one connection fill its cap of two, a third is refused naming the
+/// limit, another connection is unaffected, and the cap frees when one of
+/// the sessions ends. Every session has one seat, so that each
+/// join-or-create starts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_or_create_is_capped_per_connection() {
+    let args = ["--default-max-players", "1", "--max-sessions-per-caller", "2", "--idle-timeout", "100ms"];
+    let server = Binary::start(&args).await;
+    let (greedy, other) = (server.channel().await, server.channel().await);
+    let join = |id: &str| common::join_mode("relay", id);
+    let (first, _) = play_on(&greedy, join("g1"), None).await.expect("the first session");
+    let _second = play_on(&greedy, join("g2"), None).await.expect("the second session");
+    let refused = play_on(&greedy, join("g3"), None).await.map(|_| ());
+    common::assert_status(
+        refused,
+        Code::ResourceExhausted,
+        "already has 2 running that it started (--max-sessions-per-caller)",
+    );
+    let _honest = play_on(&other, join("h1"), None).await.expect("another connection is not charged");
+
+    // g1 leaves; its session ends when idle, and the connection may start
+    // another.
+    first.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Leave(pb::Leave {})) }).await.expect("leave");
+    let mut refusals = 1.0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let _third = loop {
+        match play_on(&greedy, join("g3"), None).await {
+            Ok(player) => break player,
+            Err(status) if status.code() == Code::ResourceExhausted => refusals += 1.0,
+            Err(status) => panic!("{status:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ended session still counts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(server.sample("game_session_join_failures_total{reason=\"creation_limited\"}").await, refusals);
+}
+
+/// Catches a per-caller limit that a token's holder evades by opening more
+/// connections: with auth on, the caller is the token's `sub`, whichever
+/// connection it comes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_or_create_is_capped_per_token_subject() {
+    let args = ["--default-max-players", "1", "--max-sessions-per-caller", "1"];
+    let server = Binary::start_with_env(&args, &[("GAME_SESSION_JWT_HS256_SECRET", common::jwt::SECRET)]).await;
+    let (alice, bob) =
+        (common::jwt::hs256(&common::jwt::claims("alice")), common::jwt::hs256(&common::jwt::claims("bob")));
+    let join = common::join_mode("relay", "");
+    let _seated = play_on(&server.channel().await, join.clone(), Some(&alice)).await.expect("alice's session");
+    let refused = play_on(&server.channel().await, join.clone(), Some(&alice)).await.map(|_| ());
+    common::assert_status(refused, Code::ResourceExhausted, "player \"alice\" already has 1 running");
+    let _bob = play_on(&server.channel().await, join, Some(&bob)).await.expect("bob is not charged for alice");
 }

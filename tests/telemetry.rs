@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 
+use common::binary::Binary;
 use common::{Player, WAIT};
-use game_session::pb::session_service_client::SessionServiceClient;
 use game_session::pb::{self, server_message};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -19,132 +18,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, span};
 use prost::Message as _;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tonic::Code;
-
-/// The binary, serving players and metrics on ports of its choosing.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    /// Its log lines after the two "serving" ones.
-    log: mpsc::UnboundedReceiver<String>,
-}
-
-impl Binary {
-    async fn start(extra: &[&str]) -> Binary {
-        Binary::start_with_env(extra, &[]).await
-    }
-
-    async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_game-session"));
-        // Only the flags and variables here count, whatever the developer's
-        // shell has set.
-        for (name, _) in
-            std::env::vars().filter(|(name, _)| name.starts_with("GAME_SESSION_") || name.starts_with("OTEL_"))
-        {
-            command.env_remove(name);
-        }
-        command.envs(env.iter().copied());
-        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
-        if !extra.contains(&"--drain-period") {
-            command.args(["--drain-period", "100ms"]);
-        }
-        let mut child = command
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (mut addr, mut metrics) = (None, None);
-        while addr.is_none() || metrics.is_none() {
-            let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("log in time").expect("read");
-            let line = line.expect("the server exited before serving");
-            let address = || -> SocketAddr {
-                let text = match serde_json::from_str::<Value>(&line) {
-                    Ok(json) => json["address"].as_str().expect("an address field").to_owned(),
-                    Err(_) => line.split("address=").nth(1).expect("an address").to_owned(),
-                };
-                text.split_whitespace().next().expect("address").parse().expect("a socket address")
-            };
-            if line.contains("serving metrics") {
-                metrics = Some(address());
-            } else if line.contains("serving players") {
-                addr = Some(address());
-            }
-        }
-        // Keep reading the log, so that the server never blocks on it.
-        let (tx, log) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        Binary { child, addr: addr.expect("addr"), metrics: metrics.expect("metrics"), log }
-    }
-
-    /// Creates a relay session; returns its id.
-    async fn create_session(&self) -> String {
-        let request = pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() };
-        let created = self.sessions().await.create_session(request).await.expect("create").into_inner();
-        created.session.expect("a session").session_id
-    }
-
-    /// The next JSON log line with this message; every line on the way must
-    /// be a JSON object with a level and a timestamp.
-    async fn json_line(&mut self, message: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.log.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {message:?} line in time"))
-                .expect("log");
-            let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            assert!(json["level"].is_string() && json["timestamp"].is_string(), "{line}");
-            if json["message"] == message {
-                return json;
-            }
-        }
-    }
-
-    async fn sessions(&self) -> SessionServiceClient<tonic::transport::Channel> {
-        SessionServiceClient::connect(format!("http://{}", self.addr)).await.expect("connect")
-    }
-
-    /// GETs `path` from the metrics port: (status line, headers, body).
-    async fn get(&self, path: &str) -> (String, String, String) {
-        let mut stream = TcpStream::connect(self.metrics).await.expect("connect to metrics");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut response = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.expect("in time").expect("read");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a header and a body");
-        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-        (status.to_owned(), headers.to_lowercase(), body.to_owned())
-    }
-
-    /// Every sample of a scrape, by `name{labels}`.
-    async fn scrape(&self) -> HashMap<String, f64> {
-        let (status, headers, body) = self.get("/metrics").await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
-        assert!(body.contains("# TYPE game_session_rpc_duration_seconds histogram"), "buckets, not a summary");
-        body.lines()
-            .filter(|line| !line.starts_with('#') && !line.is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect()
-    }
-}
 
 const RELAY: &str = "{mode=\"relay\"}";
 

@@ -20,7 +20,7 @@ use crate::auth::{Auth, Call};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::play_server::player_service_server::PlayerService;
-use crate::session::{Delivery, Directory, Inbound, InboundError, JoinTarget, OutboundRx};
+use crate::session::{Caller, Delivery, Directory, Inbound, InboundError, JoinTarget, OutboundRx};
 use crate::telemetry::Throttle;
 
 /// The PlayerService implementation.
@@ -66,6 +66,7 @@ impl From<Error> for JoinFailed {
             Error::Draining => Some("draining"),
             Error::SessionBusy(_) => Some("busy"),
             Error::TooManySessions(_) => Some("server_full"),
+            Error::CreationLimited(_) => Some("creation_limited"),
             Error::UnknownPlayer { .. }
             | Error::IdempotencyConflict(_)
             | Error::SlowPlayer(_)
@@ -143,6 +144,10 @@ impl<D: Directory> PlayerApi<D> {
             }
         };
         let mut player = convert::new_player(join, &self.limits)?;
+        let caller = match &token {
+            Some(token) => Caller::Subject(token.sub.clone()),
+            None => Caller::Connection(peer),
+        };
         if let Some(token) = &token {
             // Looked up first (the directory may be remote), and used
             // only if the token limits its modes.
@@ -156,7 +161,7 @@ impl<D: Directory> PlayerApi<D> {
             player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
         }
         let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
-        let joined = self.directory.join(target, player, messages).await?;
+        let joined = self.directory.join(target, player, caller, messages).await?;
         let span = Span::current();
         span.record("session.id", &*joined.session_id);
         span.record("player.id", &*joined.player_id);

@@ -16,6 +16,7 @@ pub fn code(err: &Error) -> Code {
         Error::SessionFull(_)
         | Error::TooManySessions(_)
         | Error::TooManyWatchers(_)
+        | Error::CreationLimited(_)
         | Error::SlowPlayer(_)
         | Error::RateLimited(_) => Code::ResourceExhausted,
         Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,

@@ -8,7 +8,9 @@
 //! Every method is async, since a directory may have to ask another node.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -49,12 +51,14 @@ pub trait Directory: Clone + Send + Sync + 'static {
     fn watch(&self, filter: SessionFilter) -> impl Future<Output = Result<Watch, Error>> + Send;
 
     /// Seats a player in a session, or by join-or-create in an open session
-    /// of a mode (creating one if none has a free seat). `inbound` is the
-    /// player's stream of messages, which the session reads from then on.
+    /// of a mode (creating one if none has a free seat, within `caller`'s
+    /// creation limits). `inbound` is the player's stream of messages, which
+    /// the session reads from then on.
     fn join(
         &self,
         target: JoinTarget,
         player: NewPlayer,
+        caller: Caller,
         inbound: InboundStream,
     ) -> impl Future<Output = Result<Joined, Error>> + Send;
 
@@ -97,6 +101,27 @@ pub enum JoinTarget {
     Session(String),
     /// Join-or-create by mode.
     Mode(String),
+}
+
+/// Who asks for a join: what the limits on sessions made by join-or-create
+/// are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// The subject (`sub`) of a player token, with auth on: one account,
+    /// whichever connections it uses.
+    Subject(String),
+    /// The connection the call came on (its peer address), with auth off.
+    Connection(Option<SocketAddr>),
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Subject(sub) => write!(f, "player {sub:?}"),
+            Caller::Connection(Some(peer)) => write!(f, "the connection from {peer}"),
+            Caller::Connection(None) => f.write_str("this connection"),
+        }
+    }
 }
 
 /// A filter over sessions; every given part must match.

@@ -57,7 +57,7 @@ use futures_util::Stream;
 use crate::error::Error;
 
 pub use directory::{
-    CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
+    Caller, CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
     WatchEvents, WatchListing,
 };
 pub use handle::{JoinRequest, Joined};
@@ -65,7 +65,7 @@ pub use logic::SessionLogic;
 pub use mode::{Mode, Modes, ModesBuilder};
 pub use outbound::{Delivery, Direct, OutboundRx, Welcome};
 pub use rate::RateLimits;
-pub use registry::{Registry, RegistryConfig};
+pub use registry::{CreationLimits, Registry, RegistryConfig};
 pub use relay::Relay;
 pub use room::{Audience, Room};
 

@@ -54,7 +54,7 @@ impl RateLimits {
 
 /// One token bucket.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(super) struct Bucket {
     /// What one unit costs, in picoseconds; 0 when the bucket is off.
     unit_ps: u64,
     /// How far ahead of now `full_at` may lie: the burst's worth.
@@ -64,7 +64,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(per_second: u64, burst: u64, now: Instant) -> Self {
+    pub(super) fn new(per_second: u64, burst: u64, now: Instant) -> Self {
         let unit_ps = 1_000_000_000_000u64.checked_div(per_second).unwrap_or(0);
         let burst = Duration::from_nanos(burst.saturating_mul(unit_ps) / 1000);
         Bucket { unit_ps, burst, full_at: now }
@@ -72,12 +72,32 @@ impl Bucket {
 
     /// Where `full_at` goes if `units` are taken now, or `None` if they do
     /// not fit.
-    fn try_take(&self, now: Instant, units: u64) -> Option<Instant> {
+    pub(super) fn try_take(&self, now: Instant, units: u64) -> Option<Instant> {
         if self.unit_ps == 0 {
             return Some(self.full_at);
         }
         let full_at = self.full_at.max(now) + Duration::from_nanos(units.saturating_mul(self.unit_ps) / 1000);
         (full_at.saturating_duration_since(now) <= self.burst).then_some(full_at)
+    }
+
+    /// Takes `units` now if they fit; otherwise says how long until they
+    /// would.
+    pub(super) fn take(&mut self, now: Instant, units: u64) -> Result<(), Duration> {
+        match self.try_take(now, units) {
+            Some(full_at) => {
+                self.full_at = full_at;
+                Ok(())
+            }
+            None => {
+                let cost = Duration::from_nanos(units.saturating_mul(self.unit_ps) / 1000);
+                Err((self.full_at.max(now) + cost).saturating_duration_since(now).saturating_sub(self.burst))
+            }
+        }
+    }
+
+    /// Whether the bucket is full, so that a new one would do as well.
+    pub(super) fn is_full(&self, now: Instant) -> bool {
+        self.full_at <= now
     }
 }
 

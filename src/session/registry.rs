@@ -16,15 +16,17 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span};
 
 use super::actor::Actor;
 use super::directory::{
-    CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
+    Caller, CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
 };
 use super::handle::{JoinRequest, Joined, SessionHandle};
+use super::rate::Bucket;
 use super::room::{Listing, Room};
 use super::{EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
 use crate::error::Error;
@@ -40,8 +42,28 @@ pub struct RegistryConfig {
     pub max_players_limit: u32,
     /// Events a watcher may fall behind by before its stream is ended.
     pub watch_buffer: usize,
+    /// What each caller may create by join-or-create.
+    pub creation: CreationLimits,
     /// What every session runs with.
     pub session: SessionConfig,
+}
+
+/// What one caller (see [`Caller`]) may create by join-or-create; a
+/// CreateSession from a backend is held to `max_sessions` only. A limit of 0
+/// is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationLimits {
+    /// Sessions a caller created that may be running at once.
+    pub live_per_caller: u32,
+    /// Sessions a second a caller may create, on average.
+    pub per_second: u64,
+    /// Sessions a caller may create at once above that rate.
+    pub burst: u64,
+}
+
+impl CreationLimits {
+    /// No limit at all.
+    pub const OFF: CreationLimits = CreationLimits { live_per_caller: 0, per_second: 0, burst: 0 };
 }
 
 /// The registry of this node's sessions. Cheap to clone.
@@ -71,7 +93,31 @@ struct State {
     sessions: BTreeMap<SessionId, Entry>,
     by_idempotency_key: HashMap<String, SessionId>,
     revision: u64,
+    /// The callers that created sessions by join-or-create, while they have
+    /// one running or their creation bucket is not yet full again.
+    creators: HashMap<Caller, Creator>,
+    /// `creators`' size at which the next insert first drops the callers
+    /// with nothing left to remember.
+    creators_sweep_at: usize,
 }
+
+/// What the registry remembers of one caller that created sessions.
+struct Creator {
+    /// Its sessions still running.
+    live: u32,
+    /// Its creation rate.
+    bucket: Bucket,
+}
+
+impl Creator {
+    /// Whether forgetting the caller changes nothing.
+    fn is_idle(&self, now: Instant) -> bool {
+        self.live == 0 && self.bucket.is_full(now)
+    }
+}
+
+/// Fewest remembered creators before a sweep.
+const CREATORS_SWEEP_MIN: usize = 1024;
 
 struct Entry {
     handle: SessionHandle,
@@ -84,6 +130,8 @@ struct Entry {
     sequence: Arc<AtomicU64>,
     /// The key and request that created it, if any.
     idempotency: Option<(String, CreateParams)>,
+    /// The caller whose join-or-create made it, if one did.
+    creator: Option<Caller>,
     /// Seats promised to join-or-create joins on their way to the actor, so
     /// that a burst of them spreads over sessions instead of all picking the
     /// same one.
@@ -123,10 +171,13 @@ impl Registry {
 
     /// Creates a session (see [`Directory::create`]), and returns its handle
     /// too.
+    /// `creator` is the caller of a join-or-create, held to
+    /// [`CreationLimits`].
     fn create_session(
         &self,
         mut params: CreateParams,
         idempotency_key: Option<String>,
+        creator: Option<&Caller>,
     ) -> Result<(Created, SessionHandle), Error> {
         let (mode_name, mode) = self.inner.modes.get(&params.mode)?;
         // Made first, so that a bad config fails before anything else; an
@@ -161,6 +212,9 @@ impl Registry {
         if state.sessions.len() >= limits.max_sessions {
             return Err(Error::TooManySessions(limits.max_sessions));
         }
+        if let Some(caller) = creator {
+            admit_creation(&mut state, caller, &limits.creation)?;
+        }
 
         let id = super::new_id();
         let _span = info_span!("session.create", session.id = %id, session.mode = %mode_name).entered();
@@ -191,6 +245,7 @@ impl Registry {
                 summary: Arc::new(info.clone()),
                 sequence,
                 idempotency: idempotency_key.map(|k| (k, params)),
+                creator: creator.cloned(),
                 reserved: 0,
             },
         );
@@ -211,7 +266,7 @@ impl Registry {
 
     /// Seats a player in a session, or by join-or-create in an open session of
     /// a mode (creating one if none has a free seat).
-    async fn join_session(&self, target: JoinTarget, request: JoinRequest) -> Result<Joined, Error> {
+    async fn join_session(&self, target: JoinTarget, request: JoinRequest, caller: Caller) -> Result<Joined, Error> {
         if self.is_draining() {
             return Err(Error::Draining);
         }
@@ -240,7 +295,7 @@ impl Registry {
                         config: Bytes::new(),
                         open_to_join_or_create: true,
                     };
-                    let handle = self.create_session(params, None)?.1;
+                    let handle = self.create_session(params, None, Some(&caller))?.1;
                     self.reserve(handle.id());
                     handle
                 }
@@ -365,6 +420,14 @@ impl Listing for Registry {
         if let Some((key, _)) = &entry.idempotency {
             state.by_idempotency_key.remove(key);
         }
+        if let Some(caller) = &entry.creator
+            && let Some(creator) = state.creators.get_mut(caller)
+        {
+            creator.live = creator.live.saturating_sub(1);
+            if creator.is_idle(Instant::now()) {
+                state.creators.remove(caller);
+            }
+        }
         let last = entry.current();
         self.publish(&mut state, WatchEventKind::Ended, last.clone(), Some(last));
         self.inner.count.send_replace(state.sessions.len());
@@ -373,7 +436,7 @@ impl Listing for Registry {
 
 impl Directory for Registry {
     async fn create(&self, params: CreateParams, idempotency_key: Option<String>) -> Result<Created, Error> {
-        self.create_session(params, idempotency_key).map(|(created, _)| created)
+        self.create_session(params, idempotency_key, None).map(|(created, _)| created)
     }
 
     async fn get(&self, id: &str) -> Result<SessionInfo, Error> {
@@ -441,8 +504,14 @@ impl Directory for Registry {
         Ok(Watch { initial, revision, events: Box::pin(events) })
     }
 
-    async fn join(&self, target: JoinTarget, player: NewPlayer, inbound: InboundStream) -> Result<Joined, Error> {
-        self.join_session(target, JoinRequest { player, inbound, caller: tracing::Span::current() }).await
+    async fn join(
+        &self,
+        target: JoinTarget,
+        player: NewPlayer,
+        caller: Caller,
+        inbound: InboundStream,
+    ) -> Result<Joined, Error> {
+        self.join_session(target, JoinRequest { player, inbound, caller: tracing::Span::current() }, caller).await
     }
 
     async fn send(&self, id: &str, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
@@ -452,6 +521,38 @@ impl Directory for Registry {
     async fn end(&self, id: &str, reason: EndReason, message: String) -> Result<u64, Error> {
         self.handle(id)?.end(reason, message).await
     }
+}
+
+/// Counts a session `caller` creates by join-or-create against its
+/// [`CreationLimits`], or says which limit it would go over.
+fn admit_creation(state: &mut State, caller: &Caller, limits: &CreationLimits) -> Result<(), Error> {
+    let now = Instant::now();
+    if !state.creators.contains_key(caller) && state.creators.len() >= state.creators_sweep_at {
+        state.creators.retain(|_, creator| !creator.is_idle(now));
+        state.creators_sweep_at = (2 * state.creators.len()).max(CREATORS_SWEEP_MIN);
+    }
+    let creator = state
+        .creators
+        .entry(caller.clone())
+        .or_insert_with(|| Creator { live: 0, bucket: Bucket::new(limits.per_second, limits.burst, now) });
+    if limits.live_per_caller > 0 && creator.live >= limits.live_per_caller {
+        return Err(Error::CreationLimited(format!(
+            "join-or-create would start a new session, but {caller} already has {} running that it started \
+             (--max-sessions-per-caller); join one of them by id, or leave them to end",
+            creator.live
+        )));
+    }
+    if let Err(wait) = creator.bucket.take(now, 1) {
+        return Err(Error::CreationLimited(format!(
+            "join-or-create would start a new session, but {caller} starts sessions faster than {} a second \
+             (burst {}, --session-create-rate); retry in {} ms",
+            limits.per_second,
+            limits.burst,
+            wait.as_micros().div_ceil(1000).max(1)
+        )));
+    }
+    creator.live += 1;
+    Ok(())
 }
 
 /// `summary` with the session's current sequence number.
@@ -468,5 +569,38 @@ struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.registry.unreserve(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Catches a map of callers that only grows: one entry per connection
+    /// or token that ever created a session would pin memory for good.
+    #[tokio::test(start_paused = true)]
+    async fn callers_with_nothing_left_to_count_are_forgotten() {
+        let limits = CreationLimits { live_per_caller: 4, per_second: 1, burst: 1 };
+        let mut state = State::default();
+        let caller = |n: usize| Caller::Connection(Some(([127, 0, 0, 1], n as u16).into()));
+        for n in 0..CREATORS_SWEEP_MIN {
+            admit_creation(&mut state, &caller(n), &limits).unwrap_or_else(|e| panic!("{e}"));
+        }
+        // Every session but the first caller's has ended; their buckets
+        // fill again within the second.
+        for creator in state.creators.values_mut().skip(1) {
+            creator.live = 0;
+        }
+        let busy = state.creators.iter().find(|(_, c)| c.live == 1).map(|(k, _)| k.clone());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        admit_creation(&mut state, &caller(CREATORS_SWEEP_MIN), &limits).unwrap_or_else(|e| panic!("{e}"));
+        let mut left: Vec<_> = state.creators.keys().cloned().collect();
+        left.sort_by_key(|c| c.to_string());
+        let mut want = vec![busy.unwrap_or_else(|| panic!("a caller with a session")), caller(CREATORS_SWEEP_MIN)];
+        want.sort_by_key(|c| c.to_string());
+        assert_eq!(left, want);
+        assert_eq!(state.creators_sweep_at, CREATORS_SWEEP_MIN);
     }
 }

@@ -29,11 +29,17 @@ fn new_registry(inbox: usize) -> Registry {
 /// A registry whose sessions have `rates` for their players and `budget`
 /// bytes for all queued events.
 fn registry_with(inbox: usize, rates: RateLimits, budget: usize) -> Registry {
-    let config = RegistryConfig {
+    Registry::new(config(inbox, rates, budget), Modes::default())
+}
+
+/// The config of [`registry_with`].
+fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
+    RegistryConfig {
         max_sessions: 10,
         default_max_players: 8,
         max_players_limit: 8,
         watch_buffer: 64,
+        creation: CreationLimits::OFF,
         session: SessionConfig {
             outbound_queue: QUEUE,
             outbound_queue_bytes: QUEUE_BYTES,
@@ -43,8 +49,7 @@ fn registry_with(inbox: usize, rates: RateLimits, budget: usize) -> Registry {
             idle_timeout: IDLE,
             rates,
         },
-    };
-    Registry::new(config, Modes::default())
+    }
 }
 
 fn create(registry: &Registry) -> SessionId {
@@ -69,7 +74,7 @@ async fn join(registry: &Registry, session: &SessionId, id: &str) -> (PlayerTx, 
     let inbound = Box::pin(UnboundedReceiverStream::new(rx));
     let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
     let mut joined = registry
-        .join(JoinTarget::Session(session.to_string()), player, inbound)
+        .join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), inbound)
         .await
         .unwrap_or_else(|e| panic!("join {id}: {e}"));
     match joined.outbound.recv().await {
@@ -372,7 +377,10 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
                 let player = NewPlayer { id: format!("p{i}"), display_name: String::new(), metadata: BTreeMap::new() };
                 barrier.wait().await;
                 let inbound = Box::pin(UnboundedReceiverStream::new(rx));
-                registry.join(JoinTarget::Mode("relay".into()), player, inbound).await.map(|j| (j, _tx))
+                registry
+                    .join(JoinTarget::Mode("relay".into()), player, Caller::Connection(None), inbound)
+                    .await
+                    .map(|j| (j, _tx))
             })
         })
         .collect();
@@ -384,6 +392,64 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
     let (sessions, _) = registry.list(&SessionFilter::default(), None, 100).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sessions.iter().map(|s| s.player_count).sum::<u32>(), 64);
     assert!(sessions.iter().all(|s| s.player_count <= s.max_players));
+}
+
+/// A join-or-create by `caller` into a registry whose sessions have one
+/// seat, so that every such join starts a session; returns the session's
+/// id, with the player's sender to keep it seated.
+async fn create_by_joining(registry: &Registry, caller: &Caller, id: &str) -> Result<(SessionId, PlayerTx), Error> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let inbound = Box::pin(UnboundedReceiverStream::new(rx));
+    let joined = registry.join(JoinTarget::Mode("relay".into()), player, caller.clone(), inbound).await?;
+    Ok((joined.session_id, tx))
+}
+
+/// Catches a caller that can start sessions without limit by join-or-create
+/// (each holding memory and a task), one whose sessions count against
+/// another caller, and a count that is not given back when a session ends.
+#[tokio::test(start_paused = true)]
+async fn join_or_create_holds_each_caller_to_its_creation_limits() {
+    let creation = CreationLimits { live_per_caller: 2, per_second: 1, burst: 3 };
+    let mut config = config(16, RateLimits::OFF, usize::MAX);
+    (config.default_max_players, config.creation) = (1, creation);
+    let registry = Registry::new(config, Modes::default());
+    let (alice, bob) = (Caller::Subject("alice".into()), Caller::Connection(Some(([10, 0, 0, 1], 4000).into())));
+
+    let (first, _a1) = create_by_joining(&registry, &alice, "a1").await.unwrap_or_else(|e| panic!("{e}"));
+    let (second, _a2) = create_by_joining(&registry, &alice, "a2").await.unwrap_or_else(|e| panic!("{e}"));
+    let refused = create_by_joining(&registry, &alice, "a3").await.map(|_| ());
+    let Err(Error::CreationLimited(message)) = refused else { panic!("a third live session: {refused:?}") };
+    assert_eq!(
+        message,
+        "join-or-create would start a new session, but player \"alice\" already has 2 running that it started \
+         (--max-sessions-per-caller); join one of them by id, or leave them to end"
+    );
+    // Another caller is not charged for alice's sessions.
+    let (_, _b1) = create_by_joining(&registry, &bob, "b1").await.unwrap_or_else(|e| panic!("{e}"));
+
+    // An ended session is given back at once; the rate still holds.
+    registry.end(&first, EndReason::EndedByBackend, "over".into()).await.unwrap_or_else(|e| panic!("{e}"));
+    settle().await;
+    let (_, _a3) = create_by_joining(&registry, &alice, "a3").await.unwrap_or_else(|e| panic!("{e}"));
+    registry.end(&second, EndReason::EndedByBackend, "over".into()).await.unwrap_or_else(|e| panic!("{e}"));
+    settle().await;
+    // Three taken within the burst of three: the fourth waits a second.
+    let refused = create_by_joining(&registry, &alice, "a4").await.map(|_| ());
+    let Err(Error::CreationLimited(message)) = refused else { panic!("past the rate: {refused:?}") };
+    let wait = message
+        .strip_prefix(
+            "join-or-create would start a new session, but player \"alice\" starts sessions faster than 1 a \
+                       second (burst 3, --session-create-rate); retry in ",
+        )
+        .and_then(|rest| rest.strip_suffix(" ms")?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    // The hint is exact: a millisecond early is still refused, on time is not.
+    assert!((990..=1000).contains(&wait), "{message}");
+    tokio::time::advance(Duration::from_millis(wait - 1)).await;
+    assert!(create_by_joining(&registry, &alice, "a4").await.is_err());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let (_, _a4) = create_by_joining(&registry, &alice, "a4").await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Catches a session whose actor panicked staying in the registry, where it
@@ -399,14 +465,20 @@ async fn a_panicking_actor_leaves_the_registry() {
         panic!("a bug in session logic")
     }));
     // The panic happens in the actor's task, after the join is answered.
-    let _ = registry.join(JoinTarget::Session(session.to_string()), player, inbound).await;
+    let _ = registry.join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), inbound).await;
     settle().await;
     assert!(registry.handle(&session).is_err());
     assert!(registry.is_empty());
     let (tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
     let player = NewPlayer { id: "q".into(), display_name: String::new(), metadata: BTreeMap::new() };
-    let joined =
-        registry.join(JoinTarget::Mode("relay".into()), player, Box::pin(UnboundedReceiverStream::new(rx))).await;
+    let joined = registry
+        .join(
+            JoinTarget::Mode("relay".into()),
+            player,
+            Caller::Connection(None),
+            Box::pin(UnboundedReceiverStream::new(rx)),
+        )
+        .await;
     assert!(joined.is_ok(), "join-or-create still works: {:?}", joined.err());
     drop(tx);
 }
@@ -658,7 +730,7 @@ async fn a_panic_while_polling_a_player_ends_the_session_with_an_internal_error(
     let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
         panic!("a bug in a player's stream")
     }));
-    let _ = registry.join(JoinTarget::Session(session.to_string()), player, inbound).await;
+    let _ = registry.join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), inbound).await;
     settle().await;
     let items = drain(&mut watcher);
     match items.as_slice() {
@@ -692,7 +764,7 @@ async fn a_flooding_session_yields_its_worker() {
     use futures_util::StreamExt as _;
     let flood = Box::pin(futures_util::stream::iter(relays).chain(futures_util::stream::pending()));
     let player = NewPlayer { id: "flood".into(), display_name: String::new(), metadata: BTreeMap::new() };
-    let joined = registry.join(JoinTarget::Session(session.to_string()), player, flood).await;
+    let joined = registry.join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), flood).await;
     let mut joined = joined.unwrap_or_else(|e| panic!("join: {e}"));
     // The probe runs as soon as the actor lets the thread go.
     let probe = {
