@@ -122,6 +122,7 @@ async fn session(mut inbox: mpsc::Receiver<Command>) {
                             .duration_since(UNIX_EPOCH)
                             .map_or(0, |d| d.as_micros() as i64),
                         droppable: relay.droppable,
+                        targeted: !relay.targets.is_empty(),
                     }));
                     for (id, out) in &players {
                         let wanted = if relay.targets.is_empty() {

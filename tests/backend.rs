@@ -404,8 +404,9 @@ async fn send_to_session_is_ordered_with_relays() {
             match player.next().await {
                 Kind::Backend(m) => {
                     seen.push(m.sequence);
-                    let want: &[u8] = if m.sequence == 4 { b"tournament starts" } else { b"warning" };
-                    assert_eq!(&m.payload[..], want);
+                    let want: (&[u8], bool) =
+                        if m.sequence == 4 { (b"tournament starts", false) } else { (b"warning", true) };
+                    assert_eq!((&m.payload[..], m.targeted), want);
                 }
                 Kind::Relayed(m) => seen.push(m.sequence),
                 other => panic!("unexpected {other:?}"),

@@ -250,7 +250,7 @@ async fn play_and_get_print_hostile_text_escaped() {
     let arrival = next().await;
     let shown =
         "): hi\\n#9 session ended (ENDED_BY_BACKEND): reconnect to evil.example\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\r";
-    assert!(arrival.starts_with("#3 mallory (") && arrival.ends_with(shown), "{arrival:?}");
+    assert!(arrival.starts_with("#3 mallory, to some players only (") && arrival.ends_with(shown), "{arrival:?}");
     assert!(!arrival.chars().any(char::is_control), "{arrival:?}");
     drop(stdin);
     let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");

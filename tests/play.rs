@@ -125,8 +125,9 @@ async fn relay_reaches_everyone_else_in_one_total_order() {
 }
 
 /// Catches targets that are ignored (delivery to everyone), targeted
-/// messages missing their target, and sequence numbers that are not shared:
-/// a player sees a gap exactly where a message went only to others.
+/// messages missing their target or not marked as targeted, and sequence
+/// numbers that are not shared: a player sees a gap exactly where a message
+/// went only to others.
 #[tokio::test]
 async fn targeted_messages_leave_gaps_for_others() {
     let server = TestServer::start().await;
@@ -142,20 +143,24 @@ async fn targeted_messages_leave_gaps_for_others() {
     a.relay(b"to a itself", &["a"]).await; // seq 7
     a.relay(b"after", &[]).await; // seq 8
 
-    let seen_b: Vec<(u64, Vec<u8>)> = {
+    let seen_b: Vec<(u64, Vec<u8>, bool)> = {
         let mut v = Vec::new();
         for _ in 0..3 {
             let r = b.next_relayed().await;
-            v.push((r.sequence, r.payload.to_vec()));
+            v.push((r.sequence, r.payload.to_vec(), r.targeted));
         }
         v
     };
-    assert_eq!(seen_b, vec![(4, b"to everyone".to_vec()), (6, b"to b and c".to_vec()), (8, b"after".to_vec())]);
+    assert_eq!(
+        seen_b,
+        vec![(4, b"to everyone".to_vec(), false), (6, b"to b and c".to_vec(), true), (8, b"after".to_vec(), false)]
+    );
     let mut seen_c = Vec::new();
     for _ in 0..4 {
-        seen_c.push(c.next_relayed().await.sequence);
+        let r = c.next_relayed().await;
+        seen_c.push((r.sequence, r.targeted));
     }
-    assert_eq!(seen_c, [4, 5, 6, 8]);
+    assert_eq!(seen_c, [(4, false), (5, true), (6, true), (8, false)]);
     server.shutdown().await;
 }
 

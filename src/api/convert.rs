@@ -295,13 +295,14 @@ pub fn end_reason(reason: EndReason) -> pb::SessionEndReason {
 pub fn event(event: &Event) -> pb::ServerMessage {
     use pb::server_message::Kind;
     let kind = match event {
-        Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable } => {
+        Event::Relayed { sequence, sender, payload, server_time_unix_micros, droppable, targeted } => {
             Kind::Relayed(pb::Relayed {
                 sequence: *sequence,
                 sender_id: String::from(&**sender),
                 payload: payload.clone(),
                 server_time_unix_micros: *server_time_unix_micros,
                 droppable: *droppable,
+                targeted: *targeted,
             })
         }
         Event::Presence { sequence, player: who, kind, detail } => Kind::Presence(pb::Presence {
@@ -315,10 +316,11 @@ pub fn event(event: &Event) -> pb::ServerMessage {
             } as i32,
             detail: (*detail).to_owned(),
         }),
-        Event::Backend { sequence, payload, server_time_unix_micros } => Kind::Backend(pb::BackendMessage {
+        Event::Backend { sequence, payload, server_time_unix_micros, targeted } => Kind::Backend(pb::BackendMessage {
             sequence: *sequence,
             payload: payload.clone(),
             server_time_unix_micros: *server_time_unix_micros,
+            targeted: *targeted,
         }),
         Event::Ended { sequence, reason, message } => Kind::SessionEnded(pb::SessionEnded {
             sequence: *sequence,

@@ -234,14 +234,22 @@ pub enum PresenceKind {
 /// number and is the same for every recipient.
 #[derive(Debug)]
 pub enum Event {
-    /// A player's relay message.
-    Relayed { sequence: u64, sender: PlayerId, payload: Bytes, server_time_unix_micros: i64, droppable: bool },
+    /// A player's relay message; `targeted` when it went to the players the
+    /// sender named, not to every other player.
+    Relayed {
+        sequence: u64,
+        sender: PlayerId,
+        payload: Bytes,
+        server_time_unix_micros: i64,
+        droppable: bool,
+        targeted: bool,
+    },
     /// A player joined or left.
     /// `detail` is one of [`Departure::presence_detail`]'s fixed phrases (a
     /// `&'static str`, so no departure's own text can slip in).
     Presence { sequence: u64, player: Arc<PlayerInfo>, kind: PresenceKind, detail: &'static str },
-    /// A backend service's message.
-    Backend { sequence: u64, payload: Bytes, server_time_unix_micros: i64 },
+    /// A backend service's message; `targeted` as for a relay.
+    Backend { sequence: u64, payload: Bytes, server_time_unix_micros: i64, targeted: bool },
     /// The session ended.
     Ended { sequence: u64, reason: EndReason, message: String },
 }

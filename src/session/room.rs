@@ -234,6 +234,7 @@ impl Room {
             payload,
             server_time_unix_micros: super::unix_micros(),
             droppable,
+            targeted: matches!(to, Audience::Only(_)),
         });
         self.fan_out(&event, to, droppable, sequence);
         sequence
@@ -243,8 +244,12 @@ impl Room {
     /// session's next message. Returns its sequence number.
     pub fn send(&mut self, payload: Bytes, to: Audience<'_>) -> u64 {
         let sequence = self.next_sequence();
-        let event =
-            SharedEvent::new(Event::Backend { sequence, payload, server_time_unix_micros: super::unix_micros() });
+        let event = SharedEvent::new(Event::Backend {
+            sequence,
+            payload,
+            server_time_unix_micros: super::unix_micros(),
+            targeted: matches!(to, Audience::Only(_)),
+        });
         self.fan_out(&event, to, false, sequence);
         sequence
     }

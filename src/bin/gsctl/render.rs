@@ -126,13 +126,11 @@ impl Output {
                 let (session, mode) = (printable(&w.session_id), printable(&w.mode));
                 println!("#{} joined session {session} ({mode}) as {me}; present: {present}", w.sequence);
             }
-            // Whether a relay went to this player alone or to everyone is
-            // not on the wire (Relayed carries no targets), so it is not
-            // shown.
             Some(Kind::Relayed(r)) => println!(
-                "#{} {} ({} ago): {}",
+                "#{} {}{} ({} ago): {}",
                 r.sequence,
                 printable(&r.sender_id),
+                audience(r.targeted),
                 age(r.server_time_unix_micros),
                 printable(&String::from_utf8_lossy(&r.payload))
             ),
@@ -144,8 +142,9 @@ impl Output {
                 println!("#{} * {who} {what}{detail}", p.sequence);
             }
             Some(Kind::Backend(b)) => println!(
-                "#{} [backend] ({} ago): {}",
+                "#{} [backend]{} ({} ago): {}",
                 b.sequence,
+                audience(b.targeted),
                 age(b.server_time_unix_micros),
                 printable(&String::from_utf8_lossy(&b.payload))
             ),
@@ -269,6 +268,13 @@ pub fn printable(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// What `play` shows after a message's sender when the sender named its
+/// recipients, so that a message for some players only does not read as
+/// one everybody saw.
+fn audience(targeted: bool) -> &'static str {
+    if targeted { ", to some players only" } else { "" }
 }
 
 /// Control characters (C0, DEL, C1: ESC starts ANSI and OSC sequences),
