@@ -22,10 +22,15 @@
 //! - a non-droppable message that does not fit, or a player behind for
 //!   longer than the grace period, disconnects the player with
 //!   RESOURCE_EXHAUSTED, and what was queued for it is freed at once;
-//! - while the server is past its budget for all queued bytes, a droppable
-//!   message is dropped for a player whose queue is a quarter full, and a
-//!   player who is behind is removed at its next non-droppable message rather
-//!   than after the grace period: the players holding memory go first.
+//! - while the server is past its budget for all queued bytes, a player
+//!   holding more than its share of the budget (the budget split evenly over
+//!   every queue), or behind, is removed at its next non-droppable message
+//!   rather than after the grace period, and droppable messages are dropped
+//!   for it and for a player whose queue is a quarter full: the players
+//!   holding memory go first. Past the budget, someone always holds more
+//!   than its share, so the total comes back under it; it overshoots by at
+//!   most one message per queue (each player under its share may take one
+//!   more).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -352,6 +357,36 @@ pub(super) enum Swept {
     Depart(Departure),
 }
 
+/// Outboxes alive in this process: the players that share the budget for
+/// queued bytes.
+static OUTBOXES: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        OUTBOXES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How the server stands against its budget for all queued bytes (as
+/// [`crate::metrics::queued_event_bytes`] counts them); read once per
+/// fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Budget {
+    Within,
+    /// Past it; `share` is the budget split evenly over every player's queue.
+    Over { share: usize },
+}
+
+impl Budget {
+    /// Where the server stands now against `budget` bytes.
+    pub(super) fn now(budget: usize) -> Self {
+        if crate::metrics::queued_event_bytes() <= budget {
+            return Budget::Within;
+        }
+        Budget::Over { share: budget / OUTBOXES.load(Ordering::Relaxed).max(1) }
+    }
+}
+
 /// The room's end of one player's queue, with the player's standing under
 /// the policy.
 #[derive(Debug)]
@@ -367,26 +402,33 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub(super) fn new(tx: OutboundTx) -> Self {
+        OUTBOXES.fetch_add(1, Ordering::Relaxed);
         Outbox { tx, dropped: 0, last_dropped: 0, behind_since: None }
     }
 
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for
     /// a direct message), for the dropped notice.
-    /// `over_budget`: the server is past its budget for queued bytes.
+    /// `budget`: how the server stands against its budget for queued bytes.
     pub(super) fn offer(
         &mut self,
         delivery: Delivery,
         droppable: bool,
         sequence: u64,
         policy: &Policy,
-        over_budget: bool,
+        budget: Budget,
     ) -> Outcome {
         let (len, bytes) = (self.tx.len(), self.tx.bytes());
         let behind = len >= policy.soft_limit || bytes >= policy.soft_bytes;
         // A quarter of capacity: well past what a promptly reading player
         // holds between two reads.
         let backlogged = len >= policy.soft_limit / 2 || bytes >= policy.soft_bytes / 2;
-        if over_budget && (behind || (droppable && backlogged)) {
+        let must_shed = match budget {
+            Budget::Within => false,
+            // Two messages at least: one waiting while the player writes
+            // another is what a prompt reader holds.
+            Budget::Over { share } => behind || (len > 1 && bytes > share) || (droppable && backlogged),
+        };
+        if must_shed {
             if droppable {
                 if sequence != 0 {
                     self.dropped += 1;
@@ -396,7 +438,7 @@ impl Outbox {
                 return Outcome::BehindDropped;
             }
             return Outcome::Depart(Departure::Removed(Error::SlowPlayer(format!(
-                "the server's budget for queued messages is used up, and this player was behind \
+                "the server's budget for queued messages is used up, and this player held more than its share \
                  ({len} messages, {bytes} bytes waiting)"
             ))));
         }

@@ -22,7 +22,7 @@ use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
-use super::outbound::{self, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
+use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
 use super::{
     Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
@@ -502,7 +502,7 @@ impl Room {
     /// Delivers a shared event to its audience under the queue policy.
     fn fan_out(&mut self, event: &Arc<SharedEvent>, to: Audience<'_>, droppable: bool, sequence: u64) {
         let mut tally = Tally::default();
-        let over_budget = self.over_budget();
+        let budget = Budget::now(self.config.queued_bytes_budget);
         match to {
             Audience::All | Audience::AllBut(_) => {
                 // By generation rather than id: one integer compare per seat.
@@ -515,7 +515,7 @@ impl Room {
                         continue;
                     }
                     let delivery = Delivery::Event(event.clone());
-                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, over_budget);
+                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, budget);
                     tally.record(id, outcome, &mut self.departures);
                 }
             }
@@ -523,7 +523,7 @@ impl Room {
                 for target in targets {
                     let Some(seat) = self.seats.get_mut(target).filter(|seat| !seat.ended) else { continue };
                     let delivery = Delivery::Event(event.clone());
-                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, over_budget);
+                    let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, budget);
                     tally.record(target, outcome, &mut self.departures);
                 }
             }
@@ -543,21 +543,14 @@ impl Room {
 
     fn send_direct(&mut self, to: &PlayerId, message: Direct, droppable: bool) {
         let mut tally = Tally::default();
-        let over_budget = self.over_budget();
+        let budget = Budget::now(self.config.queued_bytes_budget);
         if let Some(seat) = self.seats.get_mut(to).filter(|seat| !seat.ended) {
-            let outcome =
-                seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy, over_budget);
+            let outcome = seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy, budget);
             tally.record(to, outcome, &mut self.departures);
         }
         if tally.behind {
             self.arm_sweep(None);
         }
-    }
-
-    /// Whether the server is past its budget for queued bytes (read once
-    /// per fan-out).
-    fn over_budget(&self) -> bool {
-        crate::metrics::queued_event_bytes() > self.config.queued_bytes_budget
     }
 
     /// Arms the sweep for a quarter grace period from now, or for

@@ -811,31 +811,33 @@ async fn a_queue_full_in_bytes_removes_its_player() {
 }
 
 /// Catches a server past its budget for queued bytes that goes on queueing
-/// for players who are behind until their grace or their own capacity runs
-/// out: with no budget left, droppable messages stop queueing behind
-/// a quarter-full queue, a behind player is removed at its next
-/// non-droppable message, and a player who reads keeps its seat and every
-/// non-droppable message.
+/// for players who hold more than their share until their grace or their
+/// own capacity runs out: with no budget left (a share of nothing), a
+/// player with two messages waiting is removed at its next non-droppable
+/// message, and a player who reads keeps its seat and every non-droppable
+/// message.
 #[tokio::test(start_paused = true)]
 async fn past_the_budget_the_players_holding_memory_go_first() {
     // A budget of nothing: every fan-out finds the server past it.
     let registry = registry_with(16, RateLimits::OFF, 0);
     let session = create(&registry);
-    let (sender, _sender_rx) = join(&registry, &session, "sender").await;
+    let (sender, mut sender_rx) = join(&registry, &session, "sender").await;
     let (_reader_in, mut reader) = join(&registry, &session, "reader").await;
     let (_stalled_in, mut stalled) = join(&registry, &session, "stalled").await;
     settle().await;
     drain(&mut reader);
+    drain(&mut sender_rx);
     let mut reader_saw = Vec::new();
     // One non-droppable and one droppable, over and over: the stalled
-    // player queues both until its queue is a quarter full (QUEUE / 4),
-    // then only non-droppables until it is behind (QUEUE / 2); then the
-    // next non-droppable removes it.
+    // player queues the first pair; the next non-droppable finds two
+    // waiting, more than its share, and removes it. The reader drains
+    // between pairs, so never has more than one waiting.
     for _ in 0..QUEUE / 2 + 1 {
         relay(&sender, false);
         relay(&sender, true);
         settle().await;
         reader_saw.extend(drain(&mut reader).iter().map(seen));
+        drain(&mut sender_rx);
     }
     let got: Vec<Seen> = drain(&mut stalled).iter().map(seen).collect();
     match got.as_slice() {
