@@ -374,7 +374,9 @@ impl Drop for Outbox {
 pub(super) enum Budget {
     Within,
     /// Past it; `share` is the budget split evenly over every player's queue.
-    Over { share: usize },
+    Over {
+        share: usize,
+    },
 }
 
 impl Budget {
