@@ -504,3 +504,115 @@ async fn join_or_create_is_capped_per_token_subject() {
     common::assert_status(refused, Code::ResourceExhausted, "player \"alice\" already has 1 running");
     let _bob = play_on(&server.channel().await, join, Some(&bob)).await.expect("bob is not charged for alice");
 }
+
+/// Polls the binary's metrics until every `(series, value)` in `want`
+/// holds; panics with the last scrape if they do not within [`WAIT`].
+async fn settles_to(server: &Binary, want: &[(&str, f64)]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = server.scrape().await;
+        let off: Vec<_> = want
+            .iter()
+            .filter(|(series, value)| samples.get(*series).copied().unwrap_or(0.0) != *value)
+            .map(|(series, value)| format!("{series}: {:?}, want {value}", samples.get(*series)))
+            .collect();
+        if off.is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never settled: {off:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Catches what a storm of arrivals and departures leaks: a session, a
+/// seat, a connection or a count left behind. 1,000 clients, each on its
+/// own connection, join-or-create at once; then a third leave, a third
+/// reset their stream, and a third lose their connection. Afterwards only
+/// the honest session is left, with its two players, who relayed through
+/// it all and got every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_a_thousand_clients_leaves_nothing_behind() {
+    const CLIENTS: usize = 1000;
+    // A socket per client here, and one per client in the server: both
+    // processes need more than the usual soft limit of 1,024 descriptors.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit on this process, with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.min(8192).max(limit.rlim_cur);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(limit.rlim_cur >= 4096, "open-files limit {} is too low for this test", limit.rlim_cur);
+    let server = Binary::start(&["--idle-timeout", "100ms"]).await;
+    let mut api = server.sessions().await;
+    let mut honest = Honest::join(server.addr, &mut api).await;
+
+    let joining: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(
+                async move { Player::try_join(addr, common::join_mode("relay", ""), Default::default()).await },
+            )
+        })
+        .collect();
+    let mut players = Vec::new();
+    for (n, join) in joining.into_iter().enumerate() {
+        let player = join.await.expect("join task").unwrap_or_else(|status| panic!("client {n}: {status:?}"));
+        players.push(player);
+        if n % 100 == 0 {
+            honest.relay().await;
+        }
+    }
+    let joins = (CLIENTS + 2) as f64;
+    settles_to(&server, &[("game_session_player_joins_total{mode=\"relay\"}", joins)]).await;
+    // At least a session per eight seats: join-or-create filled them.
+    let listed = api.list_sessions(pb::ListSessionsRequest { page_size: 1000, ..Default::default() }).await;
+    let listed = listed.expect("list").into_inner().sessions;
+    assert!(listed.len() > CLIENTS / 8, "{} sessions for {CLIENTS} players", listed.len());
+    assert_eq!(listed.iter().map(|s| s.player_count).sum::<u32>(), CLIENTS as u32 + 2);
+
+    let mut leavers = Vec::new();
+    let mut broken = Vec::new();
+    for (n, player) in players.into_iter().enumerate() {
+        match n % 3 {
+            0 => {
+                player.leave().await;
+                leavers.push(player);
+            }
+            1 => player.reset_stream(),
+            _ => {
+                player.break_connection();
+                broken.push(player);
+            }
+        }
+        if n % 100 == 0 {
+            honest.relay().await;
+        }
+    }
+    // A leaver's stream ends with OK once its leave is handled (a client
+    // that reset its stream at once could lose the leave in flight).
+    let ends = leavers.iter_mut().map(|player| async move {
+        let (_, end) = player.until_end().await;
+        end
+    });
+    for end in futures_util::future::join_all(ends).await {
+        assert!(end.is_ok(), "{end:?}");
+    }
+    let leaving = leavers.len() as f64;
+    drop(leavers); // and their connections
+    settles_to(
+        &server,
+        &[
+            ("game_session_sessions_active{mode=\"relay\"}", 1.0),
+            ("game_session_players_connected{mode=\"relay\"}", 2.0),
+            ("game_session_player_departures_total{mode=\"relay\",reason=\"left\"}", leaving),
+            ("game_session_player_departures_total{mode=\"relay\",reason=\"disconnected\"}", CLIENTS as f64 - leaving),
+            // The honest players' two connections, and this test's API one.
+            ("game_session_connections_open{listener=\"main\"}", 3.0),
+        ],
+    )
+    .await;
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions.len(), 1, "{listed:?}");
+    honest.relay().await;
+}

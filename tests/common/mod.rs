@@ -308,6 +308,16 @@ impl Player {
         self.tx = None;
     }
 
+    /// Resets the stream (RST_STREAM, as a client that gives up on it),
+    /// leaving the connection open: a disconnect. The response is dropped
+    /// before the request, so that the request never ends cleanly first
+    /// (which would be a leave).
+    pub fn reset_stream(self) {
+        let Player { tx, rx, .. } = self;
+        drop(rx);
+        drop(tx);
+    }
+
     /// Breaks the TCP connection under the client (a disconnect).
     pub fn break_connection(&self) {
         // SAFETY: shutdown(2) on a socket this player's connection owns and
