@@ -58,45 +58,61 @@ async fn a_silent_peer_is_disconnected_by_keepalive() {
 
 /// Catches the decoder's text ("failed to decode Protobuf message...")
 /// reaching the other players when a client sends bytes that are not
-/// protobuf: the sender's stream ends with the decoder's status, and the
-/// others hear only that it was removed for a "protocol error".
+/// protobuf, or a string field that is not UTF-8: the sender's stream ends
+/// with the decoder's status, and the others hear only that it was removed
+/// for a "protocol error".
 #[tokio::test]
 async fn undecodable_bytes_reach_others_as_fixed_words() {
-    let server = TestServer::start().await;
-    let session = server.create_session(2).await;
-    let mut watcher = Player::join_as(server.addr, &session, "watcher").await;
-
-    let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let driver = tokio::spawn(connection);
-    let (response, mut body) = raw_join(&mut client, server.addr, &session, "garbled").await;
-    assert_eq!(watcher.next_presence().await.kind, PresenceKind::Joined as i32);
-
     // A length-prefixed frame whose body is no protobuf message: field 15
     // with the reserved wire type 7.
     let mut garbage = BytesMut::new();
     garbage.put_u8(0);
     garbage.put_u32(3);
     garbage.put_slice(&[0x7f, 0xff, 0xff]);
-    body.send_data(garbage.freeze(), false).expect("send garbage");
+    // A relay whose one target id is the byte 0xFF: valid protobuf, but a
+    // `string` that is not UTF-8.
+    let relay = pb::ClientMessage {
+        kind: Some(client_message::Kind::Relay(pb::Relay { targets: vec!["Z".into()], ..Default::default() })),
+    };
+    let mut not_utf8 = BytesMut::from(&grpc_frame(&relay)[..]);
+    let at = not_utf8.iter().rposition(|&b| b == b'Z').expect("the target's byte");
+    not_utf8[at] = 0xff;
 
-    let mut response_body = response.into_body();
-    while let Some(data) = tokio::time::timeout(WAIT, response_body.data()).await.expect("data in time") {
-        data.expect("a data frame");
+    let server = TestServer::start().await;
+    for (name, frame, words) in [("garbled", garbage.freeze(), "decode"), ("not-utf8", not_utf8.freeze(), "UTF-8")] {
+        let session = server.create_session(2).await;
+        let mut watcher = Player::join_as(server.addr, &session, "watcher").await;
+
+        let tcp = TcpStream::connect(server.addr).await.expect("connect");
+        let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let driver = tokio::spawn(connection);
+        let (response, mut body) = raw_join(&mut client, server.addr, &session, name).await;
+        assert_eq!(watcher.next_presence().await.kind, PresenceKind::Joined as i32);
+        body.send_data(frame, false).expect("send the bad frame");
+
+        let mut response_body = response.into_body();
+        while let Some(data) = tokio::time::timeout(WAIT, response_body.data()).await.expect("data in time") {
+            data.expect("a data frame");
+        }
+        let trailers = tokio::time::timeout(WAIT, response_body.trailers()).await.expect("trailers in time");
+        let trailers = trailers.expect("trailers").expect("a trailer block");
+        let message = trailers.get("grpc-message").map(|v| v.to_str().unwrap_or_default().to_owned());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains(words)),
+            "{name}: the sender gets the decoder's words: {trailers:?}"
+        );
+
+        let gone = watcher.next_presence().await;
+        assert_eq!(gone.kind, PresenceKind::Removed as i32, "{gone:?}");
+        assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some(name));
+        assert_eq!(gone.detail, "protocol error");
+        // The session goes on for the others.
+        let mut other = Player::join_as(server.addr, &session, "other").await;
+        watcher.next_presence().await;
+        watcher.relay(b"still here", &[]).await;
+        assert_eq!(other.next_relayed().await.payload, &b"still here"[..]);
+        driver.abort();
     }
-    let trailers = tokio::time::timeout(WAIT, response_body.trailers()).await.expect("trailers in time");
-    let trailers = trailers.expect("trailers").expect("a trailer block");
-    let message = trailers.get("grpc-message").map(|v| v.to_str().unwrap_or_default().to_owned());
-    assert!(
-        message.as_deref().is_some_and(|m| m.contains("decode")),
-        "the sender gets the decoder's words: {trailers:?}"
-    );
-
-    let gone = watcher.next_presence().await;
-    assert_eq!(gone.kind, PresenceKind::Removed as i32, "{gone:?}");
-    assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some("garbled"));
-    assert_eq!(gone.detail, "protocol error");
-    driver.abort();
     server.shutdown().await;
 }
 

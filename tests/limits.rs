@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::binary::Binary;
@@ -16,7 +14,7 @@ use common::{Player, TestServer, WAIT};
 use game_session::pb;
 use game_session::pb::player_service_client::PlayerServiceClient;
 use game_session::pb::session_service_client::SessionServiceClient;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -286,54 +284,22 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// are freed. The server runs as a child process with a lowered limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"));
-    command
-        .args(["--listen", &addr.to_string(), "--health-listen", "off"])
-        .args(["--metrics-listen", &metrics_addr.to_string()])
-        .args(["--first-request-timeout", "60s", "--log-format", "text"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: setrlimit is async-signal-safe, and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("spawn the server");
-    let pid = child.id().expect("pid");
-    let log = Arc::new(Mutex::new(String::new()));
-    for output in [
-        Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(child.stderr.take().expect("stderr")),
-    ] {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(output).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-    }
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    let backend = loop {
-        if let Ok(channel) = connect(addr).await {
-            break channel;
+    let args = ["--first-request-timeout", "60s", "--log-format", "text"];
+    let mut server = Binary::start_with(&args, &[], |command| {
+        // SAFETY: setrlimit is async-signal-safe, and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        assert!(tokio::time::Instant::now() < deadline, "server not serving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
+    let (addr, pid) = (server.addr, server.child.id().expect("pid"));
+    let backend = connect(addr).await.expect("connect");
     // Kept open to the end: one of the connections the gauge must show.
     let mut sessions = SessionServiceClient::new(backend);
     let mut honest = Honest::join(addr, &mut sessions).await;
@@ -344,9 +310,12 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
         flood.push(TcpStream::connect(addr).await.expect("connect (the kernel's backlog)"));
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !log.lock().unwrap_or_else(|p| p.into_inner()).contains("accept failed") {
-        assert!(tokio::time::Instant::now() < deadline, "no log line for the failed accepts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        match tokio::time::timeout_at(deadline, server.log.recv()).await {
+            Ok(Some(line)) if line.contains("accept failed") => break,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no log line for the failed accepts"),
+        }
     }
     let before = cpu_ticks(pid);
     for _ in 0..20 {
@@ -374,17 +343,15 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
     // honest connections alone (the backend's and the two players').
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let metrics = scrape(metrics_addr).await;
-        let errors = metric(&metrics, "game_session_accept_errors_total{listener=\"main\"}");
-        let open = metric(&metrics, "game_session_connections_open{listener=\"main\"}");
-        if errors.is_some_and(|errors| errors >= 1.0) && open == Some(3.0) {
+        let samples = server.scrape().await;
+        let errors = samples.get("game_session_accept_errors_total{listener=\"main\"}");
+        let open = samples.get("game_session_connections_open{listener=\"main\"}");
+        if errors.is_some_and(|errors| *errors >= 1.0) && open == Some(&3.0) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "accept errors {errors:?}, connections open {open:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.start_kill().expect("kill");
-    let _ = child.wait().await;
 }
 
 /// Catches `--max-header-list-size` not reaching the HTTP/2 settings: a
@@ -408,23 +375,6 @@ async fn a_header_block_over_the_limit_is_refused() {
     assert!(check(1024).await.is_ok(), "a 1 KiB header block was refused");
     honest.relay().await;
     server.shutdown().await;
-}
-
-/// The Prometheus text from a metrics endpoint (empty when it cannot be read).
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let read = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await?;
-        Ok::<_, std::io::Error>(body)
-    };
-    tokio::time::timeout(WAIT, read).await.ok().and_then(Result::ok).unwrap_or_default()
-}
-
-/// The value of the sample named (with its labels) `series`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// Opens a Play stream on `channel` (so several can share one connection)

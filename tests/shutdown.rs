@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::binary::Binary;
 use common::{Connect, Player, TestServer, WAIT, assert_status, join_session};
 use game_session::pb::{self, SessionEndReason, server_message::Kind};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response};
@@ -156,46 +155,27 @@ async fn shutdown_finishes_early_once_no_game_is_left() {
 /// exiting 0 after the shutdown sequence on SIGTERM.
 #[tokio::test]
 async fn the_binary_exits_zero_on_sigterm() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-session"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .env("GAME_SESSION_DRAIN_PERIOD", "300ms")
-        .env("GAME_SESSION_SHUTDOWN_GRACE", "2s")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the server");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("log in time").expect("read");
-        let line = line.unwrap_or_else(|| panic!("the server exited early: {log:?}"));
-        log.push(line.clone());
-        if line.contains("serving players")
-            && let Some(rest) = line.split("address=").nth(1)
-        {
-            break rest.split_whitespace().next().expect("address").to_owned();
-        }
-    };
-    let channel = Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    let args = ["--drain-period", "300ms", "--shutdown-grace", "2s"];
+    let mut server = Binary::start(&args).await;
+    let addr = server.addr;
+    let channel = server.channel().await;
     assert_eq!(health(&channel, "").await, ServingStatus::Serving);
     let session = {
         let mut api = pb::session_service_client::SessionServiceClient::new(channel.clone());
         let created = api.create_session(pb::CreateSessionRequest { mode: "relay".into(), ..Default::default() });
         created.await.expect("create").into_inner().session.expect("session").session_id
     };
-    let mut player = Player::join(addr.parse().expect("addr"), join_session(&session, "p")).await;
+    let mut player = Player::join(addr, join_session(&session, "p")).await;
 
-    let pid = child.id().expect("pid") as i32;
+    let pid = server.child.id().expect("pid") as i32;
     // SAFETY: sends SIGTERM to the child this test started and still owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let (seen, end) = player.until_end().await;
     assert!(end.is_ok(), "{end:?}");
     assert!(matches!(seen.last(), Some(Kind::SessionEnded(e)) if e.reason == SessionEndReason::ServerShutdown as i32));
-    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits in time").expect("wait");
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+    let status = tokio::time::timeout(WAIT, server.child.wait()).await.expect("exits in time").expect("wait");
+    let mut log = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(1), server.log.recv()).await {
         log.push(line);
     }
     assert_eq!(status.code(), Some(0), "log: {log:#?}");

@@ -237,6 +237,17 @@ impl Run for Relay {
         }
         if self.find_max { self.find_max(server).await } else { Ok(self.step(server, self.rate).await?.measured()) }
     }
+
+    /// `--find-max` measures capacity, and raises each player's rate past
+    /// the server's default per-player limits (200 messages/s, 1 MiB/s),
+    /// which would then drop messages on purpose: they are turned off.
+    fn server_args(&self) -> Vec<String> {
+        let over_default = self.find_max || self.rate > 200.0 || self.rate * self.payload as f64 > f64::from(1 << 20);
+        if !over_default {
+            return Vec::new();
+        }
+        ["--player-message-rate", "0", "--player-byte-rate", "0"].map(str::to_owned).to_vec()
+    }
 }
 
 impl Relay {
