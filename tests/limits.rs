@@ -1,8 +1,9 @@
-//! Connection and stream limits against hostile clients, over real TCP:
-//! the first request's deadline, the connection cap, rapid reset, the
-//! header-size limit, streams that never join, and running out of file
-//! descriptors (the server binary
-//! as a child process, with its own lowered limit). In each, honest players
+//! Connection, stream and session-creation limits against hostile clients,
+//! over real TCP: the first request's deadline, the connection cap, rapid
+//! reset, the header-size limit, streams that never join, running out of
+//! file descriptors, join-or-create per caller, and a storm of arrivals and
+//! departures. The server is the binary as a child process, so that its
+//! descriptors, limits and metrics are its own. In each, honest players
 //! relay alongside and get every message.
 
 mod common;
@@ -10,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::binary::Binary;
-use common::{Player, TestServer, WAIT};
+use common::{Player, WAIT};
 use game_session::pb;
 use game_session::pb::player_service_client::PlayerServiceClient;
 use game_session::pb::session_service_client::SessionServiceClient;
@@ -86,9 +87,7 @@ async fn healthy(channel: &Channel) -> bool {
 /// same deadline).
 #[tokio::test]
 async fn silent_connections_and_a_lone_preface_are_closed_by_the_deadline() {
-    let mut config = common::config();
-    config.first_request_timeout = Duration::from_millis(300);
-    let server = TestServer::start_with(config).await;
+    let server = Binary::start(&["--first-request-timeout", "300ms"]).await;
     let channel = connect(server.addr).await.expect("connect");
     let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel)).await;
 
@@ -112,7 +111,8 @@ async fn silent_connections_and_a_lone_preface_are_closed_by_the_deadline() {
     for _ in 0..20 {
         honest.relay().await;
     }
-    server.shutdown().await;
+    let timed_out = server.sample("game_session_connections_first_request_timeouts_total{listener=\"main\"}").await;
+    assert_eq!(timed_out, 16.0);
 }
 
 /// Catches connections beyond `--max-connections` being served (or
@@ -120,9 +120,7 @@ async fn silent_connections_and_a_lone_preface_are_closed_by_the_deadline() {
 /// when a connection closes.
 #[tokio::test]
 async fn the_connection_cap_refuses_the_excess_and_recovers() {
-    let mut config = common::config();
-    config.max_connections = 4;
-    let server = TestServer::start_with(config).await;
+    let server = Binary::start(&["--max-connections", "4"]).await;
     // Three connections: the backend's and the two players'.
     let backend = connect(server.addr).await.expect("connect");
     let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(backend.clone())).await;
@@ -153,7 +151,10 @@ async fn the_connection_cap_refuses_the_excess_and_recovers() {
     }
     honest.relay().await;
     assert!(healthy(&backend).await);
-    server.shutdown().await;
+    // Ten refused above (five tonic channels, five raw connections), and
+    // however many tries the recovery loop took while the fourth closed.
+    let refused = server.sample("game_session_connections_refused_total{listener=\"main\",reason=\"limit\"}").await;
+    assert!(refused >= 10.0, "{refused} connections refused");
 }
 
 /// One HTTP/2 frame.
@@ -172,7 +173,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// must get GOAWAY with ENHANCE_YOUR_CALM, while honest players go on.
 #[tokio::test]
 async fn a_rapid_reset_client_gets_goaway_and_honest_players_go_on() {
-    let server = TestServer::start_with(common::config()).await;
+    let server = Binary::start(&[]).await;
     let channel = connect(server.addr).await.expect("connect");
     let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel)).await;
 
@@ -218,16 +219,13 @@ async fn a_rapid_reset_client_gets_goaway_and_honest_players_go_on() {
     for _ in 0..10 {
         honest.relay().await;
     }
-    server.shutdown().await;
 }
 
 /// Catches Play streams that never send their join being held past the
 /// join timeout (or leaving anything in the registry), a thousand at once.
 #[tokio::test]
 async fn a_thousand_streams_that_never_join_all_end_at_the_join_timeout() {
-    let mut config = common::config();
-    config.join_timeout = Duration::from_millis(500);
-    let server = TestServer::start_with(config).await;
+    let server = Binary::start(&["--join-timeout", "500ms"]).await;
     let backend = connect(server.addr).await.expect("connect");
     let mut sessions = SessionServiceClient::new(backend);
     let mut honest = Honest::join(server.addr, &mut sessions).await;
@@ -265,7 +263,7 @@ async fn a_thousand_streams_that_never_join_all_end_at_the_join_timeout() {
     let listed = sessions.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
     assert_eq!(listed.sessions.len(), 1, "only the honest session is left");
     honest.relay().await;
-    server.shutdown().await;
+    assert_eq!(server.sample("game_session_join_failures_total{reason=\"timeout\"}").await, 1000.0);
 }
 
 /// CPU time (user + system, in clock ticks) the process has used.
@@ -358,9 +356,7 @@ async fn out_of_file_descriptors_the_server_backs_off_logs_and_recovers() {
 /// header block over it must be refused, one under it served.
 #[tokio::test]
 async fn a_header_block_over_the_limit_is_refused() {
-    let mut config = common::config();
-    config.max_header_list_size = 4096;
-    let server = TestServer::start_with(config).await;
+    let server = Binary::start(&["--max-header-list-size", "4096"]).await;
     let channel = connect(server.addr).await.expect("connect");
     let mut honest = Honest::join(server.addr, &mut SessionServiceClient::new(channel.clone())).await;
 
@@ -374,7 +370,6 @@ async fn a_header_block_over_the_limit_is_refused() {
     assert!(check(8 * 1024).await.is_err(), "an 8 KiB header block was served over a 4 KiB limit");
     assert!(check(1024).await.is_ok(), "a 1 KiB header block was refused");
     honest.relay().await;
-    server.shutdown().await;
 }
 
 /// Opens a Play stream on `channel` (so several can share one connection)
