@@ -112,10 +112,11 @@ pub struct Config {
 
     /// The server's budget, in bytes, for the messages waiting in all its
     /// players' queues (as `game_session_queued_event_bytes` counts them).
-    /// Past it, droppable messages are dropped for players whose queue is a
-    /// quarter full, and players who are behind are removed at their next
-    /// non-droppable message instead of after `--slow-player-grace`. Default: half the container's memory limit (cgroup v2
-    /// `memory.max`), or 1 GiB without one.
+    /// Past it, players holding more than their share of it, or behind, are
+    /// removed at their next non-droppable message instead of after
+    /// `--slow-player-grace`, and droppable messages are dropped for them.
+    /// Default: half the container's memory limit (cgroup v2 `memory.max`),
+    /// or 1 GiB without one.
     #[arg(long, env = "GAME_SESSION_QUEUED_BYTES_BUDGET")]
     pub queued_bytes_budget: Option<usize>,
 
@@ -147,6 +148,24 @@ pub struct Config {
     /// one largest message (`--max-payload-bytes` plus its target ids).
     #[arg(long, env = "GAME_SESSION_PLAYER_BYTE_BURST", default_value_t = 2 << 20)]
     pub player_byte_burst: u64,
+
+    /// Threads that run the ticks of server-authoritative sessions, apart
+    /// from the async I/O workers, so that a heavy tick cannot stall other
+    /// sessions' I/O. 0 runs each tick on its session's own task instead
+    /// (no watchdog). Default: the number of CPUs.
+    #[arg(long, env = "GAME_SESSION_TICK_THREADS")]
+    pub tick_threads: Option<usize>,
+
+    /// A tick that has not returned within this time ends its session with
+    /// SESSION_END_REASON_INTERNAL_ERROR; its thread is counted as lost
+    /// (`game_session_tick_threads_lost_total`) and replaced.
+    #[arg(long, env = "GAME_SESSION_TICK_WATCHDOG", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tick_watchdog: Duration,
+
+    /// Inputs each player may have waiting for one tick; past it the
+    /// player's oldest is dropped (`game_session_inputs_dropped_total`).
+    #[arg(long, env = "GAME_SESSION_MAX_INPUTS_PER_TICK", default_value_t = 8)]
+    pub max_inputs_per_tick: usize,
 
     /// A player that stays over its rate limits this long (a run of dropped
     /// messages with no quiet second) is removed with RESOURCE_EXHAUSTED;
@@ -419,6 +438,11 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// The largest id (session or player) and the characters it may use.
 pub const MAX_ID_LEN: usize = 64;
 
+/// `--tick-threads`' default: the number of CPUs the process may use.
+pub fn default_tick_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 /// The default of `--queued-bytes-budget`: half of cgroup v2's
 /// `memory.max`, or 1 GiB when there is no limit.
 pub fn default_queued_bytes_budget() -> usize {
@@ -466,6 +490,7 @@ impl Config {
             ("session-inbox", self.session_inbox),
             ("watch-buffer", self.watch_buffer),
             ("max-watchers", self.max_watchers),
+            ("max-inputs-per-tick", self.max_inputs_per_tick),
             ("max-watchers-per-connection", self.max_watchers_per_connection),
             ("max-streams-per-connection", self.max_streams_per_connection as usize),
             ("max-connections", self.max_connections),
@@ -523,6 +548,9 @@ impl Config {
                  --max-targets ids)",
                 self.player_byte_burst
             ));
+        }
+        if self.tick_watchdog.is_zero() {
+            return Err("--tick-watchdog must be positive".into());
         }
         if self.flood_grace.is_zero() {
             return Err("--flood-grace must be positive".into());

@@ -77,7 +77,7 @@ use api::convert::Limits;
 use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
-use session::{CreationLimits, EndReason, RateLimits, Registry, RegistryConfig, SessionConfig};
+use session::{CreationLimits, EndReason, RateLimits, Registry, RegistryConfig, SessionConfig, TickPool, TickSettings};
 use tls::Tls;
 
 pub use error::BoxError;
@@ -272,6 +272,14 @@ fn registry_config(config: &Config) -> RegistryConfig {
                 bytes_per_second: config.player_byte_rate,
                 byte_burst: config.player_byte_burst,
                 flood_grace: config.flood_grace,
+            },
+            ticks: TickSettings {
+                pool: match config.tick_threads.unwrap_or_else(config::default_tick_threads) {
+                    0 => None,
+                    threads => Some(TickPool::new(threads)),
+                },
+                watchdog: config.tick_watchdog,
+                max_inputs_per_tick: config.max_inputs_per_tick,
             },
         },
     }

@@ -54,6 +54,14 @@ pub const MESSAGES_QUEUED: &str = "game_session_messages_queued_total";
 /// Player messages (relays, pings, invalid ones) dropped because their
 /// sender went over its rate limits, by `mode`.
 pub const MESSAGES_RATE_LIMITED: &str = "game_session_messages_rate_limited_total";
+/// How long ticks took (the hand-off to the tick pool included), by `mode`.
+pub const TICK_DURATION: &str = "game_session_tick_duration_seconds";
+/// Ticks that ran past their period, by `mode`.
+pub const TICK_OVERRUNS: &str = "game_session_tick_overruns_total";
+/// Inputs dropped past `--max-inputs-per-tick` (a player's oldest), by `mode`.
+pub const INPUTS_DROPPED: &str = "game_session_inputs_dropped_total";
+/// Tick threads given up on (a tick past the watchdog) and replaced.
+pub const TICK_THREADS_LOST: &str = "game_session_tick_threads_lost_total";
 /// Droppable relays and backend messages dropped for a player that was
 /// behind, by `mode`.
 pub const MESSAGES_DROPPED: &str = "game_session_messages_dropped_total";
@@ -102,10 +110,17 @@ pub const ACCEPT_ERRORS: &str = "game_session_accept_errors_total";
 const RPC_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Histogram buckets of [`TICK_DURATION`], in seconds: around the periods
+/// of 128 Hz (7.8 ms) down to 1 Hz.
+const TICK_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0078, 0.01, 0.0167, 0.025, 0.0333, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Installs the process-wide Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, crate::error::BoxError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TICK_DURATION.into()), TICK_BUCKETS)?
         .install_recorder()?;
     describe();
     metrics_process::Collector::default().describe();
@@ -126,6 +141,10 @@ fn describe() {
     describe_counter!(MESSAGES_RATE_LIMITED, "Player messages dropped for going over the sender's rate limits.");
     describe_counter!(MESSAGES_DROPPED, "Droppable relays dropped for a player that was behind.");
     describe_histogram!(RPC_DURATION, Unit::Seconds, "Unary RPC handling time, by method and gRPC status code.");
+    describe_histogram!(TICK_DURATION, Unit::Seconds, "Tick time, the hand-off to the tick pool included.");
+    describe_counter!(TICK_OVERRUNS, "Ticks that ran past their period.");
+    describe_counter!(INPUTS_DROPPED, "Player inputs dropped past --max-inputs-per-tick (the player's oldest).");
+    describe_counter!(TICK_THREADS_LOST, "Tick threads given up on (a tick past the watchdog) and replaced.");
     describe_counter!(AUTH_REJECTIONS, "Credentials refused, by API and reason.");
     describe_counter!(JOIN_FAILURES, "Play streams that failed to join, by reason.");
     describe_counter!(JWKS_REFRESH_FAILURES, "JWKS reads on the refresh interval that failed.");
@@ -164,13 +183,17 @@ pub(crate) fn tls_reloaded(ok: bool) {
 }
 
 /// The kinds of [`QUEUED_BYTES`], in the order of [`EVENT_BYTES`].
-pub(crate) const EVENT_KINDS: [&str; 4] = ["relay", "backend", "presence", "ended"];
+pub(crate) const EVENT_KINDS: [&str; 5] = ["relay", "backend", "presence", "ended", "state"];
+
+/// The index of `state` in [`EVENT_KINDS`]: a tick's states and deltas,
+/// counted once per recipient.
+pub(crate) const STATE_BYTES: usize = 4;
 
 /// Bytes held by live events, by kind (see [`EVENT_KINDS`]): kept in plain
 /// atomics, one add when an event is made and one when its last queue lets
 /// go of it, and copied into the gauge at each scrape.
-pub(crate) static EVENT_BYTES: [std::sync::atomic::AtomicUsize; 4] =
-    [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
+pub(crate) static EVENT_BYTES: [std::sync::atomic::AtomicUsize; 5] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 5];
 
 /// The connections open now on `listener`.
 pub(crate) fn connections_open(listener: &'static str) -> Gauge {
@@ -278,6 +301,42 @@ fn respond<B>(
 /// added to the gauges, so that an actor that ends any way at all (even by a
 /// panic) takes back exactly that.
 #[derive(Debug)]
+/// A ticking session's tick metrics.
+pub(crate) struct TickMetrics {
+    duration: metrics::Histogram,
+    overruns: Counter,
+    inputs_dropped: Counter,
+}
+
+impl TickMetrics {
+    pub fn new(mode: &str) -> Self {
+        let label = [("mode", SharedString::from(mode.to_owned()))];
+        TickMetrics {
+            duration: metrics::histogram!(TICK_DURATION, &label),
+            overruns: counter!(TICK_OVERRUNS, &label),
+            inputs_dropped: counter!(INPUTS_DROPPED, &label),
+        }
+    }
+
+    /// A tick took `elapsed`.
+    pub fn ran(&self, elapsed: std::time::Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn overran(&self) {
+        self.overruns.increment(1);
+    }
+
+    pub fn input_dropped(&self) {
+        self.inputs_dropped.increment(1);
+    }
+}
+
+/// A tick thread was given up on and replaced.
+pub(crate) fn tick_thread_lost() {
+    counter!(TICK_THREADS_LOST).increment(1);
+}
+
 pub(crate) struct SessionMetrics {
     mode: SharedString,
     pub received: Counter,

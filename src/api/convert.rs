@@ -11,8 +11,8 @@ use crate::config::{Config, MAX_ID_LEN};
 use crate::error::Error;
 use crate::pb;
 use crate::session::{
-    Direct, EndReason, Event, Inbound, NewPlayer, PlayerId, PlayerInfo, PlayerMessage, PresenceKind, RelayMessage,
-    SessionFilter, SessionInfo,
+    Direct, EndReason, Event, Inbound, InputMessage, NewPlayer, PlayerId, PlayerInfo, PlayerMessage, PresenceKind,
+    RelayMessage, SessionFilter, SessionInfo,
 };
 
 /// Longest label or metadata key, in bytes.
@@ -225,10 +225,18 @@ pub fn inbound(message: pb::ClientMessage, limits: &Limits) -> Inbound {
             Ok(relay) => Inbound::Message(PlayerMessage::Relay(relay)),
             Err(err) => Inbound::Invalid(err),
         },
+        Some(Kind::Input(input)) => match check_payload("input.payload", &input.payload, limits) {
+            // Copied out of the decode buffer, as a relay's payload is.
+            Ok(()) => Inbound::Message(PlayerMessage::Input(InputMessage {
+                sequence: input.sequence,
+                payload: Bytes::copy_from_slice(&input.payload),
+            })),
+            Err(err) => Inbound::Invalid(err),
+        },
         Some(Kind::Ping(ping)) => Inbound::Ping { client_time: ping.client_time },
         Some(Kind::Leave(_)) => Inbound::Leave,
         Some(Kind::Join(_)) => Inbound::Invalid(Error::precondition("join", "this stream has already joined")),
-        None => Inbound::Invalid(Error::invalid("kind", "empty message: set one of relay, ping or leave")),
+        None => Inbound::Invalid(Error::invalid("kind", "empty message: set one of relay, input, ping or leave")),
     }
 }
 
@@ -288,6 +296,7 @@ pub fn end_reason(reason: EndReason) -> pb::SessionEndReason {
         EndReason::Idle => pb::SessionEndReason::Idle,
         EndReason::ServerShutdown => pb::SessionEndReason::ServerShutdown,
         EndReason::InternalError => pb::SessionEndReason::InternalError,
+        EndReason::Completed => pb::SessionEndReason::Completed,
     }
 }
 
@@ -356,6 +365,13 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
         Direct::Dropped { count, last_sequence } => {
             Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })
         }
+        Direct::State(state) => Kind::State(pb::State {
+            tick: state.tick,
+            payload: state.payload.clone(),
+            full: state.full,
+            last_input_sequence: state.last_input_sequence,
+            deltas_dropped: state.deltas_dropped,
+        }),
     };
     pb::ServerMessage { kind: Some(kind) }
 }

@@ -28,12 +28,13 @@ use futures_util::FutureExt as _;
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::field::Empty;
-use tracing::{debug, error, info_span};
+use tracing::{debug, error, info_span, warn};
 
 use super::handle::{Command, EndRequest, JoinRejected, JoinRequest, Joined};
 use super::logic::SessionLogic;
-use super::room::{Due, Room};
-use super::{Departure, EndReason, Inbound, InboundError, InboundStream, PlayerId, SessionId};
+use super::room::{Audience, Due, Room};
+use super::tick::{Input, Inputs, Recipients, Sent, Tick, TickRate, TickSettings};
+use super::{Departure, EndReason, Inbound, InboundError, InboundStream, PlayerId, PlayerMessage, SessionId};
 use crate::error::Error;
 
 /// What one inbound stream yields: the player, its seat's generation, and a
@@ -74,7 +75,47 @@ impl Stream for PlayerInbound {
 enum Wake {
     Command(Option<Command>),
     Due(Due),
+    Tick,
     Inbound(InboundItem),
+}
+
+/// A ticking session's schedule, and the inputs waiting for its next tick.
+struct Ticker {
+    interval: tokio::time::Interval,
+    period: std::time::Duration,
+    /// The last tick's number.
+    number: u64,
+    inputs: Inputs,
+    settings: TickSettings,
+    /// The `session.tick` span's parent: the session's own.
+    metrics: crate::metrics::TickMetrics,
+}
+
+impl Ticker {
+    fn new(rate: TickRate, settings: TickSettings, mode: &str) -> Self {
+        let period = rate.period();
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A tick that overran skips the boundaries it ran past (see tick.rs).
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Ticker {
+            interval,
+            period,
+            number: 0,
+            inputs: Inputs::default(),
+            settings,
+            metrics: crate::metrics::TickMetrics::new(mode),
+        }
+    }
+}
+
+/// Waits for the next tick, or forever without a ticker.
+async fn next_tick(ticker: Option<&mut Ticker>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// What players and callers are told when a session fails.
@@ -83,7 +124,11 @@ const FAILED: &str = "the session failed on the server";
 /// One session. Built by the registry, which spawns [`Actor::run`].
 pub(super) struct Actor {
     room: Room,
-    logic: Box<dyn SessionLogic>,
+    /// `None` only while a tick has it on the pool, or after a runaway tick
+    /// kept it.
+    logic: Option<Box<dyn SessionLogic>>,
+    /// A session whose logic has a tick.
+    ticker: Option<Ticker>,
     inbox: mpsc::Receiver<Command>,
     inbound: SelectAll<PlayerInbound>,
     /// A panic was caught: the logic is not called again.
@@ -92,7 +137,7 @@ pub(super) struct Actor {
 
 impl Actor {
     pub(super) fn new(room: Room, logic: Box<dyn SessionLogic>, inbox: mpsc::Receiver<Command>) -> Self {
-        Actor { room, logic, inbox, inbound: SelectAll::new(), failed: false }
+        Actor { room, logic: Some(logic), ticker: None, inbox, inbound: SelectAll::new(), failed: false }
     }
 
     /// Runs the session until it ends.
@@ -100,29 +145,141 @@ impl Actor {
         // Should even the end panic, the registry still forgets the session
         // (after a normal end the room has done so, and this does nothing).
         let _deregister = self.room.deregister_on_drop();
-        let end = loop {
-            // A session whose players keep it busy would otherwise never give
-            // its worker thread back (its streams are always ready), starving
-            // the other sessions and connections on that worker. Each wake-up
-            // takes a unit of tokio's per-task budget (128 per turn on the
-            // worker): after a full batch the actor yields, and an actor that
-            // waits between wake-ups never does.
-            tokio::task::consume_budget().await;
-            // Polling the players' streams runs their code (decoding), so it
-            // is guarded too.
-            let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {
-                Ok(wake) => wake,
-                Err(panic) => break self.failed(panic, "polling", None),
-            };
-            // Hooks catch their own panics (to answer whoever waits on them);
-            // this catches the plumbing's.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
-                Ok(Some(end)) => break end,
-                Ok(None) => {}
-                Err(panic) => break self.failed(panic, "plumbing", None),
+        let started = match self.hook("init", None, |logic, room| logic.init(room)) {
+            Ok(rate) => {
+                let settings = self.room.tick_settings().clone();
+                self.ticker = rate.map(|rate| Ticker::new(rate, settings, self.room.mode()));
+                None
+            }
+            Err(end) => Some(end),
+        };
+        let end = if let Some(end) = started {
+            end
+        } else {
+            loop {
+                // A session whose players keep it busy would otherwise never give
+                // its worker thread back (its streams are always ready), starving
+                // the other sessions and connections on that worker. Each wake-up
+                // takes a unit of tokio's per-task budget (128 per turn on the
+                // worker): after a full batch the actor yields, and an actor that
+                // waits between wake-ups never does.
+                tokio::task::consume_budget().await;
+                // Polling the players' streams runs their code (decoding), so it
+                // is guarded too.
+                let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {
+                    Ok(wake) => wake,
+                    Err(panic) => break self.failed(panic, "polling", None),
+                };
+                if let Wake::Tick = wake {
+                    // The tick's own panics come back from it; this catches the
+                    // plumbing's.
+                    match AssertUnwindSafe(self.tick()).catch_unwind().await {
+                        Ok(Some(end)) => break end,
+                        Ok(None) => continue,
+                        Err(panic) => break self.failed(panic, "plumbing", None),
+                    }
+                }
+                // Hooks catch their own panics (to answer whoever waits on them);
+                // this catches the plumbing's.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
+                    Ok(Some(end)) => break end,
+                    Ok(None) => {}
+                    Err(panic) => break self.failed(panic, "plumbing", None),
+                }
             }
         };
         self.end(end);
+    }
+
+    /// Runs one tick: hands the waiting inputs to the logic's `on_tick` (on
+    /// the pool, within the watchdog, or here without a pool), then sends
+    /// what it sent.
+    async fn tick(&mut self) -> Option<EndRequest> {
+        let ticker = self.ticker.as_mut()?;
+        ticker.number += 1;
+        let number = ticker.number;
+        let tick = Tick::new(number, ticker.inputs.take(), self.room.player_ids(), self.room.needing_full_state());
+        let logic = self.logic.take()?;
+        let span = tracing::debug_span!("session.tick", session.id = %self.room.id(), tick = number);
+        let started = tokio::time::Instant::now();
+        let (logic, result) = match ticker.settings.pool.clone() {
+            None => {
+                let mut logic = logic;
+                let mut tick = tick;
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let _span = span.enter();
+                    logic.on_tick(&mut tick);
+                    tick
+                }));
+                (logic, result)
+            }
+            Some(pool) => {
+                let mut running = pool.run(logic, tick);
+                // Waiting for a free thread is not the tick's fault (an
+                // overrun, if it is long); its run is.
+                let _ = (&mut running.started).await;
+                match tokio::time::timeout(ticker.settings.watchdog, &mut running.done).await {
+                    Ok(Ok(done)) => done,
+                    // The pool dropped the tick: only when the server stops.
+                    Ok(Err(_)) => {
+                        self.failed = true;
+                        return Some(EndRequest::unasked(
+                            EndReason::ServerShutdown,
+                            super::SHUTDOWN_MESSAGE.to_owned(),
+                        ));
+                    }
+                    Err(_) => {
+                        running.abandon();
+                        let watchdog = ticker.settings.watchdog;
+                        error!(
+                            session.id = %self.room.id(),
+                            session.mode = self.room.mode(),
+                            tick = number,
+                            ?watchdog,
+                            "a tick ran past the watchdog; the session fails and ends, and its thread is replaced"
+                        );
+                        self.failed = true;
+                        return Some(EndRequest::unasked(EndReason::InternalError, FAILED.to_owned()));
+                    }
+                }
+            }
+        };
+        self.logic = Some(logic);
+        let elapsed = started.elapsed();
+        ticker.metrics.ran(elapsed);
+        if elapsed > ticker.period {
+            ticker.metrics.overran();
+            let _span = span.enter();
+            warn!(session.id = %self.room.id(), tick = number, ?elapsed, period = ?ticker.period, "tick overrun");
+        }
+        let tick = match result {
+            Ok(tick) => tick,
+            Err(panic) => return Some(self.failed(panic, "on_tick", None)),
+        };
+        let mut end = None;
+        for sent in tick.into_sent() {
+            match sent {
+                Sent::Message { payload, to } => {
+                    let _ = match &to {
+                        Recipients::All => self.room.send(payload, Audience::All),
+                        Recipients::Only(ids) => self.room.send(payload, Audience::Only(ids)),
+                    };
+                }
+                Sent::State { payload, full, to } => {
+                    let inputs = &ticker.inputs;
+                    self.room.send_state(number, &payload, full, &to, |player| inputs.processed(player));
+                }
+                Sent::Labels(labels) => self.room.set_labels(labels),
+                Sent::End(message) => end = Some(EndRequest::unasked(EndReason::Completed, message)),
+            }
+        }
+        if end.is_some() {
+            return end;
+        }
+        if let Err(end) = self.carry_out_departures() {
+            return Some(end);
+        }
+        None
     }
 
     async fn next_wake(&mut self) -> Wake {
@@ -132,6 +289,9 @@ impl Actor {
             // Half-close verdicts and timers before player traffic, so that a
             // busy session cannot starve them.
             due = self.room.due() => Wake::Due(due),
+            // Ticks before player traffic too: a flood of inputs must not
+            // delay the tick they are for.
+            () = next_tick(self.ticker.as_mut()) => Wake::Tick,
             Some(item) = self.inbound.next() => Wake::Inbound(item),
         }
     }
@@ -156,6 +316,7 @@ impl Actor {
                 Some(EndRequest::unasked(EndReason::Idle, message))
             }
             Wake::Inbound((id, generation, item)) => self.inbound(id, generation, item),
+            Wake::Tick => None,
         };
         if ended.is_some() {
             return ended;
@@ -264,6 +425,21 @@ impl Actor {
             return None;
         }
         match item {
+            Some(Ok(Inbound::Message(PlayerMessage::Input(input)))) => {
+                self.room.count_received();
+                match &mut self.ticker {
+                    Some(ticker) => {
+                        let input = Input { from: id, sequence: input.sequence, payload: input.payload };
+                        if ticker.inputs.push(input, ticker.settings.max_inputs_per_tick) {
+                            ticker.metrics.input_dropped();
+                        }
+                    }
+                    None => self.room.send_error(
+                        &id,
+                        Error::invalid("input", "this session's mode has no tick: send relay messages, not inputs"),
+                    ),
+                }
+            }
             Some(Ok(Inbound::Message(message))) => {
                 self.room.count_received();
                 let from = &id;
@@ -287,6 +463,9 @@ impl Actor {
     fn carry_out_departures(&mut self) -> Result<(), EndRequest> {
         while let Some((id, departure)) = self.room.next_departure() {
             let Some((player, span)) = self.room.free_seat(&id, &departure) else { continue };
+            if let Some(ticker) = &mut self.ticker {
+                ticker.inputs.forget(&id);
+            }
             let _span = span.enter();
             match departure {
                 Departure::Left => self.hook("on_leave", Some(&id), |logic, room| logic.on_leave(room, &player))?,
@@ -307,7 +486,11 @@ impl Actor {
         player: Option<&PlayerId>,
         call: impl FnOnce(&mut dyn SessionLogic, &mut Room) -> R,
     ) -> Result<R, EndRequest> {
-        let (logic, room) = (&mut *self.logic, &mut self.room);
+        // Gone only after a runaway tick, which ended the session already.
+        let Some(logic) = self.logic.as_deref_mut() else {
+            return Err(EndRequest::unasked(EndReason::InternalError, FAILED.to_owned()));
+        };
+        let room = &mut self.room;
         std::panic::catch_unwind(AssertUnwindSafe(|| call(logic, room)))
             .map_err(|panic| self.failed(panic, name, player))
     }

@@ -8,27 +8,48 @@
 //! panics ends its session, and only it, with
 //! [`EndReason::InternalError`](super::EndReason::InternalError).
 //!
-//! Server-authoritative modes add hooks here (a tick, inputs, signals) with
-//! defaults, so that a mode that does not use them need not change.
+//! A server-authoritative logic asks for a tick in [`SessionLogic::init`]:
+//! its players' `input` messages then wait for [`SessionLogic::on_tick`],
+//! which runs at that rate on the tick pool (see [`super::tick`]). Every
+//! hook but `on_message` and `on_backend_message` has a default, so that a
+//! mode implements only what it uses.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::room::Room;
+use super::tick::{Tick, TickRate};
 use super::{Departure, EndReason, NewPlayer, PlayerId, PlayerInfo, PlayerMessage};
 use crate::error::Error;
 
 /// The rules of one running session.
 ///
-/// The order of the hooks for one player is: `on_join_attempt`, then (if it
-/// let the player in) `on_join`, then any number of `on_message`, then
+/// `init` comes first, once, before anyone joins. The order of the hooks for
+/// one player is: `on_join_attempt`, then (if it let the player in)
+/// `on_join`, then any number of `on_message` (and its inputs in ticks), then
 /// `on_leave` or `on_disconnect`, unless the session ends first: the players
 /// still seated then get no hook of their own. `on_end` comes last, once,
 /// before the players are told that the session ended; it is skipped when
 /// the session ends because a hook panicked. Seats that sends in `on_end`
 /// find gone are not freed one by one: every seat ends with the session.
 pub trait SessionLogic: Send + 'static {
+    /// Starts the session: may set its labels through the room, and returns
+    /// its tick rate, or `None` (the default) for a logic without a tick,
+    /// which gets no `on_tick` and whose players' `input` messages are
+    /// refused.
+    fn init(&mut self, room: &mut Room) -> Option<TickRate> {
+        let _ = room;
+        None
+    }
+
+    /// One tick (see [`Tick`]): the inputs since the last one, and an outbox
+    /// for states, deltas, messages, labels and the end. Runs on the tick
+    /// pool, not the session's actor; keep it within the tick's period.
+    fn on_tick(&mut self, tick: &mut Tick) {
+        let _ = tick;
+    }
+
     /// Whether `player` may take a seat. The room has already checked that a
     /// seat is free and the id is not taken. An error refuses the join with
     /// that error's status.

@@ -45,6 +45,7 @@ mod relay;
 mod room;
 #[cfg(test)]
 mod tests;
+mod tick;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -68,6 +69,7 @@ pub use rate::RateLimits;
 pub use registry::{CreationLimits, Registry, RegistryConfig};
 pub use relay::Relay;
 pub use room::{Audience, Room};
+pub use tick::{Input, Recipients, Tick, TickPool, TickRate, TickSettings};
 
 /// A session's id. Shared, never copied, by every message that names it.
 pub type SessionId = Arc<str>;
@@ -123,6 +125,7 @@ impl Inbound {
             Inbound::Message(PlayerMessage::Relay(relay)) => {
                 relay.payload.len() + relay.targets.iter().map(|t| t.len()).sum::<usize>()
             }
+            Inbound::Message(PlayerMessage::Input(input)) => input.payload.len(),
             Inbound::Ping { .. } | Inbound::Leave | Inbound::Invalid(_) => 0,
         }
     }
@@ -136,6 +139,18 @@ impl Inbound {
 pub enum PlayerMessage {
     /// Forward a payload to other players.
     Relay(RelayMessage),
+    /// An input for the session's tick. A session with a tick queues it
+    /// for the next tick (it reaches no hook); one without refuses it.
+    Input(InputMessage),
+}
+
+/// An input message from a player (see [`Input`] for the tick's view).
+#[derive(Debug)]
+pub struct InputMessage {
+    /// The client's sequence number for it.
+    pub sequence: u64,
+    /// Opaque to the server.
+    pub payload: Bytes,
 }
 
 /// A relay message from a player.
@@ -174,9 +189,12 @@ pub enum EndReason {
     Idle,
     /// The server shut down.
     ServerShutdown,
-    /// The session failed: its logic or its actor panicked. Only this session
-    /// ended; the details are in the server's log.
+    /// The session failed: its logic or its actor panicked, or a tick ran
+    /// past the watchdog. Only this session ended; the details are in the
+    /// server's log.
     InternalError,
+    /// Its logic ended it (e.g. the match is over).
+    Completed,
 }
 
 impl EndReason {
@@ -187,6 +205,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::ServerShutdown => "server_shutdown",
             EndReason::InternalError => "internal_error",
+            EndReason::Completed => "completed",
         }
     }
 }
@@ -352,6 +371,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// What each player may send.
     pub rates: RateLimits,
+    /// How ticks run (sessions whose logic has a tick).
+    pub ticks: TickSettings,
 }
 
 /// The wall clock in microseconds since the Unix epoch.

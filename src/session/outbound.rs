@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -79,6 +80,7 @@ impl Delivery {
                         // Error texts are short and bounded; not worth
                         // formatting to measure.
                         Direct::Error { .. } => 256,
+                        Direct::State(state) => state.payload.len(),
                         Direct::Pong { .. } | Direct::Dropped { .. } => 0,
                     }
             }
@@ -101,6 +103,37 @@ pub enum Direct {
     Error { error: Error, unanswered: u64 },
     /// `count` droppable messages were dropped, the last with `last_sequence`.
     Dropped { count: u64, last_sequence: u64 },
+    /// A tick's full state or delta.
+    State(State),
+}
+
+/// A tick's full state or delta for one player. Its payload counts in the
+/// server's byte accounting (`state` kind) for as long as it is queued.
+#[derive(Debug)]
+pub struct State {
+    /// The tick that sent it.
+    pub tick: u64,
+    pub payload: Bytes,
+    /// A full state, or a delta on the last one.
+    pub full: bool,
+    /// The last input sequence from this player that the tick processed.
+    pub last_input_sequence: u64,
+    /// Deltas dropped for this player since its last state (it fell
+    /// behind); only on a full state.
+    pub deltas_dropped: u64,
+}
+
+impl State {
+    pub(super) fn new(tick: u64, payload: Bytes, full: bool, last_input_sequence: u64, deltas_dropped: u64) -> Self {
+        crate::metrics::EVENT_BYTES[crate::metrics::STATE_BYTES].fetch_add(payload.len(), Ordering::Relaxed);
+        State { tick, payload, full, last_input_sequence, deltas_dropped }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        crate::metrics::EVENT_BYTES[crate::metrics::STATE_BYTES].fetch_sub(self.payload.len(), Ordering::Relaxed);
+    }
 }
 
 /// The answer to a join.
@@ -208,6 +241,25 @@ impl OutboundTx {
 }
 
 impl OutboundTx {
+    /// Drops the queued deliveries `superseded` picks (states a newer one
+    /// replaces); returns how many went.
+    pub(super) fn remove_where(&self, superseded: impl Fn(&Delivery) -> bool) -> usize {
+        let removed: VecDeque<Delivery> = {
+            let mut items = self.shared.items();
+            if !items.iter().any(&superseded) {
+                return 0;
+            }
+            let (removed, kept): (VecDeque<Delivery>, VecDeque<Delivery>) =
+                std::mem::take(&mut *items).into_iter().partition(|item| superseded(item));
+            *items = kept;
+            self.shared.queued.fetch_sub(removed.len(), Ordering::Relaxed);
+            self.shared.bytes.fetch_sub(removed.iter().map(Delivery::weight).sum(), Ordering::Relaxed);
+            removed
+        };
+        // Freed outside the lock.
+        removed.len()
+    }
+
     /// Drops everything queued and queues `delivery` alone: for a player
     /// removed from its session, whose queue must not hold memory for as
     /// long as its connection lingers.
@@ -403,6 +455,11 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
+    /// See [`OutboundTx::remove_where`].
+    pub(super) fn remove_where(&self, superseded: impl Fn(&Delivery) -> bool) -> usize {
+        self.tx.remove_where(superseded)
+    }
+
     pub(super) fn new(tx: OutboundTx) -> Self {
         OUTBOXES.fetch_add(1, Ordering::Relaxed);
         Outbox { tx, dropped: 0, last_dropped: 0, behind_since: None }

@@ -414,6 +414,15 @@ impl Listing for Registry {
         self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
     }
 
+    fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>) {
+        let mut state = self.state();
+        let Some(entry) = state.sessions.get_mut(id) else { return };
+        let before = entry.current();
+        Arc::make_mut(&mut entry.summary).labels = labels;
+        let after = entry.current();
+        self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
+    }
+
     fn remove(&self, id: &SessionId) {
         let mut state = self.state();
         let Some(entry) = state.sessions.remove(id) else { return };

@@ -24,7 +24,15 @@ impl Mode for Relay {
 
 impl SessionLogic for Relay {
     fn on_message(&mut self, room: &mut Room, from: &PlayerId, message: PlayerMessage) {
-        let PlayerMessage::Relay(relay) = message;
+        let relay = match message {
+            PlayerMessage::Relay(relay) => relay,
+            // The actor refuses inputs to a session without a tick; should
+            // one come this far, it is refused all the same.
+            PlayerMessage::Input(_) => {
+                room.send_error(from, Error::invalid("input", "relay sessions take relay messages, not inputs"));
+                return;
+            }
+        };
         if let Err(err) = check_targets(room, &relay.targets, "relay.targets") {
             room.send_error(from, err);
             return;

@@ -8,7 +8,7 @@
 //! so nothing in it is locked; a delivery is an atomic length check and a
 //! push onto the player's queue (which takes that queue's uncontended lock).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +22,9 @@ use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
-use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, Swept, Welcome};
+use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, State, Swept, Welcome};
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
+use super::tick::Recipients;
 use super::{
     Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
     SharedEvent,
@@ -40,6 +41,8 @@ pub(super) trait Listing: Send + Sync + 'static {
     fn is_draining(&self) -> bool;
     /// The session's players changed.
     fn player_count_changed(&self, id: &SessionId, player_count: u32);
+    /// The session's logic replaced its labels.
+    fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>);
     /// The session ended: forget it (again is harmless).
     fn remove(&self, id: &SessionId);
 }
@@ -76,6 +79,11 @@ struct Seat {
     rate: PlayerRate,
     /// The error replies it may still get at once.
     errors: ErrorReplies,
+    /// It has had no full state since it joined, or deltas were dropped for
+    /// it: deltas are not sent to it until a full state is.
+    needs_full: bool,
+    /// Deltas dropped for it since its last full state.
+    deltas_dropped: u64,
 }
 
 /// A new seat, for the actor: the player, and what it polls for the
@@ -178,6 +186,10 @@ impl Room {
     }
 
     /// How long the session may stay empty.
+    pub(super) fn tick_settings(&self) -> &super::TickSettings {
+        &self.config.ticks
+    }
+
     pub(super) fn idle_timeout(&self) -> std::time::Duration {
         self.config.idle_timeout
     }
@@ -252,6 +264,75 @@ impl Room {
         });
         self.fan_out(&event, to, false, sequence);
         sequence
+    }
+
+    /// The ids of the players seated now, in no particular order.
+    pub fn player_ids(&self) -> Vec<PlayerId> {
+        self.seats.keys().cloned().collect()
+    }
+
+    /// Replaces the session's labels; ListSessions and WatchSessions show
+    /// them at once.
+    pub fn set_labels(&mut self, labels: BTreeMap<String, String>) {
+        self.info.labels = Arc::new(labels);
+        self.listing.labels_changed(&self.info.id, self.info.labels.clone());
+    }
+
+    /// The players a delta would mean nothing to (see
+    /// [`Tick::needs_full_state`](super::Tick::needs_full_state)).
+    pub(super) fn needing_full_state(&self) -> Vec<PlayerId> {
+        self.seats.iter().filter(|(_, seat)| seat.needs_full && !seat.ended).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Sends tick `tick`'s full state or delta to `to`, each player's with
+    /// the last input sequence of its own that the tick processed. A full
+    /// state replaces the states still queued for a player; a delta skips
+    /// the players who need a full state, and one that finds a player
+    /// behind drops it along with the player's queued deltas, so that the
+    /// player needs a full state.
+    pub(super) fn send_state(
+        &mut self,
+        tick: u64,
+        payload: &Bytes,
+        full: bool,
+        to: &Recipients,
+        last_input: impl Fn(&PlayerId) -> u64,
+    ) {
+        let recipients = match to {
+            Recipients::All => self.player_ids(),
+            Recipients::Only(ids) => ids.clone(),
+        };
+        let is_state = |delivery: &Delivery| matches!(delivery, Delivery::Direct(d) if matches!(**d, Direct::State(_)));
+        let is_delta = |delivery: &Delivery| matches!(delivery, Delivery::Direct(d) if matches!(&**d, Direct::State(state) if !state.full));
+        let budget = Budget::now(self.config.queued_bytes_budget);
+        let mut tally = Tally::default();
+        for id in recipients {
+            let Some(seat) = self.seats.get_mut(&id).filter(|seat| !seat.ended) else { continue };
+            if !full && seat.needs_full {
+                continue;
+            }
+            let dropped = if full {
+                seat.outbox.remove_where(is_state);
+                std::mem::take(&mut seat.deltas_dropped)
+            } else {
+                0
+            };
+            let state = State::new(tick, payload.clone(), full, last_input(&id), dropped);
+            let outcome =
+                seat.outbox.offer(Delivery::Direct(Box::new(Direct::State(state))), !full, 0, &self.policy, budget);
+            match outcome {
+                Outcome::BehindDropped => {
+                    seat.needs_full = true;
+                    seat.deltas_dropped += 1 + seat.outbox.remove_where(is_delta) as u64;
+                }
+                Outcome::Queued | Outcome::BehindQueued if full => seat.needs_full = false,
+                _ => {}
+            }
+            tally.record(&id, outcome, &mut self.departures);
+        }
+        if tally.behind {
+            self.arm_sweep(None);
+        }
     }
 
     /// Tells `to` alone that one of its messages was refused; the player
@@ -372,6 +453,8 @@ impl Room {
             joined,
             rate: PlayerRate::new(&self.config.rates, now),
             errors: ErrorReplies::new(now),
+            needs_full: true,
+            deltas_dropped: 0,
         };
         self.seats.insert(id.clone(), seat);
         self.idle_armed = false;

@@ -48,6 +48,7 @@ fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
             inbox,
             idle_timeout: IDLE,
             rates,
+            ticks: TickSettings::inline(),
         },
     }
 }
@@ -506,6 +507,7 @@ fn room(registry: &Registry) -> Room {
         inbox: 16,
         idle_timeout: IDLE,
         rates: RateLimits::OFF,
+        ticks: TickSettings::inline(),
     };
     Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(registry.clone()))
 }
@@ -980,4 +982,299 @@ async fn a_burst_of_bad_messages_never_removes_a_reading_player() {
     assert_eq!(errors(&later), [(Error::invalid("kind", "empty message"), 90)]);
     assert!(later.iter().any(|item| matches!(seen(item), Seen::Relay { .. })), "the player still gets relays");
     assert!(!later.iter().any(|item| matches!(seen(item), Seen::End(_))), "the player was removed");
+}
+
+// Ticks.
+
+/// What the scripted ticking logic saw: each tick's number and its inputs
+/// as (sender, sequence).
+type TickLog = Arc<std::sync::Mutex<Vec<(u64, Vec<(String, u64)>)>>>;
+
+/// A ticking mode for the tests: 10 Hz, labels `phase: lobby` at init and
+/// `phase: playing` from tick 2; a full state to whoever needs one and a
+/// delta to the rest each tick (the payload: the tick's number); ends at
+/// `end_at`; panics at `panic_at`; sleeps `stall` in tick 2.
+#[derive(Clone)]
+struct Scripted {
+    log: TickLog,
+    end_at: u64,
+    panic_at: u64,
+    stall: Duration,
+}
+
+impl Mode for Scripted {
+    fn create(&self, _config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl SessionLogic for Scripted {
+    fn init(&mut self, room: &mut Room) -> Option<TickRate> {
+        room.set_labels(BTreeMap::from([("phase".to_owned(), "lobby".to_owned())]));
+        TickRate::hz(10).ok()
+    }
+
+    fn on_tick(&mut self, tick: &mut Tick) {
+        let inputs = tick.inputs().iter().map(|i| (i.from.to_string(), i.sequence)).collect();
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((tick.number(), inputs));
+        if tick.number() == self.panic_at {
+            panic!("a bug in tick {}", tick.number());
+        }
+        if tick.number() == 2 {
+            std::thread::sleep(self.stall);
+            tick.set_labels(BTreeMap::from([("phase".to_owned(), "playing".to_owned())]));
+        }
+        let payload = Bytes::from(tick.number().to_string());
+        let fresh = tick.needs_full_state().to_vec();
+        let rest: Vec<PlayerId> = tick.players().iter().filter(|p| !fresh.contains(p)).cloned().collect();
+        if !fresh.is_empty() {
+            tick.state(payload.clone(), Recipients::Only(fresh));
+        }
+        tick.delta(payload, Recipients::Only(rest));
+        if tick.number() == self.end_at {
+            tick.end("match over");
+        }
+    }
+
+    fn on_message(&mut self, room: &mut Room, from: &PlayerId, _message: PlayerMessage) {
+        room.send_error(from, Error::invalid("relay", "this mode takes inputs"));
+    }
+
+    fn on_backend_message(&mut self, _room: &mut Room, _payload: Bytes, _targets: Vec<PlayerId>) -> Result<u64, Error> {
+        Err(Error::invalid("payload", "not taken"))
+    }
+}
+
+fn scripted(end_at: u64, panic_at: u64) -> Scripted {
+    Scripted { log: TickLog::default(), end_at, panic_at, stall: Duration::ZERO }
+}
+
+/// A registry running `mode` as "ticking" (and relay), with `ticks`.
+fn ticking_registry(mode: Scripted, ticks: TickSettings) -> Registry {
+    let mut config = config(64, RateLimits::OFF, usize::MAX);
+    config.session.ticks = ticks;
+    Registry::new(config, Modes::builder().register("relay", Relay).register("ticking", mode).build())
+}
+
+fn create_ticking(registry: &Registry) -> SessionId {
+    let params = CreateParams {
+        mode: "ticking".into(),
+        max_players: 0,
+        labels: BTreeMap::new(),
+        config: Bytes::new(),
+        open_to_join_or_create: false,
+    };
+    let created = registry.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
+    created.map(|c| c.session.id).unwrap_or_else(|e| panic!("create: {e}"))
+}
+
+fn input(tx: &PlayerTx, sequence: u64) {
+    let message = InputMessage { sequence, payload: Bytes::from_static(b"move") };
+    tx.send(Ok(Inbound::Message(PlayerMessage::Input(message)))).unwrap_or_else(|_| panic!("inputs dropped"));
+}
+
+/// A tick's state or delta as a player got it: (tick, full, payload, last
+/// input sequence, deltas dropped).
+fn states(rx: &mut OutboundRx) -> Vec<(u64, bool, String, u64, u64)> {
+    drain(rx)
+        .iter()
+        .filter_map(|item| match item {
+            Delivery::Direct(d) => match &**d {
+                Direct::State(s) => Some((
+                    s.tick,
+                    s.full,
+                    String::from_utf8_lossy(&s.payload).into_owned(),
+                    s.last_input_sequence,
+                    s.deltas_dropped,
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Catches ticks off their rate, inputs handed over out of order or to the
+/// wrong player, a wrong last-processed input sequence, the excess policy
+/// not holding, a delta sent before a full state, labels that do not reach
+/// the listing, and an end by the logic with the wrong reason.
+#[tokio::test(start_paused = true)]
+async fn ticks_come_at_their_rate_with_the_inputs_since_the_last() {
+    let mode = scripted(4, 0);
+    let log = mode.log.clone();
+    let registry = ticking_registry(mode, TickSettings::inline());
+    let session = create_ticking(&registry);
+    settle().await;
+    let listed = |registry: &Registry| {
+        let (sessions, _) = registry.list(&SessionFilter::default(), None, 10).now_or_never()?.ok()?;
+        sessions.first().and_then(|s| s.labels.get("phase").cloned())
+    };
+    assert_eq!(listed(&registry).as_deref(), Some("lobby"));
+    let (a, mut a_rx) = join(&registry, &session, "a").await;
+    let (b, mut b_rx) = join(&registry, &session, "b").await;
+    drain(&mut a_rx);
+
+    // Before tick 1 (at 100 ms): a sends 1-10 (past the bound of 8, so 1
+    // and 2 go), b sends 7 after a's fifth. (The order between two players
+    // is the order the session reads them in: settled here.)
+    for sequence in 1..=5 {
+        input(&a, sequence);
+    }
+    settle().await;
+    input(&b, 7);
+    settle().await;
+    for sequence in 6..=10 {
+        input(&a, sequence);
+    }
+    tokio::time::sleep(Duration::from_millis(97)).await;
+    assert!(log.lock().unwrap_or_else(|p| p.into_inner()).is_empty(), "a tick before its period");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let first: Vec<(String, u64)> =
+        [("a", 3), ("a", 4), ("a", 5), ("b", 7), ("a", 6), ("a", 7), ("a", 8), ("a", 9), ("a", 10)]
+            .map(|(p, s)| (p.to_owned(), s))
+            .into();
+    assert_eq!(*log.lock().unwrap_or_else(|p| p.into_inner()), vec![(1, first)]);
+    // Both joined since: a full state each, with their own last inputs.
+    assert_eq!(states(&mut a_rx), [(1, true, "1".to_owned(), 10, 0)]);
+    assert_eq!(states(&mut b_rx), [(1, true, "1".to_owned(), 7, 0)]);
+
+    // Tick 2, at 200 ms: b's input only; then deltas.
+    input(&b, 8);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.lock().unwrap_or_else(|p| p.into_inner())[1], (2, vec![("b".to_owned(), 8)]));
+    assert_eq!(states(&mut a_rx), [(2, false, "2".to_owned(), 10, 0)]);
+    assert_eq!(states(&mut b_rx), [(2, false, "2".to_owned(), 8, 0)]);
+    assert_eq!(listed(&registry).as_deref(), Some("playing"));
+
+    // Ticks 3 and 4 at 300 and 400 ms; the logic ends the session at 4.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let numbers: Vec<u64> = log.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [1, 2, 3, 4]);
+    let ended = drain(&mut b_rx).into_iter().find_map(|item| match item {
+        Delivery::Event(event) => match &event.event {
+            Event::Ended { reason, message, .. } => Some((*reason, message.clone())),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(ended, Some((EndReason::Completed, "match over".to_owned())));
+    assert!(registry.is_empty());
+}
+
+/// Catches a player who falls behind getting deltas that no longer apply:
+/// the first delta that finds it behind is dropped with its queued ones,
+/// it gets no delta until its next full state (which says how many it
+/// missed and replaces the state still queued), and a player who reads
+/// gets every tick.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_player_gets_a_full_state_in_place_of_its_deltas() {
+    let registry = ticking_registry(scripted(u64::MAX, 0), TickSettings::inline());
+    let session = create_ticking(&registry);
+    let (_a, mut reader) = join(&registry, &session, "reader").await;
+    let (_b, mut lagging) = join(&registry, &session, "lagging").await;
+    drain(&mut reader);
+    settle().await; // observed 1 ms after each tick
+    let mut read = Vec::new();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read.extend(states(&mut reader));
+    }
+    let mut want = vec![(1, true, "1".to_owned(), 0, 0)];
+    want.extend((2..=8).map(|tick| (tick, false, tick.to_string(), 0, 0)));
+    assert_eq!(read, want, "the reader got every tick");
+    // The lagging player reads nothing after its welcome; it is behind at
+    // QUEUE / 2 = 4 items. Tick 1's full state and deltas 2-4 fill that;
+    // delta 5 is dropped with deltas 2-4 (4 missed); the logic sends it tick
+    // 6's full state, which replaces tick 1's, and deltas 7 and 8 follow.
+    let want = [(6, true, "6".to_owned(), 0, 4), (7, false, "7".to_owned(), 0, 0), (8, false, "8".to_owned(), 0, 0)];
+    assert_eq!(states(&mut lagging), want);
+}
+
+/// Catches a panicking tick that takes down more than its session.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_tick_ends_only_its_session() {
+    let registry = ticking_registry(scripted(u64::MAX, 2), TickSettings::inline());
+    let failing = create_ticking(&registry);
+    let other = create(&registry);
+    let (_a, mut a_rx) = join(&registry, &failing, "a").await;
+    let (sender, _s_rx) = join(&registry, &other, "s").await;
+    let (_r, mut r_rx) = join(&registry, &other, "r").await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let ended = drain(&mut a_rx).into_iter().find_map(|item| match item {
+        Delivery::Event(event) => match &event.event {
+            Event::Ended { reason, .. } => Some(*reason),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(ended, Some(EndReason::InternalError));
+    assert!(registry.handle(&failing).is_err());
+    drain(&mut r_rx);
+    relay(&sender, false);
+    settle().await;
+    assert!(drain(&mut r_rx).iter().any(|item| matches!(seen(item), Seen::Relay { .. })));
+}
+
+/// Catches a runaway tick that stalls other sessions or is never given up
+/// on: on a pool of one thread, a tick that sleeps 2 s past a 200 ms
+/// watchdog ends its session with an internal error, and another ticking
+/// session goes on ticking on the thread that replaced it. Real time: the
+/// pool's threads do not advance a paused clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_past_the_watchdog_ends_its_session_and_its_thread_is_replaced() {
+    let runaway = Scripted { stall: Duration::from_secs(2), ..scripted(u64::MAX, 0) };
+    let steady = scripted(u64::MAX, 0);
+    let steady_log = steady.log.clone();
+    let ticks =
+        TickSettings { pool: Some(TickPool::new(1)), watchdog: Duration::from_millis(200), max_inputs_per_tick: 8 };
+    let mut config = config(64, RateLimits::OFF, usize::MAX);
+    config.session.ticks = ticks;
+    let modes =
+        Modes::builder().register("relay", Relay).register("ticking", runaway).register("steady", steady).build();
+    let registry = Registry::new(config, modes);
+    let failing = create_ticking(&registry);
+    let params = CreateParams {
+        mode: "steady".into(),
+        max_players: 0,
+        labels: BTreeMap::new(),
+        config: Bytes::new(),
+        open_to_join_or_create: false,
+    };
+    let steady_id = registry.create(params, None).await.map(|c| c.session.id).unwrap_or_else(|e| panic!("{e}"));
+    let (_a, mut a_rx) = join(&registry, &failing, "a").await;
+    let (_b, _b_rx) = join(&registry, &steady_id, "b").await;
+
+    // Tick 2 (at 200 ms) runs away; the watchdog fires at 400 ms.
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a_rx.recv().await {
+                Some(Delivery::Event(event)) => {
+                    if let Event::Ended { reason, .. } = &event.event {
+                        return *reason;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("the stream ended without the session's end"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the runaway session never ended"));
+    assert_eq!(ended, EndReason::InternalError);
+    assert!(started.elapsed() < Duration::from_millis(1500), "ended only after {:?}", started.elapsed());
+    // The registry forgets it right after its players hear of the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while registry.handle(&failing).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the failed session stayed listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The steady session ticks on while the runaway still holds the only
+    // original thread (for 2 s).
+    let count = || steady_log.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let before = count();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(count() >= before + 3, "the steady session ticked {} times in 600 ms", count() - before);
+    assert!(registry.handle(&steady_id).is_ok());
 }

@@ -148,6 +148,19 @@ impl Output {
                 age(b.server_time_unix_micros),
                 printable(&String::from_utf8_lossy(&b.payload))
             ),
+            Some(Kind::State(s)) => println!(
+                "tick {} {} ({} bytes, inputs to #{}{}): {}",
+                s.tick,
+                if s.full { "state" } else { "delta" },
+                s.payload.len(),
+                s.last_input_sequence,
+                if s.deltas_dropped > 0 {
+                    format!(", {} deltas dropped before it", s.deltas_dropped)
+                } else {
+                    String::new()
+                },
+                printable(&String::from_utf8_lossy(&s.payload))
+            ),
             Some(Kind::Pong(p)) => println!(
                 "pong: round trip {}",
                 fmt(Duration::from_micros((unix_micros() - p.client_time).max(0) as u64))
