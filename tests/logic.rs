@@ -1,15 +1,20 @@
 //! Session logic from a library user's point of view: a mode registered in
 //! code, made from each session's config, running behind the real server;
-//! and a logic that panics, which ends its session alone.
+//! a logic that panics, which ends its session alone; and a ticking mode
+//! that takes inputs and sends states.
 
 mod common;
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use common::{Player, TestServer, assert_status, join_session};
 use game_session::Modes;
 use game_session::error::Error;
 use game_session::pb::{self, SessionEndReason, server_message::Kind};
-use game_session::session::{Mode, PlayerId, PlayerMessage, Relay, Room, SessionLogic};
+use game_session::session::{
+    Mode, NewPlayer, PlayerId, PlayerMessage, Recipients, Relay, Room, SessionLogic, Tick, TickRate,
+};
 use tonic::Code;
 
 /// A relay that panics on the payload its session's config names.
@@ -91,5 +96,157 @@ async fn a_panicking_logic_ends_only_its_session_with_internal_error() {
     let listed = server.sessions().await.list_sessions(pb::ListSessionsRequest::default()).await.expect("list");
     let ids: Vec<_> = listed.into_inner().sessions.into_iter().map(|s| s.session_id).collect();
     assert_eq!(ids, [other]);
+    server.shutdown().await;
+}
+
+/// A ticking mode for the tests: 50 Hz; each tick adds up every player's
+/// input bytes, sends the total as a full state to who needs one and as a
+/// delta to the rest; `phase` goes lobby → playing at the first input and
+/// → over when the total reaches the config's target, which ends the
+/// session. Joins whose player id starts with `banned` are refused.
+struct Sum;
+
+struct SumLogic {
+    target: u64,
+    total: u64,
+}
+
+impl Mode for Sum {
+    fn create(&self, config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
+        let target = std::str::from_utf8(config).ok().and_then(|c| c.parse().ok()).ok_or("config: a target sum")?;
+        Ok(Box::new(SumLogic { target, total: 0 }))
+    }
+}
+
+fn phase(phase: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("phase".to_owned(), phase.to_owned())])
+}
+
+impl SessionLogic for SumLogic {
+    fn init(&mut self, room: &mut Room) -> Option<TickRate> {
+        room.set_labels(phase("lobby"));
+        TickRate::hz(50).ok()
+    }
+
+    fn on_join_attempt(&mut self, _room: &Room, player: &NewPlayer) -> Result<(), Error> {
+        if player.id.starts_with("banned") {
+            return Err(Error::precondition("join", "banned players may not join this match"));
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, tick: &mut Tick) {
+        let before = self.total;
+        self.total += tick.inputs().iter().flat_map(|input| input.payload.iter()).map(|b| u64::from(*b)).sum::<u64>();
+        if before == 0 && self.total > 0 {
+            tick.set_labels(phase("playing"));
+        }
+        let state = Bytes::from(self.total.to_string());
+        let fresh = tick.needs_full_state().to_vec();
+        let rest = tick.players().iter().filter(|p| !fresh.contains(p)).cloned().collect();
+        tick.state(state.clone(), Recipients::Only(fresh));
+        tick.delta(state, Recipients::Only(rest));
+        if self.total >= self.target {
+            tick.set_labels(phase("over"));
+            tick.end("target reached");
+        }
+    }
+
+    fn on_message(&mut self, room: &mut Room, from: &PlayerId, _message: PlayerMessage) {
+        room.send_error(from, Error::invalid("relay", "this mode takes inputs"));
+    }
+
+    fn on_backend_message(&mut self, _room: &mut Room, _payload: Bytes, _targets: Vec<PlayerId>) -> Result<u64, Error> {
+        Err(Error::invalid("payload", "this mode takes no backend messages"))
+    }
+}
+
+/// The next `State` a player gets, skipping presence and the like.
+async fn next_state(player: &mut Player) -> pb::State {
+    loop {
+        match player.next().await {
+            Kind::State(state) => return state,
+            Kind::SessionEnded(ended) => panic!("the session ended first: {ended:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Catches a ticking mode behind the real server whose inputs do not reach
+/// the tick in order and from the right player, whose states do not say
+/// the last input processed, whose first state is a delta, whose labels do
+/// not show in ListSessions and WatchSessions, whose join rejection does
+/// not reach the client, or whose end does not read as completed.
+#[tokio::test]
+async fn a_ticking_mode_takes_inputs_and_sends_states() {
+    let modes = Modes::builder().register("relay", Relay).register("sum", Sum).build();
+    let server = TestServer::start_with_modes(common::config(), modes).await;
+    let mut api = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "sum".into(), config: Bytes::from("20"), ..Default::default() };
+    let session = api.create_session(request).await.expect("create").into_inner().session.expect("session");
+    assert_eq!(session.labels.get("phase").map(String::as_str), Some("lobby"));
+    let session = session.session_id;
+    let mut watch = api.watch_sessions(pb::WatchSessionsRequest::default()).await.expect("watch").into_inner();
+
+    let refused = Player::try_join(server.addr, join_session(&session, "banned-1"), Default::default()).await;
+    assert_status(refused.map(|p| p.welcome), Code::FailedPrecondition, "banned players may not join this match");
+    let mut a = Player::join(server.addr, join_session(&session, "a")).await;
+    let b = Player::join(server.addr, join_session(&session, "b")).await;
+    let first = next_state(&mut a).await;
+    assert!(first.full, "the first state is a full one: {first:?}");
+    assert_eq!(first.last_input_sequence, 0);
+
+    // a sends 1, 2, 3 (sequences 1-3); b sends 4 (sequence 10). Each
+    // state's total must be what its last input sequences account for.
+    for (sequence, value) in [(1, 1u8), (2, 2), (3, 3)] {
+        let input = pb::Input { sequence, payload: vec![value].into() };
+        a.send(pb::client_message::Kind::Input(input)).await;
+    }
+    let input = pb::Input { sequence: 10, payload: vec![4].into() };
+    b.send(pb::client_message::Kind::Input(input)).await;
+    let a_sums = [0, 1, 3, 6];
+    loop {
+        let state = next_state(&mut a).await;
+        assert!(!state.full, "a got a full state it did not need: {state:?}");
+        let total: u64 = String::from_utf8_lossy(&state.payload).parse().expect("a number");
+        // a's own part of the total is exactly what its last input says.
+        let own = a_sums[state.last_input_sequence as usize];
+        assert!(total == own || total == own + 4, "total {total} with a's inputs to #{}", state.last_input_sequence);
+        if total == 10 {
+            assert_eq!(state.last_input_sequence, 3);
+            break;
+        }
+    }
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.sessions[0].labels.get("phase").map(String::as_str), Some("playing"));
+
+    // Ten more from b reach the target: the logic ends the session.
+    let input = pb::Input { sequence: 11, payload: vec![10].into() };
+    b.send(pb::client_message::Kind::Input(input)).await;
+    let (seen, end) = a.until_end().await;
+    assert!(end.is_ok(), "{end:?}");
+    match seen.last() {
+        Some(Kind::SessionEnded(ended)) => {
+            assert_eq!((ended.reason, ended.message.as_str()), (SessionEndReason::Completed as i32, "target reached"));
+        }
+        other => panic!("expected the session's end, got {other:?}"),
+    }
+    // The watch saw the phases go by.
+    let mut phases = Vec::new();
+    while phases.last().map(String::as_str) != Some("over") {
+        let message = tokio::time::timeout(common::WAIT, watch.message()).await.expect("in time").expect("watch");
+        let session = match message.and_then(|m| m.kind) {
+            Some(pb::watch_sessions_response::Kind::Initial(session)) => Some(session),
+            Some(pb::watch_sessions_response::Kind::Event(event)) => event.session,
+            _ => None,
+        };
+        if let Some(phase) = session.and_then(|s| s.labels.get("phase").cloned())
+            && phases.last() != Some(&phase)
+        {
+            phases.push(phase);
+        }
+    }
+    assert_eq!(phases, ["lobby", "playing", "over"]);
+    drop(b);
     server.shutdown().await;
 }

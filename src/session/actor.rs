@@ -136,8 +136,15 @@ pub(super) struct Actor {
 }
 
 impl Actor {
-    pub(super) fn new(room: Room, logic: Box<dyn SessionLogic>, inbox: mpsc::Receiver<Command>) -> Self {
-        Actor { room, logic: Some(logic), ticker: None, inbox, inbound: SelectAll::new(), failed: false }
+    /// The actor of a session whose logic's `init` asked for `tick_rate`.
+    pub(super) fn new(
+        room: Room,
+        logic: Box<dyn SessionLogic>,
+        inbox: mpsc::Receiver<Command>,
+        tick_rate: Option<TickRate>,
+    ) -> Self {
+        let ticker = tick_rate.map(|rate| Ticker::new(rate, room.tick_settings().clone(), room.mode()));
+        Actor { room, logic: Some(logic), ticker, inbox, inbound: SelectAll::new(), failed: false }
     }
 
     /// Runs the session until it ends.
@@ -145,47 +152,35 @@ impl Actor {
         // Should even the end panic, the registry still forgets the session
         // (after a normal end the room has done so, and this does nothing).
         let _deregister = self.room.deregister_on_drop();
-        let started = match self.hook("init", None, |logic, room| logic.init(room)) {
-            Ok(rate) => {
-                let settings = self.room.tick_settings().clone();
-                self.ticker = rate.map(|rate| Ticker::new(rate, settings, self.room.mode()));
-                None
-            }
-            Err(end) => Some(end),
-        };
-        let end = if let Some(end) = started {
-            end
-        } else {
-            loop {
-                // A session whose players keep it busy would otherwise never give
-                // its worker thread back (its streams are always ready), starving
-                // the other sessions and connections on that worker. Each wake-up
-                // takes a unit of tokio's per-task budget (128 per turn on the
-                // worker): after a full batch the actor yields, and an actor that
-                // waits between wake-ups never does.
-                tokio::task::consume_budget().await;
-                // Polling the players' streams runs their code (decoding), so it
-                // is guarded too.
-                let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {
-                    Ok(wake) => wake,
-                    Err(panic) => break self.failed(panic, "polling", None),
-                };
-                if let Wake::Tick = wake {
-                    // The tick's own panics come back from it; this catches the
-                    // plumbing's.
-                    match AssertUnwindSafe(self.tick()).catch_unwind().await {
-                        Ok(Some(end)) => break end,
-                        Ok(None) => continue,
-                        Err(panic) => break self.failed(panic, "plumbing", None),
-                    }
-                }
-                // Hooks catch their own panics (to answer whoever waits on them);
-                // this catches the plumbing's.
-                match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
+        let end = loop {
+            // A session whose players keep it busy would otherwise never give
+            // its worker thread back (its streams are always ready), starving
+            // the other sessions and connections on that worker. Each wake-up
+            // takes a unit of tokio's per-task budget (128 per turn on the
+            // worker): after a full batch the actor yields, and an actor that
+            // waits between wake-ups never does.
+            tokio::task::consume_budget().await;
+            // Polling the players' streams runs their code (decoding), so it
+            // is guarded too.
+            let wake = match AssertUnwindSafe(self.next_wake()).catch_unwind().await {
+                Ok(wake) => wake,
+                Err(panic) => break self.failed(panic, "polling", None),
+            };
+            if let Wake::Tick = wake {
+                // The tick's own panics come back from it; this catches the
+                // plumbing's.
+                match AssertUnwindSafe(self.tick()).catch_unwind().await {
                     Ok(Some(end)) => break end,
-                    Ok(None) => {}
+                    Ok(None) => continue,
                     Err(panic) => break self.failed(panic, "plumbing", None),
                 }
+            }
+            // Hooks catch their own panics (to answer whoever waits on them);
+            // this catches the plumbing's.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
+                Ok(Some(end)) => break end,
+                Ok(None) => {}
+                Err(panic) => break self.failed(panic, "plumbing", None),
             }
         };
         self.end(end);

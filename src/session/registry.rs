@@ -232,8 +232,20 @@ impl Registry {
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
         let handle = SessionHandle::new(id.clone(), tx);
-        let room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), Arc::new(self.clone()));
-        self.inner.tasks.spawn(Actor::new(room, logic, inbox).run());
+        let mut room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), Arc::new(self.clone()));
+        let mut logic = logic;
+        // The logic's start, on the caller's task: its labels are in the
+        // answer. A panic refuses the session.
+        let tick_rate = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logic.init(&mut room))) {
+            Ok(rate) => rate,
+            Err(_) => {
+                tracing::error!("the mode's init panicked; the session is not created");
+                return Err(Error::Internal("the session's mode failed to start it".into()));
+            }
+        };
+        let info = SessionInfo { labels: room.labels().clone(), ..info };
+        room.mark_listed();
+        self.inner.tasks.spawn(Actor::new(room, logic, inbox, tick_rate).run());
 
         if let Some(key) = &idempotency_key {
             state.by_idempotency_key.insert(key.clone(), id.clone());

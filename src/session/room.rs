@@ -133,6 +133,8 @@ pub struct Room {
     /// so the session is over.
     drained: bool,
     metrics: SessionMetrics,
+    /// See [`Room::mark_listed`].
+    listed: bool,
 }
 
 /// What the room has due (see [`Room::due`]).
@@ -172,7 +174,20 @@ impl Room {
             sweep_armed: false,
             drained: false,
             metrics,
+            listed: false,
         }
+    }
+
+    /// The registry lists the session from now on: changes are reported
+    /// to it (before, during the logic's `init`, the registry takes the
+    /// room's state as the session's first summary).
+    pub(super) fn mark_listed(&mut self) {
+        self.listed = true;
+    }
+
+    /// The session's labels.
+    pub fn labels(&self) -> &Arc<BTreeMap<String, String>> {
+        &self.info.labels
     }
 
     /// The session's id.
@@ -275,7 +290,9 @@ impl Room {
     /// them at once.
     pub fn set_labels(&mut self, labels: BTreeMap<String, String>) {
         self.info.labels = Arc::new(labels);
-        self.listing.labels_changed(&self.info.id, self.info.labels.clone());
+        if self.listed {
+            self.listing.labels_changed(&self.info.id, self.info.labels.clone());
+        }
     }
 
     /// The players a delta would mean nothing to (see

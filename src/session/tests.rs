@@ -1278,3 +1278,44 @@ async fn a_tick_past_the_watchdog_ends_its_session_and_its_thread_is_replaced() 
     assert!(count() >= before + 3, "the steady session ticked {} times in 600 ms", count() - before);
     assert!(registry.handle(&steady_id).is_ok());
 }
+
+/// A logic whose `init` panics.
+struct BrokenInit;
+
+impl Mode for BrokenInit {
+    fn create(&self, _config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
+        Ok(Box::new(BrokenInit))
+    }
+}
+
+impl SessionLogic for BrokenInit {
+    fn init(&mut self, _room: &mut Room) -> Option<TickRate> {
+        panic!("a bug in init")
+    }
+
+    fn on_message(&mut self, _room: &mut Room, _from: &PlayerId, _message: PlayerMessage) {}
+
+    fn on_backend_message(&mut self, _room: &mut Room, _payload: Bytes, _targets: Vec<PlayerId>) -> Result<u64, Error> {
+        Ok(0)
+    }
+}
+
+/// Catches a panicking `init` that leaves a session half made (listed, or
+/// counted against the limit) or takes the registry down.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_init_refuses_the_session_alone() {
+    let modes = Modes::builder().register("relay", Relay).register("broken", BrokenInit).build();
+    let registry = Registry::new(config(16, RateLimits::OFF, usize::MAX), modes);
+    let params = CreateParams {
+        mode: "broken".into(),
+        max_players: 0,
+        labels: BTreeMap::new(),
+        config: Bytes::new(),
+        open_to_join_or_create: false,
+    };
+    let refused = registry.create(params, None).await.map(|c| c.session.id);
+    assert_eq!(refused, Err(Error::Internal("the session's mode failed to start it".into())));
+    assert!(registry.is_empty());
+    let _ = create(&registry);
+    assert!(!registry.is_empty(), "the registry goes on");
+}
