@@ -317,6 +317,13 @@ impl SessionService for Backend {
     ) -> Result<Response<pb::SendToSessionResponse>, Status> {
         Err(Status::unimplemented("not in the baseline"))
     }
+
+    async fn signal_session(
+        &self,
+        _: Request<pb::SignalSessionRequest>,
+    ) -> Result<Response<pb::SignalSessionResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
 }
 
 #[tokio::main]

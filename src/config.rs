@@ -55,6 +55,13 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
 
+    /// How long GetSession still answers for a session after it ended, with
+    /// its end reason and its logic's result (e.g. a match's outcome), so
+    /// that a backend can record it; 0 keeps none. At most `--max-sessions`
+    /// ended sessions are kept (the oldest go first).
+    #[arg(long, env = "GAME_SESSION_ENDED_SESSION_RETENTION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub ended_session_retention: Duration,
+
     /// Sessions one caller may have running that it started by
     /// join-or-create, or 0 for no limit; past it, a join-or-create that
     /// would start another gets RESOURCE_EXHAUSTED (joins into open sessions

@@ -254,6 +254,7 @@ fn registry_config(config: &Config) -> RegistryConfig {
         default_max_players: config.default_max_players,
         max_players_limit: config.max_players_limit,
         watch_buffer: config.watch_buffer,
+        ended_retention: config.ended_session_retention,
         creation: CreationLimits {
             live_per_caller: config.max_sessions_per_caller,
             per_second: config.session_create_rate,

@@ -458,7 +458,16 @@ async fn end_session_tells_every_player() {
             other => panic!("expected only session_ended, got {other:?}"),
         }
     }
-    assert_status(api.get_session(pb::GetSessionRequest { session_id: session.clone() }).await, Code::NotFound, "");
+    // Readable as ended (for --ended-session-retention), not listed, and
+    // not to be ended twice.
+    let ended = api.get_session(pb::GetSessionRequest { session_id: session.clone() }).await.expect("get");
+    let end = ended.into_inner().session.and_then(|s| s.end).expect("its end");
+    assert_eq!(
+        (end.reason, end.message.as_str(), end.result.is_empty()),
+        (SessionEndReason::EndedByBackend as i32, "match over: red wins", true)
+    );
+    let listed = api.list_sessions(pb::ListSessionsRequest::default()).await.expect("list").into_inner();
+    assert!(listed.sessions.is_empty(), "{listed:?}");
     assert_status(
         api.end_session(pb::EndSessionRequest { session_id: session, message: String::new() }).await,
         Code::NotFound,

@@ -116,8 +116,11 @@ async fn backend_commands_in_tables_and_json() {
     assert_eq!(ok(&server, &["send", &id, "hello"]).await.trim(), "sent at sequence 2");
     assert_eq!(json(&ok(&server, &["end", "--json", &id, "--message", "bye"]).await)["sequence"], "3");
 
-    let missing = failure(&run(&server, &["get", &id]).await);
-    assert_eq!(missing, format!("error: NOT_FOUND: session_id: session \"{id}\" not found\n"));
+    // Ended: shown as such for the retention period.
+    let ended = ok(&server, &["get", &id]).await;
+    assert!(ended.contains("\nended (ENDED_BY_BACKEND, ") && ended.ends_with(" ago): bye\n"), "{ended}");
+    let missing = failure(&run(&server, &["get", "no-such-session"]).await);
+    assert_eq!(missing, "error: NOT_FOUND: session_id: session \"no-such-session\" not found\n");
     server.shutdown().await;
 }
 

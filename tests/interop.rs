@@ -369,7 +369,13 @@ async fn grpcurl_creates_gets_and_ends_a_session() {
     let ended = grpcurl_ok(server.addr, &["-d", &end], &[&format!("{service}/EndSession")], None).await;
     assert!(json_string(&ended, "sequence").is_some(), "{ended}");
 
-    let gone = grpcurl(server.addr, &["-d", &get], &[&format!("{service}/GetSession")], None).await;
+    // Ended: GetSession shows how, for the retention period.
+    let ended = grpcurl_ok(server.addr, &["-d", &get], &[&format!("{service}/GetSession")], None).await;
+    assert_eq!(json_string(&ended, "reason"), Some("SESSION_END_REASON_ENDED_BY_BACKEND"), "{ended}");
+    assert_eq!(json_string(&ended, "message"), Some("bye"), "{ended}");
+
+    let missing = r#"{"sessionId":"no-such-session"}"#;
+    let gone = grpcurl(server.addr, &["-d", missing], &[&format!("{service}/GetSession")], None).await;
     // grpcurl exits with 64 + the status code: 64 + NOT_FOUND (5).
     assert_eq!(gone.status.code(), Some(69), "{gone}");
     assert!(gone.stderr.contains("Code: NotFound"), "{gone}");

@@ -13,7 +13,7 @@ use game_session::Modes;
 use game_session::error::Error;
 use game_session::pb::{self, SessionEndReason, server_message::Kind};
 use game_session::session::{
-    Mode, NewPlayer, PlayerId, PlayerMessage, Recipients, Relay, Room, SessionLogic, Tick, TickRate,
+    EndReason, Mode, NewPlayer, PlayerId, PlayerMessage, Recipients, Relay, Room, SessionLogic, Tick, TickRate,
 };
 use tonic::Code;
 
@@ -88,8 +88,10 @@ async fn a_panicking_logic_ends_only_its_session_with_internal_error() {
         }
         other => panic!("expected session_ended alone, got {other:?}"),
     }
+    // Not listed any more, but readable as ended for the retention period.
     let gone = server.sessions().await.get_session(pb::GetSessionRequest { session_id: doomed.clone() }).await;
-    assert_status(gone, Code::NotFound, &doomed);
+    let end = gone.expect("get").into_inner().session.and_then(|s| s.end).expect("ended");
+    assert_eq!(end.reason, SessionEndReason::InternalError as i32);
 
     sender.relay(b"boom", &[]).await;
     assert_eq!(reader.next_relayed().await.payload, &b"boom"[..], "the other session goes on");
@@ -158,6 +160,18 @@ impl SessionLogic for SumLogic {
 
     fn on_backend_message(&mut self, _room: &mut Room, _payload: Bytes, _targets: Vec<PlayerId>) -> Result<u64, Error> {
         Err(Error::invalid("payload", "this mode takes no backend messages"))
+    }
+
+    /// `add:N` adds N to the total; answers with the new total.
+    fn on_signal(&mut self, _room: &mut Room, payload: Bytes) -> Result<Bytes, Error> {
+        let add = std::str::from_utf8(&payload).ok().and_then(|p| p.strip_prefix("add:")?.parse::<u64>().ok());
+        let add = add.ok_or_else(|| Error::invalid("payload", "expected add:N"))?;
+        self.total += add;
+        Ok(Bytes::from(self.total.to_string()))
+    }
+
+    fn on_end(&mut self, _room: &mut Room, _reason: EndReason) -> Option<Bytes> {
+        Some(Bytes::from(format!("total {}", self.total)))
     }
 }
 
@@ -248,5 +262,67 @@ async fn a_ticking_mode_takes_inputs_and_sends_states() {
     }
     assert_eq!(phases, ["lobby", "playing", "over"]);
     drop(b);
+    server.shutdown().await;
+}
+
+/// Catches a backend signal that does not reach the logic or whose answer
+/// does not come back, a mode without signals that does not say so, and a
+/// result that is not readable after the end (GetSession, the ENDED watch
+/// event) or is kept past the retention period.
+#[tokio::test]
+async fn signals_reach_the_logic_and_the_result_outlives_the_session() {
+    let modes = Modes::builder().register("relay", Relay).register("sum", Sum).build();
+    let mut config = common::config();
+    config.ended_session_retention = std::time::Duration::from_millis(500);
+    let server = TestServer::start_with_modes(config, modes).await;
+    let mut api = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "sum".into(), config: Bytes::from("100"), ..Default::default() };
+    let session = api.create_session(request).await.expect("create").into_inner().session.expect("session").session_id;
+    let relay = server.create_session(2).await;
+    let mut watch = api.watch_sessions(pb::WatchSessionsRequest::default()).await.expect("watch").into_inner();
+    let mut player = Player::join(server.addr, join_session(&session, "a")).await;
+
+    let signal = |id: &str, payload: &'static str| pb::SignalSessionRequest {
+        session_id: id.to_owned(),
+        payload: Bytes::from_static(payload.as_bytes()),
+    };
+    let answer = api.signal_session(signal(&session, "add:5")).await.expect("signal").into_inner();
+    assert_eq!(answer.payload, &b"5"[..]);
+    assert_status(api.signal_session(signal(&session, "sub:1")).await, Code::InvalidArgument, "expected add:N");
+    assert_status(api.signal_session(signal(&relay, "add:1")).await, Code::FailedPrecondition, "takes no signals");
+    assert_status(api.signal_session(signal("nope", "add:1")).await, Code::NotFound, "nope");
+
+    // 95 more reach the target: the next tick ends the session.
+    let answer = api.signal_session(signal(&session, "add:95")).await.expect("signal").into_inner();
+    assert_eq!(answer.payload, &b"100"[..]);
+    let (_, end) = player.until_end().await;
+    assert!(end.is_ok(), "{end:?}");
+    let ended = api.get_session(pb::GetSessionRequest { session_id: session.clone() }).await.expect("get");
+    let end = ended.into_inner().session.and_then(|s| s.end).expect("an ended session's end");
+    assert_eq!(
+        (end.reason, end.message.as_str(), &end.result[..]),
+        (SessionEndReason::Completed as i32, "target reached", &b"total 100"[..])
+    );
+    let mut seen = None;
+    while seen.is_none() {
+        let message = tokio::time::timeout(common::WAIT, watch.message()).await.expect("in time").expect("watch");
+        if let Some(pb::watch_sessions_response::Kind::Event(event)) = message.and_then(|m| m.kind)
+            && event.kind == pb::SessionEventKind::Ended as i32
+        {
+            seen = event.session.and_then(|s| s.end);
+        }
+    }
+    assert_eq!(seen.map(|end| end.result), Some(Bytes::from_static(b"total 100")));
+
+    // Past the retention period, the session is not found.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        match api.get_session(pb::GetSessionRequest { session_id: session.clone() }).await {
+            Err(status) if status.code() == Code::NotFound => break,
+            Ok(_) => assert!(tokio::time::Instant::now() < deadline, "kept past its retention"),
+            Err(status) => panic!("{status:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     server.shutdown().await;
 }

@@ -286,6 +286,12 @@ pub fn session(session: &SessionInfo) -> pb::SessionInfo {
         created_unix_micros: session.created_unix_micros,
         sequence: session.sequence,
         players: players(&session.players),
+        end: session.end.as_ref().map(|end| pb::SessionEnd {
+            reason: end_reason(end.reason) as i32,
+            message: end.message.clone(),
+            result: end.result.clone().unwrap_or_default(),
+            ended_unix_micros: end.ended_unix_micros,
+        }),
     }
 }
 

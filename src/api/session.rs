@@ -284,9 +284,34 @@ impl<D: Directory> SessionService for SessionApi<D> {
         })
         .await
     }
+
+    async fn signal_session(
+        &self,
+        request: Request<pb::SignalSessionRequest>,
+    ) -> Result<Response<pb::SignalSessionResponse>, Status> {
+        let span = super::rpc_span!("SessionService", "SignalSession", &request);
+        super::rpc("SignalSession", span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
+            let request = request.into_inner();
+            let session_id = request.session_id.clone();
+            let result = self.signal(request).await;
+            audit(&caller, "SignalSession", &session_id, &result);
+            result
+        })
+        .await
+    }
 }
 
 impl<D: Directory> SessionApi<D> {
+    async fn signal(&self, request: pb::SignalSessionRequest) -> Result<Response<pb::SignalSessionResponse>, Status> {
+        tracing::Span::current().record("session.id", request.session_id.as_str());
+        convert::check_id("session_id", &request.session_id)?;
+        convert::check_payload("payload", &request.payload, &self.limits)?;
+        let payload = bytes::Bytes::copy_from_slice(&request.payload);
+        let answer = self.directory.signal(&request.session_id, payload).await?;
+        Ok(Response::new(pb::SignalSessionResponse { payload: answer }))
+    }
+
     async fn create(&self, request: pb::CreateSessionRequest) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let labels = convert::check_labels("labels", request.labels, self.limits.max_labels)?;
         if request.config.len() > MAX_CONFIG_LEN {

@@ -342,6 +342,17 @@ impl Actor {
                     }
                 }
             }
+            Command::Signal { payload, reply } => {
+                match self.hook("on_signal", None, |logic, room| logic.on_signal(room, payload)) {
+                    Ok(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                    Err(end) => {
+                        let _ = reply.send(Err(Error::Internal(FAILED.to_owned())));
+                        return Some(end);
+                    }
+                }
+            }
             Command::Info { reply } => {
                 let _ = reply.send(self.room.summary());
             }
@@ -525,12 +536,13 @@ impl Actor {
         // Refuse new commands first, so that nothing is queued after the
         // drain below.
         self.inbox.close();
+        let mut result = None;
         if !self.failed {
             // Too late to change the reason should it panic: the session is
             // ending anyway (the panic is logged).
-            let _ = self.hook("on_end", None, |logic, room| logic.on_end(room, reason));
+            result = self.hook("on_end", None, |logic, room| logic.on_end(room, reason)).ok().flatten();
         }
-        let sequence = self.room.end(reason, &message);
+        let sequence = self.room.end(reason, &message, result);
         self.inbound = SelectAll::new();
         while let Ok(command) = self.inbox.try_recv() {
             match command {
@@ -538,6 +550,9 @@ impl Actor {
                     let _ = reply.send(Err((Error::SessionNotFound(session_id.to_string()), Some(request))));
                 }
                 Command::BackendMessage { reply, .. } => {
+                    let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
+                }
+                Command::Signal { reply, .. } => {
                     let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
                 }
                 Command::End(EndRequest { reply: Some(reply), .. }) => {

@@ -67,6 +67,9 @@ pub trait Directory: Clone + Send + Sync + 'static {
     fn send(&self, id: &str, payload: Bytes, targets: Vec<PlayerId>)
     -> impl Future<Output = Result<u64, Error>> + Send;
 
+    /// Hands a backend's signal to the session's logic; returns its answer.
+    fn signal(&self, id: &str, payload: Bytes) -> impl Future<Output = Result<Bytes, Error>> + Send;
+
     /// Ends a session; every player receives `message`. Returns the sequence
     /// number of the `session_ended` event.
     fn end(&self, id: &str, reason: EndReason, message: String) -> impl Future<Output = Result<u64, Error>> + Send;

@@ -41,6 +41,8 @@ pub(super) enum Command {
     Join { request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>> },
     /// A backend service's message for the session's logic.
     BackendMessage { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
+    /// A backend's signal for the logic, answered with the logic's answer.
+    Signal { payload: Bytes, reply: oneshot::Sender<Result<Bytes, Error>> },
     /// End the session.
     End(EndRequest),
     /// The session's summary with its players.
@@ -105,6 +107,13 @@ impl SessionHandle {
     pub async fn send(&self, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::BackendMessage { payload, targets, reply })?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    /// Hands a backend's signal to the logic; returns its answer.
+    pub async fn signal(&self, payload: Bytes) -> Result<Bytes, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Signal { payload, reply })?;
         answer.await.map_err(|_| self.gone())?
     }
 

@@ -84,8 +84,20 @@ pub trait SessionLogic: Send + 'static {
     /// goes back to the caller.
     fn on_backend_message(&mut self, room: &mut Room, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error>;
 
+    /// A backend service's signal (SignalSession): returns the answer the
+    /// caller gets, or an error with its status. By default the mode takes
+    /// no signals (FAILED_PRECONDITION).
+    fn on_signal(&mut self, room: &mut Room, payload: Bytes) -> Result<Bytes, Error> {
+        let _ = (room, payload);
+        Err(Error::precondition("payload", "this session's mode takes no signals"))
+    }
+
     /// The session is ending for `reason`; the players are told after this.
-    fn on_end(&mut self, room: &mut Room, reason: EndReason) {
+    /// Returns the session's result, if it has one (e.g. the match's
+    /// outcome): GetSession shows it for `--ended-session-retention`, and
+    /// the ENDED watch event carries it.
+    fn on_end(&mut self, room: &mut Room, reason: EndReason) -> Option<Bytes> {
         let _ = (room, reason);
+        None
     }
 }

@@ -337,6 +337,18 @@ pub(super) fn player_weight(player: &PlayerInfo) -> usize {
     player.id.len() + player.display_name.len() + player.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
+/// How a session ended; its summary keeps it for the retention period
+/// (GetSession) and the ENDED watch event carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: EndReason,
+    /// What the players were told.
+    pub message: String,
+    /// What the logic's `on_end` returned (e.g. the match's outcome).
+    pub result: Option<Bytes>,
+    pub ended_unix_micros: i64,
+}
+
 /// A summary of one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -350,6 +362,8 @@ pub struct SessionInfo {
     pub sequence: u64,
     /// Filled only by [`Directory::get`].
     pub players: Vec<Arc<PlayerInfo>>,
+    /// Set once the session has ended.
+    pub end: Option<Arc<Ending>>,
 }
 
 /// Limits and timings every session runs with.

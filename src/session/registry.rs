@@ -7,10 +7,11 @@
 //! across an `.await`, and never per relayed message (actors report to it on
 //! join, leave and end).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -28,7 +29,7 @@ use super::directory::{
 use super::handle::{JoinRequest, Joined, SessionHandle};
 use super::rate::Bucket;
 use super::room::{Listing, Room};
-use super::{EndReason, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
+use super::{EndReason, Ending, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
 use crate::error::Error;
 
 /// Registry-wide settings.
@@ -44,6 +45,9 @@ pub struct RegistryConfig {
     pub watch_buffer: usize,
     /// What each caller may create by join-or-create.
     pub creation: CreationLimits,
+    /// How long GetSession still shows a session after it ended (with its
+    /// end reason and result); zero keeps none.
+    pub ended_retention: Duration,
     /// What every session runs with.
     pub session: SessionConfig,
 }
@@ -99,6 +103,49 @@ struct State {
     /// `creators`' size at which the next insert first drops the callers
     /// with nothing left to remember.
     creators_sweep_at: usize,
+    /// Sessions that ended, kept for GetSession.
+    ended: Ended,
+}
+
+/// Ended sessions' last summaries (with their end and result), kept for
+/// the retention period, at most as many as `max_sessions`.
+#[derive(Default)]
+struct Ended {
+    by_id: HashMap<SessionId, SessionInfo>,
+    /// When each ended, oldest first.
+    order: VecDeque<(Instant, SessionId)>,
+}
+
+impl Ended {
+    /// Keeps `last` (an ended session's summary), dropping what is older
+    /// than `retention` and, past `cap`, the oldest.
+    fn retain(&mut self, now: Instant, retention: Duration, cap: usize, last: SessionInfo) {
+        self.expire(now, retention);
+        if retention.is_zero() || cap == 0 {
+            return;
+        }
+        while self.order.len() >= cap {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.by_id.remove(&id);
+            }
+        }
+        self.order.push_back((now, last.id.clone()));
+        self.by_id.insert(last.id.clone(), last);
+    }
+
+    /// Drops what ended more than `retention` ago.
+    fn expire(&mut self, now: Instant, retention: Duration) {
+        while let Some((ended, id)) = self.order.front()
+            && now.saturating_duration_since(*ended) >= retention
+        {
+            self.by_id.remove(id);
+            self.order.pop_front();
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<SessionInfo> {
+        self.by_id.get(id).cloned()
+    }
 }
 
 /// What the registry remembers of one caller that created sessions.
@@ -229,6 +276,7 @@ impl Registry {
             created_unix_micros: super::unix_micros(),
             sequence: 0,
             players: Vec::new(),
+            end: None,
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
         let handle = SessionHandle::new(id.clone(), tx);
@@ -265,6 +313,13 @@ impl Registry {
         self.inner.count.send_replace(state.sessions.len());
         info!(session.max_players = info.max_players, "session created");
         Ok((Created { session: info, created: true }, handle))
+    }
+
+    /// An ended session's last summary, while it is kept.
+    fn ended(&self, id: &str) -> Result<SessionInfo, Error> {
+        let mut state = self.state();
+        state.ended.expire(Instant::now(), self.inner.config.ended_retention);
+        state.ended.get(id).ok_or_else(|| Error::SessionNotFound(id.to_owned()))
     }
 
     /// The handle of a running session.
@@ -435,7 +490,7 @@ impl Listing for Registry {
         self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
     }
 
-    fn remove(&self, id: &SessionId) {
+    fn remove(&self, id: &SessionId, ending: Ending) {
         let mut state = self.state();
         let Some(entry) = state.sessions.remove(id) else { return };
         if let Some((key, _)) = &entry.idempotency {
@@ -449,9 +504,10 @@ impl Listing for Registry {
                 state.creators.remove(caller);
             }
         }
-        let last = entry.current();
-        self.publish(&mut state, WatchEventKind::Ended, last.clone(), Some(last));
+        let last = SessionInfo { end: Some(Arc::new(ending)), ..entry.current() };
+        self.publish(&mut state, WatchEventKind::Ended, last.clone(), Some(last.clone()));
         self.inner.count.send_replace(state.sessions.len());
+        state.ended.retain(Instant::now(), self.inner.config.ended_retention, self.inner.config.max_sessions, last);
     }
 }
 
@@ -461,7 +517,15 @@ impl Directory for Registry {
     }
 
     async fn get(&self, id: &str) -> Result<SessionInfo, Error> {
-        self.handle(id)?.info().await
+        let handle = self.handle(id);
+        match handle {
+            Ok(handle) => match handle.info().await {
+                // It ended on the way: its ended summary, if kept.
+                Err(Error::SessionNotFound(_)) => self.ended(id),
+                answer => answer,
+            },
+            Err(_) => self.ended(id),
+        }
     }
 
     async fn mode_of(&self, id: &str) -> Result<Arc<str>, Error> {
@@ -539,6 +603,10 @@ impl Directory for Registry {
         self.handle(id)?.send(payload, targets).await
     }
 
+    async fn signal(&self, id: &str, payload: Bytes) -> Result<Bytes, Error> {
+        self.handle(id)?.signal(payload).await
+    }
+
     async fn end(&self, id: &str, reason: EndReason, message: String) -> Result<u64, Error> {
         self.handle(id)?.end(reason, message).await
     }
@@ -598,6 +666,44 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn ended(id: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            mode: "relay".into(),
+            max_players: 2,
+            player_count: 0,
+            labels: Arc::default(),
+            open_to_join_or_create: false,
+            created_unix_micros: 0,
+            sequence: 1,
+            players: Vec::new(),
+            end: None,
+        }
+    }
+
+    /// Catches ended sessions kept without bound: past the retention period
+    /// they go, and past the cap the oldest go first.
+    #[tokio::test(start_paused = true)]
+    async fn ended_sessions_are_kept_for_the_retention_period_and_no_more_than_the_cap() {
+        let (retention, cap) = (Duration::from_secs(300), 2);
+        let mut kept = Ended::default();
+        for id in ["a", "b", "c"] {
+            kept.retain(Instant::now(), retention, cap, ended(id));
+            tokio::time::advance(Duration::from_secs(100)).await;
+        }
+        assert_eq!(["a", "b", "c"].map(|id| kept.get(id).is_some()), [false, true, true], "the oldest went at the cap");
+        // b ended at 100 s, c at 200 s; it is 300 s now.
+        kept.expire(Instant::now(), retention);
+        assert!(kept.get("b").is_some());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        kept.expire(Instant::now(), retention);
+        assert_eq!(["b", "c"].map(|id| kept.get(id).is_some()), [false, true]);
+        // A retention of zero keeps nothing.
+        kept.retain(Instant::now(), Duration::ZERO, cap, ended("d"));
+        assert!(kept.get("d").is_none() && kept.get("c").is_none());
+        assert!(kept.by_id.is_empty() && kept.order.is_empty());
+    }
 
     /// Catches a map of callers that only grows: one entry per connection
     /// or token that ever created a session would pin memory for good.

@@ -26,8 +26,8 @@ use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, S
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
 use super::tick::Recipients;
 use super::{
-    Departure, EndReason, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId, SessionInfo,
-    SharedEvent,
+    Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId,
+    SessionInfo, SharedEvent,
 };
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
@@ -43,8 +43,9 @@ pub(super) trait Listing: Send + Sync + 'static {
     fn player_count_changed(&self, id: &SessionId, player_count: u32);
     /// The session's logic replaced its labels.
     fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>);
-    /// The session ended: forget it (again is harmless).
-    fn remove(&self, id: &SessionId);
+    /// The session ended: list it as ended for the retention period (again
+    /// is harmless).
+    fn remove(&self, id: &SessionId, ending: Ending);
 }
 
 /// Who gets a message.
@@ -691,7 +692,7 @@ impl Room {
     /// Ends the session: every player gets the `session_ended` event with
     /// `reason` and `message`, then the end of its stream; its listing
     /// forgets the session. Returns the event's sequence number.
-    pub(super) fn end(&mut self, reason: EndReason, message: &str) -> u64 {
+    pub(super) fn end(&mut self, reason: EndReason, message: &str, result: Option<Bytes>) -> u64 {
         let sequence = self.next_sequence();
         let event = SharedEvent::new(Event::Ended { sequence, reason, message: message.to_owned() });
         for seat in self.seats.values().filter(|seat| !seat.ended) {
@@ -704,7 +705,8 @@ impl Room {
         self.metrics.departed("session_ended", players as u64);
         self.metrics.ended(reason.as_str());
         self.seats.clear();
-        self.listing.remove(&self.info.id);
+        let ending = Ending { reason, message: message.to_owned(), result, ended_unix_micros: super::unix_micros() };
+        self.listing.remove(&self.info.id, ending);
         info!(session.end_reason = ?reason, session.sequence = sequence, players, message = %message, "session ended");
         sequence
     }
@@ -770,6 +772,12 @@ pub(super) struct Deregister {
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.listing.remove(&self.id);
+        let ending = Ending {
+            reason: EndReason::InternalError,
+            message: "the session failed on the server".to_owned(),
+            result: None,
+            ended_unix_micros: super::unix_micros(),
+        };
+        self.listing.remove(&self.id, ending);
     }
 }

@@ -40,6 +40,7 @@ fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
         max_players_limit: 8,
         watch_buffer: 64,
         creation: CreationLimits::OFF,
+        ended_retention: Duration::from_secs(300),
         session: SessionConfig {
             outbound_queue: QUEUE,
             outbound_queue_bytes: QUEUE_BYTES,
@@ -498,6 +499,7 @@ fn room(registry: &Registry) -> Room {
         created_unix_micros: 0,
         sequence: 0,
         players: Vec::new(),
+        end: None,
     };
     let config = SessionConfig {
         outbound_queue: QUEUE,
@@ -703,7 +705,7 @@ async fn ending_the_room_tells_every_player_last() {
     let registry = new_registry(16);
     let mut room = room(&registry);
     let mut q = seat_all(&mut room, &["a", "b"]);
-    assert_eq!(room.end(EndReason::EndedByBackend, "bye"), 3);
+    assert_eq!(room.end(EndReason::EndedByBackend, "bye", None), 3);
     for queue in &mut q {
         let items = drain(queue);
         match items.as_slice() {

@@ -54,6 +54,15 @@ impl Output {
                 .collect();
             table(&["PLAYER", "NAME", "METADATA"], &rows);
         }
+        if let Some(end) = &session.end {
+            let reason = pb::SessionEndReason::try_from(end.reason).unwrap_or_default();
+            let reason = reason.as_str_name().trim_start_matches("SESSION_END_REASON_");
+            println!();
+            println!("ended ({reason}, {} ago): {}", age(end.ended_unix_micros), printable(&end.message));
+            if !end.result.is_empty() {
+                println!("result: {}", printable(&String::from_utf8_lossy(&end.result)));
+            }
+        }
         Ok(())
     }
 
