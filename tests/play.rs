@@ -287,7 +287,9 @@ async fn empty_sessions_end_after_the_idle_timeout() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let result = sessions.get_session(pb::GetSessionRequest { session_id: empty.clone() }).await;
-        if result.as_ref().is_err_and(|s| s.code() == tonic::Code::NotFound) {
+        let end = result.expect("get").into_inner().session.and_then(|s| s.end);
+        if let Some(end) = end {
+            assert_eq!(end.reason, pb::SessionEndReason::Idle as i32);
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the empty session never ended");

@@ -99,8 +99,10 @@ async fn metrics_count_a_scripted_session_exactly() {
     sessions.end_session(end).await.expect("end");
     let (_, ended) = alice.until_end().await;
     assert!(ended.is_ok(), "{ended:?}");
-    let missing = sessions.get_session(pb::GetSessionRequest { session_id }).await.expect_err("ended");
-    assert_eq!(missing.code(), Code::NotFound);
+    let ended = sessions.get_session(pb::GetSessionRequest { session_id }).await.expect("an ended session");
+    assert!(ended.into_inner().session.is_some_and(|s| s.end.is_some()));
+    let missing = pb::GetSessionRequest { session_id: "no-such-session".into() };
+    assert_eq!(sessions.get_session(missing).await.expect_err("never existed").code(), Code::NotFound);
 
     // The actor's last updates land just after the players see the end.
     let mut samples = server.scrape().await;
