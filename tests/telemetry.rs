@@ -599,6 +599,10 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     let send =
         pb::SendToSessionRequest { session_id: session_id.clone(), payload: b"hi".to_vec().into(), player_ids: vec![] };
     sessions.send_to_session(bearer(send, &admin)).await.expect("send");
+    let signal = pb::SignalSessionRequest { session_id: session_id.clone(), payload: b"ping".to_vec().into() };
+    assert_status(sessions.signal_session(bearer(signal.clone(), &alice)).await, Code::PermissionDenied, "admin");
+    // A relay session takes no signals: refused, and audited as such.
+    assert_status(sessions.signal_session(bearer(signal, &admin)).await, Code::FailedPrecondition, "signals");
     let end = pb::EndSessionRequest { session_id: session_id.clone(), message: "over".into() };
     sessions.end_session(bearer(end, &admin)).await.expect("end");
     let missing = pb::EndSessionRequest { session_id: "no-such-session".into(), message: String::new() };
@@ -609,7 +613,7 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
         ("api=\"play\",reason=\"missing\"", 10.0),
         ("api=\"play\",reason=\"expired\"", 1.0),
         ("api=\"play\",reason=\"impersonation\"", 1.0),
-        ("api=\"session\",reason=\"not_admin\"", 1.0),
+        ("api=\"session\",reason=\"not_admin\"", 2.0),
     ] {
         let series = format!("game_session_auth_rejections_total{{{labels}}}");
         assert_eq!(samples.get(&series), Some(&count), "{series} in {samples:?}");
@@ -619,7 +623,7 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     let mut lines = Vec::new();
     let mut audits = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while audits.len() < 4 {
+    while audits.len() < 5 {
         let line =
             tokio::time::timeout_at(deadline, server.log.recv()).await.expect("audit lines in time").expect("log");
         let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -641,6 +645,7 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
         [
             audit("CreateSession", &session_id, "Ok"),
             audit("SendToSession", &session_id, "Ok"),
+            audit("SignalSession", &session_id, "FailedPrecondition"),
             audit("EndSession", &session_id, "Ok"),
             audit("EndSession", "no-such-session", "NotFound"),
         ]
@@ -651,9 +656,12 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     if burst < std::time::Duration::from_millis(900) {
         assert_eq!(missing.len(), 1, "ten refusals within a second log one line: {missing:?}");
     }
-    for reason in ["expired", "impersonation", "not_admin"] {
+    for reason in ["expired", "impersonation"] {
         assert_eq!(refusals.iter().filter(|l| l["reason"] == reason).count(), 1, "{reason}: {refusals:?}");
     }
+    // Two not_admin refusals: one line, or two if a second apart.
+    let not_admin = refusals.iter().filter(|l| l["reason"] == "not_admin").count();
+    assert!((1..=2).contains(&not_admin), "{refusals:?}");
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     for secret in tokens.iter().map(String::as_str).chain([SECRET]) {
         assert!(!text.iter().any(|line| line.contains(secret)), "a log line holds a credential");
