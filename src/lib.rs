@@ -98,6 +98,36 @@ pub struct Listeners {
     pub health: Option<TcpListener>,
 }
 
+/// Binds the configured addresses (and `/metrics`, installing the
+/// Prometheus recorder), then [`run`]s `modes` until `shutdown` resolves:
+/// what the `game-session` binary does, for a server of one's own modes
+/// (see `examples/arena`).
+pub async fn serve(config: Config, modes: Modes, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    // The metrics endpoint comes up first and stays up through the drain;
+    // it stops with the process.
+    if let Some(addr) = config.metrics_listen.0 {
+        let listener = bind("--metrics-listen", addr).await?;
+        let handle = metrics::install()?;
+        tracing::info!(address = %listener.local_addr()?, "serving metrics");
+        tokio::spawn(metrics::serve(listener, handle));
+    }
+    let main = bind("--listen", config.listen_addr()).await?;
+    let backend = match config.backend_listen {
+        Some(addr) => Some(bind("--backend-listen", addr).await?),
+        None => None,
+    };
+    let health = match config.health_listen.0 {
+        Some(addr) => Some(bind("--health-listen", addr).await?),
+        None => None,
+    };
+    run(config, modes, Listeners { main, backend, health }, shutdown).await
+}
+
+/// Binds `addr`; a failure names the flag and the address.
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({flag}): {e}").into())
+}
+
 /// Serves until `shutdown` resolves, then shuts down gracefully:
 ///
 /// 1. health turns NOT_SERVING (overall and per service; `liveness` stays
@@ -169,7 +199,7 @@ pub async fn run(
     }
     let backend_api_here = listeners.backend.is_none();
     let main_tls = tls.clone().map(|tls| (tls, false));
-    let mut servers = vec![serve(main_routes, listeners.main, "main", main_tls, &settings, &stop)];
+    let mut servers = vec![serve_routes(main_routes, listeners.main, "main", main_tls, &settings, &stop)];
     info!(address = %main_addr, backend_api = backend_api_here, tls = tls.is_some(), auth = auth.is_on(), "serving players");
     if !auth.is_on() {
         warn!(
@@ -183,13 +213,13 @@ pub async fn run(
         let (v1, v1alpha) = reflection()?;
         let routes = Routes::new(health_service.clone()).add_service(v1).add_service(v1alpha).add_service(session_api);
         let backend_tls = tls.clone().map(|tls| (tls, true));
-        servers.push(serve(routes, backend, "backend", backend_tls, &settings, &stop));
+        servers.push(serve_routes(routes, backend, "backend", backend_tls, &settings, &stop));
         let mtls = config.tls.tls_client_ca_file.is_some();
         info!(address = %backend_addr, tls = tls.is_some(), mtls, "serving the backend API");
     }
     if let Some(health) = listeners.health {
         let health_addr = health.local_addr()?;
-        servers.push(serve(Routes::new(health_service), health, "health", None, &settings, &stop));
+        servers.push(serve_routes(Routes::new(health_service), health, "health", None, &settings, &stop));
         info!(address = %health_addr, "serving health checks (plain text)");
     }
     tokio::spawn(auth.refresh(stop.clone()));
@@ -237,7 +267,7 @@ pub async fn run(
 /// Serves `routes` on `listener` (named `name` in metrics and logs) until
 /// `stop`, over TLS when `tls` is set, with the connection limits and HTTP/2
 /// settings of [`connections`].
-fn serve(
+fn serve_routes(
     routes: Routes,
     listener: TcpListener,
     name: &'static str,

@@ -2,12 +2,9 @@
 //! bind, and run until SIGTERM or SIGINT.
 
 use clap::Parser;
-use game_session::{Config, Listeners, Modes, telemetry};
-use std::net::SocketAddr;
+use game_session::{Config, Modes, telemetry};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -29,7 +26,7 @@ async fn main() -> std::process::ExitCode {
             let _ = signalled.set(Instant::now());
         }
     };
-    let code = match serve(config, shutdown).await {
+    let code = match game_session::serve(config, Modes::default(), shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");
@@ -42,30 +39,4 @@ async fn main() -> std::process::ExitCode {
     };
     telemetry.shutdown(flush_within).await;
     code
-}
-
-async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), game_session::BoxError> {
-    // The metrics endpoint comes up first and stays up through the drain;
-    // it stops with the process.
-    if let Some(addr) = config.metrics_listen.0 {
-        let listener = bind("--metrics-listen", addr).await?;
-        let handle = game_session::metrics::install()?;
-        tracing::info!(address = %listener.local_addr()?, "serving metrics");
-        tokio::spawn(game_session::metrics::serve(listener, handle));
-    }
-    let main = bind("--listen", config.listen_addr()).await?;
-    let backend = match config.backend_listen {
-        Some(addr) => Some(bind("--backend-listen", addr).await?),
-        None => None,
-    };
-    let health = match config.health_listen.0 {
-        Some(addr) => Some(bind("--health-listen", addr).await?),
-        None => None,
-    };
-    game_session::run(config, Modes::default(), Listeners { main, backend, health }, shutdown).await
-}
-
-/// Binds `addr`; a failure names the flag and the address.
-async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, game_session::BoxError> {
-    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({flag}): {e}").into())
 }
