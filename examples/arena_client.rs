@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Players are letters; the one who is "it" is upper case. The match starts
-//! when two players are in and lasts a minute: whoever was "it" the least
+//! 3 seconds after a second player comes in (at once when the arena is full)
+//! and lasts a minute: whoever was "it" the least
 //! wins.
 
 use std::io::BufRead;

@@ -46,7 +46,13 @@ async fn the_arena_enforces_the_speed_limit_and_reports_the_winner() {
     config.tick_threads = Some(1);
     let server = TestServer::start_with_modes(config, modes).await;
     let mut api = server.sessions().await;
-    let request = pb::CreateSessionRequest { mode: "arena".into(), config: Bytes::from("2"), ..Default::default() };
+    // Two seats: the match starts as soon as both are taken.
+    let request = pb::CreateSessionRequest {
+        mode: "arena".into(),
+        max_players: 2,
+        config: Bytes::from("2"),
+        ..Default::default()
+    };
     let created = api.create_session(request).await.expect("create").into_inner().session.expect("session");
     assert_eq!(created.labels.get("phase").map(String::as_str), Some("lobby"));
     let session = created.session_id;

@@ -10,8 +10,8 @@
 //! full state every tick (a snapshot, small at these sizes), with the last
 //! input of theirs that it includes.
 //!
-//! Labels: `phase` is `lobby` until two players are in, then `playing`, then
-//! `over`. The result (SessionEnd.result, and GetSession for a while after
+//! Labels: `phase` is `lobby` until the arena is full, or until 3 seconds
+//! after its second player came in, then `playing`, then `over`. The result (SessionEnd.result, and GetSession for a while after
 //! the end) is JSON: the winner and each player's time as "it".
 
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ pub const MAX_SPEED: f32 = 5.0;
 pub const RADIUS: f32 = 0.5;
 /// After a tag, the new "it" cannot tag back for this long.
 const TAG_IMMUNITY: Duration = Duration::from_secs(1);
+/// How long the lobby waits for more players once two are in.
+const LOBBY_WAIT: Duration = Duration::from_secs(3);
 
 /// The `arena` mode. Its config is the match's length in seconds, as text
 /// (empty: 60).
@@ -70,6 +72,10 @@ struct Runner {
 #[derive(Debug, Default)]
 pub struct Match {
     length_ticks: u64,
+    /// The arena's seats: full, the match starts at once.
+    seats: usize,
+    /// The tick at which a lobby of two or more players starts the match.
+    lobby_ends_at: Option<u64>,
     /// The tick the match started at (two players in), if it has.
     started_at: Option<u64>,
     runners: BTreeMap<PlayerId, Runner>,
@@ -201,6 +207,7 @@ fn phase(phase: &str) -> BTreeMap<String, String> {
 
 impl SessionLogic for Match {
     fn init(&mut self, room: &mut Room) -> Option<TickRate> {
+        self.seats = room.max_players() as usize;
         room.set_labels(phase("lobby"));
         TickRate::hz(HZ).ok()
     }
@@ -238,7 +245,13 @@ impl SessionLogic for Match {
         for input in tick.inputs() {
             self.steer(&input.from, &input.payload);
         }
-        if self.started_at.is_none() && self.runners.len() >= 2 {
+        if self.runners.len() < 2 {
+            self.lobby_ends_at = None;
+        } else if self.lobby_ends_at.is_none() {
+            self.lobby_ends_at = Some(number + LOBBY_WAIT.as_secs() * u64::from(HZ));
+        }
+        let full = self.runners.len() >= self.seats;
+        if self.started_at.is_none() && (full || self.lobby_ends_at.is_some_and(|at| number >= at)) {
             self.started_at = Some(number);
             self.it = self.runners.keys().next().cloned();
             tick.set_labels(phase("playing"));

@@ -282,6 +282,11 @@ impl Room {
         sequence
     }
 
+    /// The seats the session has.
+    pub fn max_players(&self) -> u32 {
+        self.info.max_players
+    }
+
     /// The ids of the players seated now, in no particular order.
     pub fn player_ids(&self) -> Vec<PlayerId> {
         self.seats.keys().cloned().collect()

@@ -30,6 +30,7 @@ mod connections;
 mod relay;
 mod repeated;
 mod secure;
+mod tick;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,8 @@ enum Scenario {
     Connections(connections::Connections),
     /// Players joining and leaving at a fixed rate: the registry empties and memory stays flat.
     Churn(churn::Churn),
+    /// S sessions of a ticking mode x P players sending inputs at R Hz: missed ticks, input-to-state latency, cost.
+    Tick(tick::TickBench),
 }
 
 /// Which server a scenario runs against.
@@ -325,14 +328,40 @@ async fn create_sessions(
     max_players: u32,
     labels: &HashMap<String, String>,
 ) -> Result<Vec<String>, Failure> {
+    create(server, channels, "relay", b"", count, max_players, labels).await
+}
+
+/// Creates `count` sessions of `mode` with `config` and `max_players`
+/// seats; returns their ids.
+async fn create_sessions_of(
+    server: &Server,
+    channels: &[Channel],
+    mode: &str,
+    config: &[u8],
+    count: usize,
+    max_players: u32,
+) -> Result<Vec<String>, Failure> {
+    create(server, channels, mode, config, count, max_players, &HashMap::new()).await
+}
+
+async fn create(
+    server: &Server,
+    channels: &[Channel],
+    mode: &str,
+    config: &[u8],
+    count: usize,
+    max_players: u32,
+    labels: &HashMap<String, String>,
+) -> Result<Vec<String>, Failure> {
     use futures_util::{StreamExt, stream};
     use game_session::pb;
     let creates = (0..count).map(|i| {
         let mut client = server.credentials.sessions(channels[i % channels.len()].clone());
         let request = pb::CreateSessionRequest {
-            mode: "relay".into(),
+            mode: mode.into(),
             max_players,
             labels: labels.clone(),
+            config: bytes::Bytes::copy_from_slice(config),
             ..Default::default()
         };
         async move {
@@ -378,6 +407,7 @@ pub async fn run(remote: &Remote, bench: Bench, json_output: bool) -> Result<(),
         Scenario::Relay(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
         Scenario::Connections(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
         Scenario::Churn(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
+        Scenario::Tick(scenario) => execute(&scenario, remote, &scenario.target, json_output).await,
     }
 }
 

@@ -530,7 +530,7 @@ struct Schedule {
 
 /// Joins `session` as player `n` (with a token of its own when the server
 /// checks) and waits for the welcome.
-async fn join(
+pub(super) async fn join(
     server: &Server,
     channel: Channel,
     session: String,

@@ -1,0 +1,261 @@
+//! The authoritative scenario: S sessions of a ticking mode (by default the
+//! `arena` example, so `--server-bin target/release/examples/arena`) × P
+//! players; each player sends a B-byte `input` at R Hz, and the server's
+//! tick sends every player a state each tick, naming the last input of
+//! theirs it includes.
+//!
+//! Measured over the window: the states that arrived against those the
+//! tick rate (`--tick-hz`) promises, and the ticks that never came (a tick
+//! that overran skips the boundaries it ran past), from the tick numbers
+//! one player per session saw; input-to-state latency (from an input's
+//! send to the first state that includes it: up to one tick period of that
+//! is the wait for the tick, by design); and the server's and the client's
+//! CPU.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::{StreamExt, stream};
+use game_session::pb::{self, client_message, server_message};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{ClientCpu, Failure, Measured, Run, Server, Target};
+
+/// The authoritative scenario's settings.
+#[derive(Debug, Args)]
+pub struct TickBench {
+    /// Sessions (S).
+    #[arg(long, default_value_t = 2000)]
+    sessions: usize,
+    /// Players per session (P).
+    #[arg(long, default_value_t = 4)]
+    players: u32,
+    /// Inputs a second each player sends (R).
+    #[arg(long, default_value_t = 30.0)]
+    rate: f64,
+    /// Bytes per input (B): a velocity (two f32) and padding.
+    #[arg(long, default_value_t = 16)]
+    payload: usize,
+    /// The ticking mode to create sessions of.
+    #[arg(long, default_value = "arena")]
+    mode: String,
+    /// The sessions' config (the arena's: its match length in seconds).
+    #[arg(long, default_value = "3600")]
+    config: String,
+    /// The mode's tick rate, for the states and ticks expected.
+    #[arg(long, default_value_t = 30)]
+    tick_hz: u32,
+    /// HTTP/2 connections the players are spread over.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Sending before the measured window.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// The measured window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// What one player saw in the window.
+#[derive(Default)]
+struct Seen {
+    states: u64,
+    /// The first and last tick numbers seen (counted for one player per
+    /// session).
+    ticks: Option<(u64, u64)>,
+    latency_us: Option<Histogram<u64>>,
+    stream_errors: u64,
+}
+
+impl Run for TickBench {
+    fn workload(&self) -> Value {
+        json!({
+            "scenario": "tick", "sessions": self.sessions, "players": self.players, "rate_hz": self.rate,
+            "payload_bytes": self.payload, "mode": self.mode, "tick_hz": self.tick_hz,
+            "connections": self.connections, "warmup_s": self.warmup.as_secs_f64(),
+            "duration_s": self.duration.as_secs_f64(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "tick: {} sessions of {} x {} players, {} Hz ticks, {} B inputs at {} Hz, {} connections; {} s window after {} s warm-up",
+            self.sessions,
+            self.mode,
+            self.players,
+            self.tick_hz,
+            self.payload,
+            self.rate,
+            self.connections,
+            self.duration.as_secs_f64(),
+            self.warmup.as_secs_f64()
+        )
+    }
+
+    async fn run(&self, server: &Server) -> Result<Measured, Failure> {
+        if self.payload < 8 || !(0.1..=1000.0).contains(&self.rate) || self.players == 0 || self.sessions == 0 {
+            return Err("--payload at least 8, --rate 0.1 to 1000 Hz, --players and --sessions at least 1".into());
+        }
+        let channels = server.connect(self.connections).await?;
+        let sessions = super::create_sessions_of(
+            server,
+            &channels,
+            &self.mode,
+            self.config.as_bytes(),
+            self.sessions,
+            self.players,
+        )
+        .await?;
+        let players = self.players as usize;
+        let joins = sessions
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.clone(), players))
+            .enumerate()
+            .map(|(n, session)| super::relay::join(server, channels[n % channels.len()].clone(), session, n));
+        let joined: Vec<_> =
+            stream::iter(joins).buffered(256).collect::<Vec<_>>().await.into_iter().collect::<Result<_, Failure>>()?;
+
+        let epoch = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / self.rate);
+        let start = epoch + Duration::from_millis(200);
+        let window = (start + self.warmup, start + self.warmup + self.duration);
+        let total = joined.len();
+        let received = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        for (n, (tx, mut responses)) in joined.into_iter().enumerate() {
+            let first = start + period.mul_f64(n as f64 / total as f64);
+            let (payload_len, counts_ticks, received) = (self.payload, n % players == 0, received.clone());
+            tasks.spawn(async move {
+                let mut seen = Seen { latency_us: Histogram::new(3).ok(), ..Seen::default() };
+                let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+                let (mut sequence, mut next_send, mut last_included) = (0u64, first, 0u64);
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next_send), if next_send < window.1 => {
+                            sequence += 1;
+                            next_send += period;
+                            let mut payload = Vec::with_capacity(payload_len);
+                            let angle = sequence as f32 * 0.7;
+                            payload.extend_from_slice(&(angle.cos() * 4.0).to_le_bytes());
+                            payload.extend_from_slice(&(angle.sin() * 4.0).to_le_bytes());
+                            payload.resize(payload_len, 0);
+                            sent.push_back((sequence, Instant::now()));
+                            if sent.len() > 256 {
+                                sent.pop_front();
+                            }
+                            let input = pb::Input { sequence, payload: payload.into() };
+                            if tx.send(pb::ClientMessage { kind: Some(client_message::Kind::Input(input)) }).await.is_err() {
+                                break;
+                            }
+                        }
+                        message = responses.message() => {
+                            let now = Instant::now();
+                            let state = match message {
+                                Ok(Some(pb::ServerMessage { kind: Some(server_message::Kind::State(state)) })) => state,
+                                Ok(Some(_)) => continue,
+                                Ok(None) => break,
+                                Err(_) => {
+                                    seen.stream_errors += 1;
+                                    break;
+                                }
+                            };
+                            if now >= window.1 {
+                                break;
+                            }
+                            if now < window.0 {
+                                last_included = state.last_input_sequence;
+                                continue;
+                            }
+                            received.fetch_add(1, Ordering::Relaxed);
+                            seen.states += 1;
+                            if counts_ticks {
+                                seen.ticks = Some(seen.ticks.map_or((state.tick, state.tick), |(lo, _)| (lo, state.tick)));
+                            }
+                            // The inputs this state newly includes: each one's
+                            // latency runs from its send to now.
+                            while let Some(&(seq, at)) = sent.front() && seq <= state.last_input_sequence {
+                                sent.pop_front();
+                                if seq > last_included && let Some(h) = seen.latency_us.as_mut() {
+                                    let _ = h.record(now.duration_since(at).as_micros() as u64);
+                                }
+                            }
+                            last_included = last_included.max(state.last_input_sequence);
+                        }
+                    }
+                }
+                drop(tx);
+                seen
+            });
+        }
+
+        let bar = super::progress((window.1 - epoch).as_millis() as u64, "{prefix} [{bar:30}] {elapsed_precise} {msg}");
+        bar.set_prefix(server.name.to_string());
+        while Instant::now() < window.0 {
+            bar.set_position(epoch.elapsed().as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let server_before = server.cpu_time();
+        let client_before = super::own_cpu_time();
+        let opened = Instant::now();
+        let mut peak_rss = None;
+        while Instant::now() < window.1 {
+            peak_rss = peak_rss.max(server.rss());
+            bar.set_position(epoch.elapsed().as_millis() as u64);
+            bar.set_message(format!("{} states", received.load(Ordering::Relaxed)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let server_cpu = server.cpu_time().zip(server_before).map(|(after, before)| after - before);
+        let client_cpu = super::own_cpu_time() - client_before;
+        let measured = opened.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let seen: Vec<Seen> = tasks.join_all().await;
+        super::end_sessions(server, &channels[0], sessions).await;
+
+        let mut latency = Histogram::<u64>::new(3)?;
+        let (mut states, mut ticks, mut stream_errors) = (0u64, 0u64, 0u64);
+        for s in &seen {
+            if let Some(h) = &s.latency_us {
+                latency.add(h)?;
+            }
+            states += s.states;
+            stream_errors += s.stream_errors;
+            ticks += s.ticks.map_or(0, |(lo, hi)| hi - lo + 1);
+        }
+        let seconds = self.duration.as_secs_f64();
+        let expected_ticks = self.sessions as f64 * f64::from(self.tick_hz) * seconds;
+        let q = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
+        let mut m = Measured::default();
+        m.add("ticks_per_second_expected", "ticks expected /s", Some(expected_ticks / seconds), 0);
+        m.add("ticks_per_second", "ticks seen /s", Some(ticks as f64 / seconds), 0);
+        m.add("ticks_missed", "ticks missed (of the window's)", Some((expected_ticks - ticks as f64).max(0.0)), 0);
+        m.add("inputs_per_second", "inputs offered /s", Some(total as f64 * self.rate), 0);
+        m.add("states_per_second", "states delivered /s", Some(states as f64 / seconds), 0);
+        m.add("stream_errors", "streams ended with an error", Some(stream_errors as f64), 0);
+        for (key, quantile) in [("p50", 0.5), ("p99", 0.99)] {
+            m.add(format!("input_to_state_{key}_ms"), format!("input to state {key} (ms)"), Some(q(quantile)), 2);
+        }
+        m.add("input_to_state_max_ms", "input to state max (ms)", Some(latency.max() as f64 / 1000.0), 2);
+        m.add("server_cpu_seconds", "server CPU (s)", server_cpu.map(|d| d.as_secs_f64()), 2);
+        m.add("server_cores", "server cores", server_cpu.map(|d| d.as_secs_f64() / measured), 2);
+        // A session's tick, with its inputs and its players' states.
+        let per_tick = server_cpu.map(|d| d.as_secs_f64() * 1e6 / ticks.max(1) as f64);
+        m.add("server_cpu_us_per_tick", "server CPU-us per session tick", per_tick, 1);
+        m.add("server_peak_rss_mib", "server peak RSS (MiB)", peak_rss.map(super::mib), 1);
+        let client = ClientCpu { cores: client_cpu.as_secs_f64() / measured, threads: super::client_threads() };
+        m.add("client_cores", "client cores used", Some(client.cores), 2);
+        m.add("client_threads", "client threads", Some(client.threads as f64), 0);
+        if client.may_have_been_the_limit() {
+            m.notes.push(client.note());
+        }
+        m.client = Some(client);
+        Ok(m)
+    }
+}
