@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::pb;
 use crate::session::{
     Direct, EndReason, Event, Inbound, InputMessage, NewPlayer, PlayerId, PlayerInfo, PlayerMessage, PresenceKind,
-    RelayMessage, SessionFilter, SessionInfo,
+    RelayMessage, SessionFilter, SessionInfo, StateKind,
 };
 
 /// Longest label or metadata key, in bytes.
@@ -371,10 +371,15 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
         Direct::Dropped { count, last_sequence } => {
             Kind::Dropped(pb::MessagesDropped { count: *count, last_sequence: *last_sequence })
         }
+        Direct::State(state) if state.kind == StateKind::Message => Kind::TickMessage(pb::TickMessage {
+            tick: state.tick,
+            payload: state.payload.clone(),
+            last_input_sequence: state.last_input_sequence,
+        }),
         Direct::State(state) => Kind::State(pb::State {
             tick: state.tick,
             payload: state.payload.clone(),
-            full: state.full,
+            full: state.kind == StateKind::Full,
             last_input_sequence: state.last_input_sequence,
             deltas_dropped: state.deltas_dropped,
         }),

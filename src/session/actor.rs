@@ -32,8 +32,8 @@ use tracing::{debug, error, info_span, warn};
 
 use super::handle::{Command, EndRequest, JoinRejected, JoinRequest, Joined};
 use super::logic::SessionLogic;
-use super::room::{Audience, Due, Room};
-use super::tick::{Input, Inputs, Recipients, Sent, Tick, TickRate, TickSettings};
+use super::room::{Due, Room};
+use super::tick::{Input, Inputs, Sent, Tick, TickRate, TickSettings};
 use super::{Departure, EndReason, Inbound, InboundError, InboundStream, PlayerId, PlayerMessage, SessionId};
 use crate::error::Error;
 
@@ -195,14 +195,12 @@ impl Actor {
         let number = ticker.number;
         let tick = Tick::new(number, ticker.inputs.take(), self.room.player_ids(), self.room.needing_full_state());
         let logic = self.logic.take()?;
-        let span = tracing::debug_span!("session.tick", session.id = %self.room.id(), tick = number);
         let started = tokio::time::Instant::now();
         let (logic, result) = match ticker.settings.pool.clone() {
             None => {
                 let mut logic = logic;
                 let mut tick = tick;
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    let _span = span.enter();
                     logic.on_tick(&mut tick);
                     tick
                 }));
@@ -244,8 +242,11 @@ impl Actor {
         ticker.metrics.ran(elapsed);
         if elapsed > ticker.period {
             ticker.metrics.overran();
-            let _span = span.enter();
-            warn!(session.id = %self.room.id(), tick = number, ?elapsed, period = ?ticker.period, "tick overrun");
+            // A span of its own, only for an overrun (a span per tick would
+            // cost more than many ticks): traces show the overrun as an
+            // event on it.
+            let span = info_span!("session.tick", session.id = %self.room.id(), session.mode = self.room.mode(), tick = number);
+            span.in_scope(|| warn!(?elapsed, period = ?ticker.period, "tick overrun"));
         }
         let tick = match result {
             Ok(tick) => tick,
@@ -254,15 +255,9 @@ impl Actor {
         let mut end = None;
         for sent in tick.into_sent() {
             match sent {
-                Sent::Message { payload, to } => {
-                    let _ = match &to {
-                        Recipients::All => self.room.send(payload, Audience::All),
-                        Recipients::Only(ids) => self.room.send(payload, Audience::Only(ids)),
-                    };
-                }
-                Sent::State { payload, full, to } => {
+                Sent::State { payload, kind, to } => {
                     let inputs = &ticker.inputs;
-                    self.room.send_state(number, &payload, full, &to, |player| inputs.processed(player));
+                    self.room.send_state(number, &payload, kind, &to, |player| inputs.processed(player));
                 }
                 Sent::Labels(labels) => self.room.set_labels(labels),
                 Sent::End(message) => end = Some(EndRequest::unasked(EndReason::Completed, message)),

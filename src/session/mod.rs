@@ -64,7 +64,7 @@ pub use directory::{
 pub use handle::{JoinRequest, Joined};
 pub use logic::SessionLogic;
 pub use mode::{Mode, Modes, ModesBuilder};
-pub use outbound::{Delivery, Direct, OutboundRx, Welcome};
+pub use outbound::{Delivery, Direct, OutboundRx, State, StateKind, Welcome};
 pub use rate::RateLimits;
 pub use registry::{CreationLimits, Registry, RegistryConfig};
 pub use relay::Relay;

@@ -107,15 +107,26 @@ pub enum Direct {
     State(State),
 }
 
-/// A tick's full state or delta for one player. Its payload counts in the
+/// What a tick sent a player.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// The full state: replaces the player's.
+    Full,
+    /// A change on the last state the player got.
+    Delta,
+    /// A message (not state), e.g. an event of the game.
+    Message,
+}
+
+/// A tick's full state, delta or message for one player. Its payload counts in the
 /// server's byte accounting (`state` kind) for as long as it is queued.
 #[derive(Debug)]
 pub struct State {
     /// The tick that sent it.
     pub tick: u64,
     pub payload: Bytes,
-    /// A full state, or a delta on the last one.
-    pub full: bool,
+    /// A full state, a delta on the last one, or a message.
+    pub kind: StateKind,
     /// The last input sequence from this player that the tick processed.
     pub last_input_sequence: u64,
     /// Deltas dropped for this player since its last state (it fell
@@ -124,9 +135,15 @@ pub struct State {
 }
 
 impl State {
-    pub(super) fn new(tick: u64, payload: Bytes, full: bool, last_input_sequence: u64, deltas_dropped: u64) -> Self {
+    pub(super) fn new(
+        tick: u64,
+        payload: Bytes,
+        kind: StateKind,
+        last_input_sequence: u64,
+        deltas_dropped: u64,
+    ) -> Self {
         crate::metrics::EVENT_BYTES[crate::metrics::STATE_BYTES].fetch_add(payload.len(), Ordering::Relaxed);
-        State { tick, payload, full, last_input_sequence, deltas_dropped }
+        State { tick, payload, kind, last_input_sequence, deltas_dropped }
     }
 }
 

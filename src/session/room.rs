@@ -22,7 +22,7 @@ use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
-use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, State, Swept, Welcome};
+use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, State, StateKind, Swept, Welcome};
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
 use super::tick::Recipients;
 use super::{
@@ -307,17 +307,18 @@ impl Room {
         self.seats.iter().filter(|(_, seat)| seat.needs_full && !seat.ended).map(|(id, _)| id.clone()).collect()
     }
 
-    /// Sends tick `tick`'s full state or delta to `to`, each player's with
-    /// the last input sequence of its own that the tick processed. A full
-    /// state replaces the states still queued for a player; a delta skips
-    /// the players who need a full state, and one that finds a player
-    /// behind drops it along with the player's queued deltas, so that the
-    /// player needs a full state.
+    /// Sends tick `tick`'s full state, delta or message to `to`, each
+    /// player's with the last input sequence of its own that the tick
+    /// processed. A full state replaces the states still queued for a
+    /// player; a delta skips the players who need a full state, and one that
+    /// finds a player behind drops it along with the player's queued deltas,
+    /// so that the player needs a full state. A message is queued as any
+    /// message that may not be dropped.
     pub(super) fn send_state(
         &mut self,
         tick: u64,
         payload: &Bytes,
-        full: bool,
+        kind: StateKind,
         to: &Recipients,
         last_input: impl Fn(&PlayerId) -> u64,
     ) {
@@ -325,30 +326,30 @@ impl Room {
             Recipients::All => self.player_ids(),
             Recipients::Only(ids) => ids.clone(),
         };
-        let is_state = |delivery: &Delivery| matches!(delivery, Delivery::Direct(d) if matches!(**d, Direct::State(_)));
-        let is_delta = |delivery: &Delivery| matches!(delivery, Delivery::Direct(d) if matches!(&**d, Direct::State(state) if !state.full));
+        let of_kind = |delivery: &Delivery, kinds: &[StateKind]| matches!(delivery, Delivery::Direct(d) if matches!(&**d, Direct::State(state) if kinds.contains(&state.kind)));
         let budget = Budget::now(self.config.queued_bytes_budget);
         let mut tally = Tally::default();
         for id in recipients {
             let Some(seat) = self.seats.get_mut(&id).filter(|seat| !seat.ended) else { continue };
-            if !full && seat.needs_full {
+            if kind == StateKind::Delta && seat.needs_full {
                 continue;
             }
-            let dropped = if full {
-                seat.outbox.remove_where(is_state);
+            let dropped = if kind == StateKind::Full {
+                seat.outbox.remove_where(|d| of_kind(d, &[StateKind::Full, StateKind::Delta]));
                 std::mem::take(&mut seat.deltas_dropped)
             } else {
                 0
             };
-            let state = State::new(tick, payload.clone(), full, last_input(&id), dropped);
-            let outcome =
-                seat.outbox.offer(Delivery::Direct(Box::new(Direct::State(state))), !full, 0, &self.policy, budget);
+            let state = State::new(tick, payload.clone(), kind, last_input(&id), dropped);
+            let droppable = kind == StateKind::Delta;
+            let delivery = Delivery::Direct(Box::new(Direct::State(state)));
+            let outcome = seat.outbox.offer(delivery, droppable, 0, &self.policy, budget);
             match outcome {
                 Outcome::BehindDropped => {
                     seat.needs_full = true;
-                    seat.deltas_dropped += 1 + seat.outbox.remove_where(is_delta) as u64;
+                    seat.deltas_dropped += 1 + seat.outbox.remove_where(|d| of_kind(d, &[StateKind::Delta])) as u64;
                 }
-                Outcome::Queued | Outcome::BehindQueued if full => seat.needs_full = false,
+                Outcome::Queued | Outcome::BehindQueued if kind == StateKind::Full => seat.needs_full = false,
                 _ => {}
             }
             tally.record(&id, outcome, &mut self.departures);

@@ -1033,6 +1033,9 @@ impl SessionLogic for Scripted {
             tick.state(payload.clone(), Recipients::Only(fresh));
         }
         tick.delta(payload, Recipients::Only(rest));
+        if tick.number() == 3 {
+            tick.send(Bytes::from_static(b"halfway"), Recipients::All);
+        }
         if tick.number() == self.end_at {
             tick.end("match over");
         }
@@ -1082,9 +1085,9 @@ fn states(rx: &mut OutboundRx) -> Vec<(u64, bool, String, u64, u64)> {
         .iter()
         .filter_map(|item| match item {
             Delivery::Direct(d) => match &**d {
-                Direct::State(s) => Some((
+                Direct::State(s) if s.kind != StateKind::Message => Some((
                     s.tick,
-                    s.full,
+                    s.kind == StateKind::Full,
                     String::from_utf8_lossy(&s.payload).into_owned(),
                     s.last_input_sequence,
                     s.deltas_dropped,
@@ -1148,8 +1151,24 @@ async fn ticks_come_at_their_rate_with_the_inputs_since_the_last() {
     assert_eq!(states(&mut b_rx), [(2, false, "2".to_owned(), 8, 0)]);
     assert_eq!(listed(&registry).as_deref(), Some("playing"));
 
-    // Ticks 3 and 4 at 300 and 400 ms; the logic ends the session at 4.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Tick 3, at 300 ms, also sends a message, tagged as a state is.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let message = |rx: &mut OutboundRx| {
+        drain(rx).iter().find_map(|item| match item {
+            Delivery::Direct(d) => match &**d {
+                Direct::State(s) if s.kind == StateKind::Message => {
+                    Some((s.tick, s.payload.clone(), s.last_input_sequence))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+    };
+    assert_eq!(message(&mut a_rx), Some((3, Bytes::from_static(b"halfway"), 10)));
+    assert_eq!(message(&mut b_rx), Some((3, Bytes::from_static(b"halfway"), 8)));
+
+    // Tick 4 at 400 ms; the logic ends the session then.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let numbers: Vec<u64> = log.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, [1, 2, 3, 4]);
     let ended = drain(&mut b_rx).into_iter().find_map(|item| match item {
@@ -1185,11 +1204,22 @@ async fn a_lagging_player_gets_a_full_state_in_place_of_its_deltas() {
     want.extend((2..=8).map(|tick| (tick, false, tick.to_string(), 0, 0)));
     assert_eq!(read, want, "the reader got every tick");
     // The lagging player reads nothing after its welcome; it is behind at
-    // QUEUE / 2 = 4 items. Tick 1's full state and deltas 2-4 fill that;
-    // delta 5 is dropped with deltas 2-4 (4 missed); the logic sends it tick
-    // 6's full state, which replaces tick 1's, and deltas 7 and 8 follow.
-    let want = [(6, true, "6".to_owned(), 0, 4), (7, false, "7".to_owned(), 0, 0), (8, false, "8".to_owned(), 0, 0)];
-    assert_eq!(states(&mut lagging), want);
+    // QUEUE / 2 = 4 items. Tick 1's full state, deltas 2 and 3 and tick 3's
+    // message fill that; delta 4 is dropped with deltas 2 and 3 (3 missed;
+    // the message stays: messages are never dropped); the logic sends it
+    // tick 5's full state, which replaces tick 1's; deltas 6 and 7 follow,
+    // and delta 8 is dropped with them. Left: the message and tick 5's state.
+    let left: Vec<_> = drain(&mut lagging)
+        .iter()
+        .filter_map(|item| match item {
+            Delivery::Direct(d) => match &**d {
+                Direct::State(s) => Some((s.tick, s.kind, s.deltas_dropped)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left, [(3, StateKind::Message, 0), (5, StateKind::Full, 3)]);
 }
 
 /// Catches a panicking tick that takes down more than its session.

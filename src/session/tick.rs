@@ -36,6 +36,7 @@ use tracing::warn;
 
 use super::PlayerId;
 use super::logic::SessionLogic;
+use super::outbound::StateKind;
 
 /// A session's tick rate, in ticks a second: 1 to [`TickRate::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +98,8 @@ pub enum Recipients {
 /// One thing a tick sent, applied by the actor after the tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Sent {
-    /// A message, as a backend's (it joins the session's sequence).
-    Message { payload: Bytes, to: Recipients },
-    /// A full state (`full`) or a delta on the last one.
-    State { payload: Bytes, full: bool, to: Recipients },
+    /// A full state, a delta on the last one, or a message.
+    State { payload: Bytes, kind: StateKind, to: Recipients },
     /// New labels for the session.
     Labels(BTreeMap<String, String>),
     /// End the session, with this message to the players.
@@ -151,15 +150,17 @@ impl Tick {
         &self.needs_full_state
     }
 
-    /// Sends `payload` to `to`, as a message in the session's sequence.
+    /// Sends `payload` to `to` as a message (an event of the game, not
+    /// state), tagged like a state with the tick and each player's last
+    /// input processed; never dropped.
     pub fn send(&mut self, payload: Bytes, to: Recipients) {
-        self.sent.push(Sent::Message { payload, to });
+        self.sent.push(Sent::State { payload, kind: StateKind::Message, to });
     }
 
     /// Sends the full state to `to`. It replaces whatever state or delta
     /// still waits in a recipient's queue.
     pub fn state(&mut self, payload: Bytes, to: Recipients) {
-        self.sent.push(Sent::State { payload, full: true, to });
+        self.sent.push(Sent::State { payload, kind: StateKind::Full, to });
     }
 
     /// Sends a delta on the last state to `to` (skipping those who need a
@@ -167,7 +168,7 @@ impl Tick {
     /// behind has its queued deltas dropped and shows in
     /// [`Tick::needs_full_state`] until it gets a full state.
     pub fn delta(&mut self, payload: Bytes, to: Recipients) {
-        self.sent.push(Sent::State { payload, full: false, to });
+        self.sent.push(Sent::State { payload, kind: StateKind::Delta, to });
     }
 
     /// Replaces the session's labels (shown in ListSessions and

@@ -170,6 +170,12 @@ impl Output {
                 },
                 printable(&String::from_utf8_lossy(&s.payload))
             ),
+            Some(Kind::TickMessage(m)) => println!(
+                "tick {} message (inputs to #{}): {}",
+                m.tick,
+                m.last_input_sequence,
+                printable(&String::from_utf8_lossy(&m.payload))
+            ),
             Some(Kind::Pong(p)) => println!(
                 "pong: round trip {}",
                 fmt(Duration::from_micros((unix_micros() - p.client_time).max(0) as u64))
