@@ -95,6 +95,11 @@ pub struct Target {
     /// time and memory are then read from /proc.
     #[arg(long, conflicts_with_all = ["spawn", "compare"])]
     server_pid: Option<u32>,
+    /// The `/metrics` address (host:port) of the server at --addr, for the
+    /// figures only the server knows (the tick scenario's overruns and tick
+    /// times). A server the bench starts is read anyway. Default: none.
+    #[arg(long)]
+    server_metrics: Option<String>,
     /// Start game-session (--server-bin) on a free local port with its
     /// defaults, run against it, and stop it afterwards.
     #[arg(long)]
@@ -156,6 +161,8 @@ pub struct Server {
     endpoint: Endpoint,
     /// Its pid, when its CPU and memory can be read from /proc.
     pid: Option<u32>,
+    /// Its `/metrics` address, when the bench started it (game-session).
+    metrics: Option<String>,
     /// What the calls carry when it checks who calls.
     credentials: Credentials,
 }
@@ -222,8 +229,34 @@ impl Server {
             addr: remote.uri.clone(),
             endpoint,
             pid: target.server_pid,
+            metrics: target.server_metrics.clone(),
             credentials: Credentials { admin, players },
         })
+    }
+
+    /// Every sample of the server's `/metrics`, by `name{labels}`, when its
+    /// address is known and it answers.
+    async fn scrape(&self) -> Option<HashMap<String, f64>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics.as_deref()?;
+        let read = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await?;
+            Ok::<_, std::io::Error>(text)
+        };
+        let text = tokio::time::timeout(Duration::from_secs(5), read).await.ok()?.ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        Some(
+            body.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
     }
 
     /// Runs `scenario` against the server; the report gives its address too
@@ -580,11 +613,13 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, name: &'static str, bin: &
     command.arg("--listen").arg(&listen).kill_on_drop(true).stdout(std::process::Stdio::null());
     // Kept until the server has stopped; dropping it removes the files.
     let mut secure_files = None;
+    let mut metrics = None;
     if let Spawn::GameSession { secure } = kind {
         // Its defaults, with quiet logs, a short drain at the end, and
         // its metrics endpoint on a free port (metrics on, as deployed).
         command.args(["--log", "warn", "--drain-period", "1s", "--shutdown-grace", "1s"]);
-        command.args(["--metrics-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"]);
+        metrics = Some(format!("127.0.0.1:{}", free_port()?));
+        command.args(["--metrics-listen", metrics.as_deref().unwrap_or_default(), "--health-listen", "127.0.0.1:0"]);
         command.args(scenario.server_args());
         if secure {
             let files = secure::SecureFiles::create()?;
@@ -608,7 +643,7 @@ async fn on_spawned(scenario: &impl Run, kind: Spawn, name: &'static str, bin: &
         }
     };
     let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let server = Server { name, addr, endpoint, pid: child.id(), credentials };
+    let server = Server { name, addr, endpoint, pid: child.id(), metrics, credentials };
     wait_until_serving(&server, &mut child).await?;
     let measured = server.run(scenario).await;
     let stopped = stop(&mut child).await.map_err(|e| format!("stopping {name}: {e}"));

@@ -12,7 +12,7 @@
 //! is the wait for the tick, by design); and the server's and the client's
 //! CPU.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -62,6 +62,41 @@ pub struct TickBench {
     duration: Duration,
     #[command(flatten)]
     pub target: Target,
+}
+
+/// The server's own tick figures over the window: differences of two
+/// scrapes of `/metrics`.
+struct TickFigures {
+    overruns: f64,
+    /// The upper bound of the histogram bucket holding the 99th percentile.
+    p99_ms: Option<f64>,
+}
+
+impl TickFigures {
+    fn new(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Self {
+        let delta =
+            |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
+        let summed = |prefix: &str| {
+            after.keys().filter(|series| series.starts_with(prefix)).map(|series| delta(series)).sum::<f64>()
+        };
+        let overruns = summed("game_session_tick_overruns_total{");
+        // Cumulative buckets by bound, summed over modes.
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for series in after.keys().filter(|s| s.starts_with("game_session_tick_duration_seconds_bucket{")) {
+            let Some(bound) = series.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().unwrap_or(f64::INFINITY) };
+            match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, count)) => *count += delta(series),
+                None => buckets.push((bound, delta(series))),
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last().map_or(0.0, |(_, count)| *count);
+        let p99_ms = (total > 0.0)
+            .then(|| buckets.iter().find(|(_, count)| *count >= 0.99 * total).map(|(bound, _)| bound * 1000.0))
+            .flatten();
+        TickFigures { overruns, p99_ms }
+    }
 }
 
 /// What one player saw in the window.
@@ -156,6 +191,8 @@ impl Run for TickBench {
                                 break;
                             }
                         }
+                        // A player whose states stopped coming still stops.
+                        () = tokio::time::sleep_until(window.1) => break,
                         message = responses.message() => {
                             let now = Instant::now();
                             let state = match message {
@@ -203,6 +240,7 @@ impl Run for TickBench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let server_before = server.cpu_time();
+        let metrics_before = server.scrape().await;
         let client_before = super::own_cpu_time();
         let opened = Instant::now();
         let mut peak_rss = None;
@@ -214,6 +252,8 @@ impl Run for TickBench {
         }
         let server_cpu = server.cpu_time().zip(server_before).map(|(after, before)| after - before);
         let client_cpu = super::own_cpu_time() - client_before;
+        let ticks_in_window =
+            server.scrape().await.zip(metrics_before).map(|(after, before)| TickFigures::new(&before, &after));
         let measured = opened.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let seen: Vec<Seen> = tasks.join_all().await;
@@ -236,6 +276,8 @@ impl Run for TickBench {
         m.add("ticks_per_second_expected", "ticks expected /s", Some(expected_ticks / seconds), 0);
         m.add("ticks_per_second", "ticks seen /s", Some(ticks as f64 / seconds), 0);
         m.add("ticks_missed", "ticks missed (of the window's)", Some((expected_ticks - ticks as f64).max(0.0)), 0);
+        m.add("tick_overruns", "tick overruns (server)", ticks_in_window.as_ref().map(|t| t.overruns), 0);
+        m.add("tick_p99_ms", "tick time p99, at most (server, ms)", ticks_in_window.as_ref().and_then(|t| t.p99_ms), 2);
         m.add("inputs_per_second", "inputs offered /s", Some(total as f64 * self.rate), 0);
         m.add("states_per_second", "states delivered /s", Some(states as f64 / seconds), 0);
         m.add("stream_errors", "streams ended with an error", Some(stream_errors as f64), 0);
