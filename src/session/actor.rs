@@ -87,7 +87,6 @@ struct Ticker {
     number: u64,
     inputs: Inputs,
     settings: TickSettings,
-    /// The `session.tick` span's parent: the session's own.
     metrics: crate::metrics::TickMetrics,
 }
 

@@ -55,8 +55,13 @@ fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
 }
 
 fn create(registry: &Registry) -> SessionId {
+    create_of(registry, "relay")
+}
+
+/// Creates a session of `mode` with the default seats and no config.
+fn create_of(registry: &Registry, mode: &str) -> SessionId {
     let params = CreateParams {
-        mode: "relay".into(),
+        mode: mode.into(),
         max_players: 0,
         labels: BTreeMap::new(),
         config: Bytes::new(),
@@ -1062,15 +1067,7 @@ fn ticking_registry(mode: Scripted, ticks: TickSettings) -> Registry {
 }
 
 fn create_ticking(registry: &Registry) -> SessionId {
-    let params = CreateParams {
-        mode: "ticking".into(),
-        max_players: 0,
-        labels: BTreeMap::new(),
-        config: Bytes::new(),
-        open_to_join_or_create: false,
-    };
-    let created = registry.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
-    created.map(|c| c.session.id).unwrap_or_else(|e| panic!("create: {e}"))
+    create_of(registry, "ticking")
 }
 
 fn input(tx: &PlayerTx, sequence: u64) {
@@ -1265,14 +1262,7 @@ async fn a_tick_past_the_watchdog_ends_its_session_and_its_thread_is_replaced() 
         Modes::builder().register("relay", Relay).register("ticking", runaway).register("steady", steady).build();
     let registry = Registry::new(config, modes);
     let failing = create_ticking(&registry);
-    let params = CreateParams {
-        mode: "steady".into(),
-        max_players: 0,
-        labels: BTreeMap::new(),
-        config: Bytes::new(),
-        open_to_join_or_create: false,
-    };
-    let steady_id = registry.create(params, None).await.map(|c| c.session.id).unwrap_or_else(|e| panic!("{e}"));
+    let steady_id = create_of(&registry, "steady");
     let (_a, mut a_rx) = join(&registry, &failing, "a").await;
     let (_b, _b_rx) = join(&registry, &steady_id, "b").await;
 

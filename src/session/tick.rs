@@ -256,7 +256,8 @@ pub struct TickPool {
 }
 
 struct PoolInner {
-    jobs: Mutex<mpsc::Sender<Queued>>,
+    jobs: mpsc::Sender<Queued>,
+    /// Shared by the threads: whichever is free takes the next job.
     queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
 }
 
@@ -264,7 +265,7 @@ impl TickPool {
     /// A pool of `threads` threads (at least one).
     pub fn new(threads: usize) -> Self {
         let (tx, rx) = mpsc::channel();
-        let pool = TickPool { inner: Arc::new(PoolInner { jobs: Mutex::new(tx), queue: Arc::new(Mutex::new(rx)) }) };
+        let pool = TickPool { inner: Arc::new(PoolInner { jobs: tx, queue: Arc::new(Mutex::new(rx)) }) };
         for _ in 0..threads.max(1) {
             pool.spawn_thread();
         }
@@ -306,7 +307,7 @@ impl TickPool {
             }));
             let _ = tx.send((logic, result));
         });
-        let sent = self.inner.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).send((job, lost.clone()));
+        let sent = self.inner.jobs.send((job, lost.clone()));
         // The receivers live as long as the pool (this `self`).
         debug_assert!(sent.is_ok());
         Running { started, done: rx, lost, pool: self.clone() }

@@ -361,23 +361,13 @@ async fn create_sessions(
     max_players: u32,
     labels: &HashMap<String, String>,
 ) -> Result<Vec<String>, Failure> {
-    create(server, channels, "relay", b"", count, max_players, labels).await
+    create_sessions_of(server, channels, "relay", b"", count, max_players, labels).await
 }
 
-/// Creates `count` sessions of `mode` with `config` and `max_players`
-/// seats; returns their ids.
+/// Creates `count` sessions of `mode` with `config`, `max_players` seats
+/// and `labels`, round robin over `channels`, 64 at a time; returns their
+/// ids.
 async fn create_sessions_of(
-    server: &Server,
-    channels: &[Channel],
-    mode: &str,
-    config: &[u8],
-    count: usize,
-    max_players: u32,
-) -> Result<Vec<String>, Failure> {
-    create(server, channels, mode, config, count, max_players, &HashMap::new()).await
-}
-
-async fn create(
     server: &Server,
     channels: &[Channel],
     mode: &str,

@@ -147,6 +147,7 @@ impl Run for TickBench {
             self.config.as_bytes(),
             self.sessions,
             self.players,
+            &HashMap::new(),
         )
         .await?;
         let players = self.players as usize;
