@@ -22,6 +22,7 @@ use game_session::error::Error;
 use game_session::session::{
     EndReason, Mode, NewPlayer, PlayerId, PlayerMessage, Recipients, Room, SessionLogic, Tick, TickRate,
 };
+use serde::Serialize;
 use serde_json::json;
 
 /// Ticks a second.
@@ -165,22 +166,23 @@ impl Match {
         }
     }
 
-    /// The state every player gets: the tick, the phase, who is "it", the
-    /// time left, and each player's position and time as "it".
+    /// The state every player gets: the phase, who is "it", the time left,
+    /// and each player's position and time as "it". JSON, written straight
+    /// from these structs (no value tree: this runs every tick).
     fn snapshot(&self, tick: u64) -> Bytes {
         let left = self.started_at.map_or(self.length_ticks, |at| (at + self.length_ticks).saturating_sub(tick));
-        let players: Vec<_> = self
-            .runners
-            .iter()
-            .map(|(id, r)| json!({ "id": &**id, "x": round(r.x), "y": round(r.y), "it_ms": ms(r.it_ticks) }))
-            .collect();
-        let state = json!({
-            "phase": self.phase(),
-            "it": self.it.as_deref(),
-            "left_ms": ms(left),
-            "players": players,
-        });
-        Bytes::from(state.to_string())
+        let state = State {
+            phase: self.phase(),
+            it: self.it.as_deref(),
+            left_ms: ms(left),
+            players: self
+                .runners
+                .iter()
+                .map(|(id, r)| Position { id, x: round(r.x), y: round(r.y), it_ms: ms(r.it_ticks) })
+                .collect(),
+        };
+        // Serializing these types cannot fail (no maps with non-string keys).
+        Bytes::from(serde_json::to_vec(&state).unwrap_or_default())
     }
 
     /// The match's result: the winner (least time as "it") and every time.
@@ -192,13 +194,31 @@ impl Match {
     }
 }
 
+/// The state, as JSON.
+#[derive(Serialize)]
+struct State<'a> {
+    phase: &'static str,
+    it: Option<&'a str>,
+    left_ms: u64,
+    players: Vec<Position<'a>>,
+}
+
+/// One player in the state.
+#[derive(Serialize)]
+struct Position<'a> {
+    id: &'a str,
+    x: f32,
+    y: f32,
+    it_ms: u64,
+}
+
 fn ms(ticks: u64) -> u64 {
     ticks * 1000 / u64::from(HZ)
 }
 
 /// A coordinate to two decimals, as JSON shows it.
-fn round(v: f32) -> f64 {
-    (f64::from(v) * 100.0).round() / 100.0
+fn round(v: f32) -> f32 {
+    (v * 100.0).round() / 100.0
 }
 
 fn phase(phase: &str) -> BTreeMap<String, String> {

@@ -88,7 +88,16 @@ struct Ticker {
     inputs: Inputs,
     settings: TickSettings,
     metrics: crate::metrics::TickMetrics,
+    /// The session has no players: the clock stands still until one joins.
+    idle: bool,
+    /// Overruns since the last one logged, and when that was.
+    overruns_unlogged: u64,
+    overrun_logged_at: Option<tokio::time::Instant>,
 }
+
+/// A session logs at most one tick overrun this often; the line says how
+/// many there were since the last.
+const OVERRUN_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Ticker {
     fn new(rate: TickRate, settings: TickSettings, mode: &str) -> Self {
@@ -103,17 +112,30 @@ impl Ticker {
             inputs: Inputs::default(),
             settings,
             metrics: crate::metrics::TickMetrics::new(mode),
+            idle: true,
+            overruns_unlogged: 0,
+            overrun_logged_at: None,
         }
+    }
+
+    /// Stops the clock while the session has no players, and restarts it a
+    /// full period after the first one comes (see tick.rs).
+    fn seated(&mut self, players: usize) {
+        let idle = players == 0;
+        if self.idle && !idle {
+            self.interval.reset();
+        }
+        self.idle = idle;
     }
 }
 
-/// Waits for the next tick, or forever without a ticker.
+/// Waits for the next tick, or forever without a ticker or players.
 async fn next_tick(ticker: Option<&mut Ticker>) {
     match ticker {
-        Some(ticker) => {
+        Some(ticker) if !ticker.idle => {
             ticker.interval.tick().await;
         }
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -241,11 +263,19 @@ impl Actor {
         ticker.metrics.ran(elapsed);
         if elapsed > ticker.period {
             ticker.metrics.overran();
-            // A span of its own, only for an overrun (a span per tick would
-            // cost more than many ticks): traces show the overrun as an
-            // event on it.
-            let span = info_span!("session.tick", session.id = %self.room.id(), session.mode = self.room.mode(), tick = number);
-            span.in_scope(|| warn!(?elapsed, period = ?ticker.period, "tick overrun"));
+            ticker.overruns_unlogged += 1;
+            // Logged at most once per OVERRUN_LOG_EVERY per session (the
+            // metric counts every one): a server that overruns everywhere
+            // must not add a log line per tick to its load. The line is an
+            // event on a span of its own (a span per tick would cost more
+            // than many ticks), so traces show it too.
+            let now = tokio::time::Instant::now();
+            if ticker.overrun_logged_at.is_none_or(|at| now.duration_since(at) >= OVERRUN_LOG_EVERY) {
+                ticker.overrun_logged_at = Some(now);
+                let overruns = std::mem::take(&mut ticker.overruns_unlogged);
+                let span = info_span!("session.tick", session.id = %self.room.id(), session.mode = self.room.mode(), tick = number);
+                span.in_scope(|| warn!(?elapsed, period = ?ticker.period, overruns, "tick overrun"));
+            }
         }
         let tick = match result {
             Ok(tick) => tick,
@@ -272,6 +302,9 @@ impl Actor {
     }
 
     async fn next_wake(&mut self) -> Wake {
+        if let Some(ticker) = &mut self.ticker {
+            ticker.seated(self.room.player_count());
+        }
         tokio::select! {
             biased;
             command = self.inbox.recv() => Wake::Command(command),

@@ -287,6 +287,11 @@ impl Room {
         self.info.max_players
     }
 
+    /// How many players are seated.
+    pub fn player_count(&self) -> usize {
+        self.seats.len()
+    }
+
     /// The ids of the players seated now, in no particular order.
     pub fn player_ids(&self) -> Vec<PlayerId> {
         self.seats.keys().cloned().collect()

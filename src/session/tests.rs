@@ -1179,6 +1179,36 @@ async fn ticks_come_at_their_rate_with_the_inputs_since_the_last() {
     assert!(registry.is_empty());
 }
 
+/// Catches a session that ticks with nobody in it (a matchmaker's sessions
+/// created ahead of their players would cost CPU), a first tick sooner
+/// than a full period after the first join, and tick numbers that restart
+/// or jump after an empty spell.
+#[tokio::test(start_paused = true)]
+async fn an_empty_session_does_not_tick() {
+    let mode = scripted(u64::MAX, 0);
+    let log = mode.log.clone();
+    let registry = ticking_registry(mode, TickSettings::inline());
+    let session = create_ticking(&registry);
+    let numbers = || -> Vec<u64> { log.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, _)| *n).collect() };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(numbers(), [0u64; 0], "ticks before anyone joined");
+
+    let (a, _a_rx) = join(&registry, &session, "a").await;
+    tokio::time::sleep(Duration::from_millis(99)).await;
+    assert_eq!(numbers(), [0u64; 0], "a tick sooner than a period after the join");
+    tokio::time::sleep(Duration::from_millis(202)).await;
+    assert_eq!(numbers(), [1, 2, 3]);
+
+    a.send(Ok(Inbound::Leave)).unwrap_or_else(|_| panic!("send"));
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(numbers(), [1, 2, 3], "ticks with the session empty");
+
+    let (_b, _b_rx) = join(&registry, &session, "b").await;
+    tokio::time::sleep(Duration::from_millis(101)).await;
+    assert_eq!(numbers(), [1, 2, 3, 4], "tick numbers go on where they stopped");
+}
+
 /// Catches a player who falls behind getting deltas that no longer apply:
 /// the first delta that finds it behind is dropped with its queued ones,
 /// it gets no delta until its next full state (which says how many it

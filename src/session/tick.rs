@@ -10,11 +10,19 @@
 //! I/O, and the actor applies what it sent once it returns. Relay sessions
 //! have no tick and never touch the pool.
 //!
-//! **Missed ticks.** Ticks keep their rate from the session's start. A tick
-//! that runs past its period is an *overrun* (counted, logged, and an event
-//! on the session's span); the boundaries it ran past are skipped, not made
-//! up in a burst, and the next tick comes at the next boundary. Tick numbers
-//! count ticks run, with no gaps.
+//! **No players, no ticks.** A session ticks while it has players: its
+//! clock stands still while it is empty (before the first join, or after
+//! the last player left, until its idle timeout ends it), and the first tick
+//! after a player comes is a full period later. Tick numbers go on from
+//! where they stopped. A matchmaker that creates sessions ahead of their
+//! players therefore costs no CPU until they come.
+//!
+//! **Missed ticks.** Ticks keep their rate from the first player's join. A
+//! tick that runs past its period is an *overrun*: counted, and logged (an
+//! event on a `session.tick` span, so traces show it too) at most once per
+//! 10 s per session, with the number since the last line. The boundaries
+//! it ran past are skipped, not made up in a burst, and the next tick comes
+//! at the next boundary. Tick numbers count ticks run, with no gaps.
 //!
 //! **The watchdog.** A tick that has not returned within the watchdog limit
 //! ends its session with [`EndReason::InternalError`](super::EndReason):

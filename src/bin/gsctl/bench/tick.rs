@@ -22,8 +22,9 @@ use futures_util::{StreamExt, stream};
 use game_session::pb::{self, client_message, server_message};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tonic::Streaming;
 
 use super::{ClientCpu, Failure, Measured, Run, Server, Target};
 
@@ -51,8 +52,12 @@ pub struct TickBench {
     /// The mode's tick rate, for the states and ticks expected.
     #[arg(long, default_value_t = 30)]
     tick_hz: u32,
-    /// HTTP/2 connections the players are spread over.
-    #[arg(long, default_value_t = 8)]
+    /// HTTP/2 connections the players are spread over. A server that falls
+    /// behind on a connection with many streams of small messages closes
+    /// it (h2's bound on buffered small DATA frames: half its 1 MiB
+    /// connection window, at about 230 bytes an input), so the load spreads
+    /// over many (real players have one each).
+    #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Sending before the measured window.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -108,6 +113,133 @@ struct Seen {
     ticks: Option<(u64, u64)>,
     latency_us: Option<Histogram<u64>>,
     stream_errors: u64,
+    /// Inputs of the window not sent: the request stream was full.
+    unsent: u64,
+    /// The status the stream ended with, if it ended with an error.
+    error: Option<String>,
+}
+
+impl Seen {
+    fn failed(&mut self, status: tonic::Status) {
+        self.stream_errors += 1;
+        self.error = Some(format!("{:?}: {}", status.code(), status.message()));
+    }
+}
+
+/// When the players send and what they count: set once every player is in.
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// The first sends (spread over one period from here).
+    start: Instant,
+    period: Duration,
+    /// The measured window.
+    window: (Instant, Instant),
+}
+
+/// One player of the scenario.
+struct Player {
+    payload_len: usize,
+    /// Counts the ticks its session ran (one player per session does).
+    counts_ticks: bool,
+    /// Where in the period its sends fall, as a fraction.
+    phase: f64,
+    received: Arc<AtomicU64>,
+    schedule: watch::Receiver<Option<Schedule>>,
+}
+
+impl Player {
+    /// Reads (and drops) its states until the schedule is set, then sends
+    /// inputs on it and measures the states that include them, until the
+    /// window's end.
+    async fn play(mut self, tx: mpsc::Sender<pb::ClientMessage>, mut responses: Streaming<pb::ServerMessage>) -> Seen {
+        let mut seen = Seen { latency_us: Histogram::new(3).ok(), ..Seen::default() };
+        let Schedule { start, period, window } = loop {
+            if let Some(schedule) = *self.schedule.borrow_and_update() {
+                break schedule;
+            }
+            tokio::select! {
+                changed = self.schedule.changed() => if changed.is_err() { return seen },
+                message = responses.message() => match message {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return seen,
+                    Err(status) => {
+                        seen.failed(status);
+                        return seen;
+                    }
+                },
+            }
+        };
+        let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+        let (mut sequence, mut next_send, mut last_included) = (0u64, start + period.mul_f64(self.phase), 0u64);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_send), if next_send < window.1 => {
+                    sequence += 1;
+                    next_send += period;
+                    let mut payload = Vec::with_capacity(self.payload_len);
+                    let angle = sequence as f32 * 0.7;
+                    payload.extend_from_slice(&(angle.cos() * 4.0).to_le_bytes());
+                    payload.extend_from_slice(&(angle.sin() * 4.0).to_le_bytes());
+                    payload.resize(self.payload_len, 0);
+                    sent.push_back((sequence, Instant::now()));
+                    if sent.len() > 256 {
+                        sent.pop_front();
+                    }
+                    let input = pb::Input { sequence, payload: payload.into() };
+                    // A server that stopped reading (HTTP/2 flow
+                    // control) must not stop the player: the input is
+                    // counted as not sent, and the schedule goes on.
+                    match tx.try_send(pb::ClientMessage { kind: Some(client_message::Kind::Input(input)) }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            sent.pop_back();
+                            if next_send > window.0 {
+                                seen.unsent += 1;
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+                // A player whose states stopped coming still stops.
+                () = tokio::time::sleep_until(window.1) => break,
+                message = responses.message() => {
+                    let now = Instant::now();
+                    let state = match message {
+                        Ok(Some(pb::ServerMessage { kind: Some(server_message::Kind::State(state)) })) => state,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(status) => {
+                            seen.failed(status);
+                            break;
+                        }
+                    };
+                    if now >= window.1 {
+                        break;
+                    }
+                    if now < window.0 {
+                        last_included = state.last_input_sequence;
+                        continue;
+                    }
+                    self.received.fetch_add(1, Ordering::Relaxed);
+                    seen.states += 1;
+                    if self.counts_ticks {
+                        seen.ticks = Some(seen.ticks.map_or((state.tick, state.tick), |(lo, _)| (lo, state.tick)));
+                    }
+                    // The inputs this state newly includes: each one's
+                    // latency runs from its send to now.
+                    while let Some(&(seq, at)) = sent.front() && seq <= state.last_input_sequence {
+                        sent.pop_front();
+                        if seq > last_included && let Some(h) = seen.latency_us.as_mut() {
+                            let _ = h.record(now.duration_since(at).as_micros() as u64);
+                        }
+                    }
+                    last_included = last_included.max(state.last_input_sequence);
+                }
+            }
+        }
+        drop(tx);
+        seen
+    }
 }
 
 impl Run for TickBench {
@@ -151,88 +283,41 @@ impl Run for TickBench {
         )
         .await?;
         let players = self.players as usize;
-        let joins = sessions
-            .iter()
-            .flat_map(|s| std::iter::repeat_n(s.clone(), players))
-            .enumerate()
-            .map(|(n, session)| super::relay::join(server, channels[n % channels.len()].clone(), session, n));
-        let joined: Vec<_> =
+        let total = self.sessions * players;
+        // Each player reads its stream from its welcome on (states come as
+        // soon as its session has players: unread, they would fill the
+        // connection's HTTP/2 window and stall the joins behind them), and
+        // starts sending when every player is in.
+        let (schedule_tx, schedule) = watch::channel(None);
+        let received = Arc::new(AtomicU64::new(0));
+        let bar = super::progress(total as u64, "{prefix} [{bar:30}] {pos}/{len} joined {elapsed_precise}");
+        bar.set_prefix(server.name.to_string());
+        let joins =
+            sessions.iter().flat_map(|s| std::iter::repeat_n(s.clone(), players)).enumerate().map(|(n, session)| {
+                let joined = super::relay::join(server, channels[n % channels.len()].clone(), session, n);
+                let player = Player {
+                    payload_len: self.payload,
+                    counts_ticks: n % players == 0,
+                    phase: n as f64 / total as f64,
+                    received: received.clone(),
+                    schedule: schedule.clone(),
+                };
+                let bar = bar.clone();
+                async move {
+                    let (tx, responses) = joined.await?;
+                    bar.inc(1);
+                    Ok::<_, Failure>(tokio::spawn(player.play(tx, responses)))
+                }
+            });
+        let tasks: Vec<_> =
             stream::iter(joins).buffered(256).collect::<Vec<_>>().await.into_iter().collect::<Result<_, Failure>>()?;
+        bar.finish_and_clear();
 
         let epoch = Instant::now();
         let period = Duration::from_secs_f64(1.0 / self.rate);
         let start = epoch + Duration::from_millis(200);
         let window = (start + self.warmup, start + self.warmup + self.duration);
-        let total = joined.len();
-        let received = Arc::new(AtomicU64::new(0));
-        let mut tasks = JoinSet::new();
-        for (n, (tx, mut responses)) in joined.into_iter().enumerate() {
-            let first = start + period.mul_f64(n as f64 / total as f64);
-            let (payload_len, counts_ticks, received) = (self.payload, n % players == 0, received.clone());
-            tasks.spawn(async move {
-                let mut seen = Seen { latency_us: Histogram::new(3).ok(), ..Seen::default() };
-                let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
-                let (mut sequence, mut next_send, mut last_included) = (0u64, first, 0u64);
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(next_send), if next_send < window.1 => {
-                            sequence += 1;
-                            next_send += period;
-                            let mut payload = Vec::with_capacity(payload_len);
-                            let angle = sequence as f32 * 0.7;
-                            payload.extend_from_slice(&(angle.cos() * 4.0).to_le_bytes());
-                            payload.extend_from_slice(&(angle.sin() * 4.0).to_le_bytes());
-                            payload.resize(payload_len, 0);
-                            sent.push_back((sequence, Instant::now()));
-                            if sent.len() > 256 {
-                                sent.pop_front();
-                            }
-                            let input = pb::Input { sequence, payload: payload.into() };
-                            if tx.send(pb::ClientMessage { kind: Some(client_message::Kind::Input(input)) }).await.is_err() {
-                                break;
-                            }
-                        }
-                        // A player whose states stopped coming still stops.
-                        () = tokio::time::sleep_until(window.1) => break,
-                        message = responses.message() => {
-                            let now = Instant::now();
-                            let state = match message {
-                                Ok(Some(pb::ServerMessage { kind: Some(server_message::Kind::State(state)) })) => state,
-                                Ok(Some(_)) => continue,
-                                Ok(None) => break,
-                                Err(_) => {
-                                    seen.stream_errors += 1;
-                                    break;
-                                }
-                            };
-                            if now >= window.1 {
-                                break;
-                            }
-                            if now < window.0 {
-                                last_included = state.last_input_sequence;
-                                continue;
-                            }
-                            received.fetch_add(1, Ordering::Relaxed);
-                            seen.states += 1;
-                            if counts_ticks {
-                                seen.ticks = Some(seen.ticks.map_or((state.tick, state.tick), |(lo, _)| (lo, state.tick)));
-                            }
-                            // The inputs this state newly includes: each one's
-                            // latency runs from its send to now.
-                            while let Some(&(seq, at)) = sent.front() && seq <= state.last_input_sequence {
-                                sent.pop_front();
-                                if seq > last_included && let Some(h) = seen.latency_us.as_mut() {
-                                    let _ = h.record(now.duration_since(at).as_micros() as u64);
-                                }
-                            }
-                            last_included = last_included.max(state.last_input_sequence);
-                        }
-                    }
-                }
-                drop(tx);
-                seen
-            });
-        }
+        let _ = schedule_tx.send(Some(Schedule { start, period, window }));
 
         let bar = super::progress((window.1 - epoch).as_millis() as u64, "{prefix} [{bar:30}] {elapsed_precise} {msg}");
         bar.set_prefix(server.name.to_string());
@@ -257,29 +342,37 @@ impl Run for TickBench {
             server.scrape().await.zip(metrics_before).map(|(after, before)| TickFigures::new(&before, &after));
         let measured = opened.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let seen: Vec<Seen> = tasks.join_all().await;
+        let seen: Vec<Seen> = futures_util::future::join_all(tasks).await.into_iter().filter_map(Result::ok).collect();
         super::end_sessions(server, &channels[0], sessions).await;
 
         let mut latency = Histogram::<u64>::new(3)?;
-        let (mut states, mut ticks, mut stream_errors) = (0u64, 0u64, 0u64);
+        let (mut states, mut ticks, mut stream_errors, mut unsent) = (0u64, 0u64, 0u64, 0u64);
         for s in &seen {
             if let Some(h) = &s.latency_us {
                 latency.add(h)?;
             }
             states += s.states;
             stream_errors += s.stream_errors;
+            unsent += s.unsent;
             ticks += s.ticks.map_or(0, |(lo, hi)| hi - lo + 1);
         }
         let seconds = self.duration.as_secs_f64();
         let expected_ticks = self.sessions as f64 * f64::from(self.tick_hz) * seconds;
         let q = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
         let mut m = Measured::default();
+        let mut errors: Vec<&str> = seen.iter().filter_map(|s| s.error.as_deref()).collect();
+        errors.sort_unstable();
+        errors.dedup();
+        if let Some(first) = errors.first() {
+            m.notes.push(format!("{stream_errors} streams ended with an error ({} kinds), e.g. {first}", errors.len()));
+        }
         m.add("ticks_per_second_expected", "ticks expected /s", Some(expected_ticks / seconds), 0);
         m.add("ticks_per_second", "ticks seen /s", Some(ticks as f64 / seconds), 0);
         m.add("ticks_missed", "ticks missed (of the window's)", Some((expected_ticks - ticks as f64).max(0.0)), 0);
         m.add("tick_overruns", "tick overruns (server)", ticks_in_window.as_ref().map(|t| t.overruns), 0);
         m.add("tick_p99_ms", "tick time p99, at most (server, ms)", ticks_in_window.as_ref().and_then(|t| t.p99_ms), 2);
         m.add("inputs_per_second", "inputs offered /s", Some(total as f64 * self.rate), 0);
+        m.add("inputs_unsent", "inputs not sent (server not reading)", Some(unsent as f64), 0);
         m.add("states_per_second", "states delivered /s", Some(states as f64 / seconds), 0);
         m.add("stream_errors", "streams ended with an error", Some(stream_errors as f64), 0);
         for (key, quantile) in [("p50", 0.5), ("p99", 0.99)] {
