@@ -8,11 +8,14 @@ mod common;
 mod logic;
 
 use bytes::Bytes;
-use common::{Player, TestServer, join_session};
+use common::binary::Binary;
+use common::{Player, TestServer, WAIT, join_session};
 use game_session::Modes;
 use game_session::pb::{self, server_message::Kind};
 use game_session::session::Relay;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::timeout;
 
 /// The next state a player gets, as JSON.
 async fn next_state(player: &mut Player) -> (pb::State, Value) {
@@ -117,4 +120,70 @@ async fn the_arena_enforces_the_speed_limit_and_reports_the_winner() {
     assert_eq!(Some(winner), least, "{result}");
     drop(cheat);
     server.shutdown().await;
+}
+
+/// One `arena_client` (the example's own client, the binary a new user
+/// runs) as a bot printing a line per state, until it has seen `states`.
+fn client(server: &Binary, name: &str, states: u32) -> tokio::process::Child {
+    tokio::process::Command::new(common::binary::example("arena_client"))
+        .args(["--addr", &format!("http://{}", server.addr), "--name", name, "--bot", "--plain"])
+        .args(["--states", &states.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn arena_client")
+}
+
+/// Where `id` is in one of the client's state lines (`tick 12 lobby it=null
+/// alice(3.1,5) bob(5.7,5)`).
+fn position_in_line(line: &str, id: &str) -> Option<(f32, f32)> {
+    let rest = line.split_whitespace().find_map(|word| word.strip_prefix(&format!("{id}(")))?;
+    let (x, y) = rest.strip_suffix(')')?.split_once(',')?;
+    Some((x.parse().ok()?, y.parse().ok()?))
+}
+
+/// Catches an example that does not run as the README says: the example
+/// server and two of its clients (bots) in an arena, as two terminals
+/// would. Each client must be welcomed into the same arena, see the other
+/// player on the field and see it move, within the speed limit, tick by
+/// tick, and leave cleanly after its states.
+#[tokio::test]
+async fn two_arena_clients_play_against_the_example_server() {
+    let server = Binary::example("arena", &[]).await;
+    let mut alice = client(&server, "alice", 120);
+    let mut alice_lines = BufReader::new(alice.stdout.take().expect("stdout")).lines();
+    let first = timeout(WAIT, alice_lines.next_line()).await.expect("in time").expect("read").expect("a line");
+    let arena = first.strip_prefix("joined arena ").and_then(|rest| rest.strip_suffix(" as alice")).expect(&first);
+    // Bob comes once alice is in: join-or-create puts him in her arena.
+    let bob = client(&server, "bob", 30);
+    let bob_out = timeout(WAIT, bob.wait_with_output()).await.expect("bob in time").expect("bob");
+    assert!(bob_out.status.success(), "bob: {:?}", bob_out.status);
+    let bob_out = String::from_utf8_lossy(&bob_out.stdout);
+    assert_eq!(bob_out.lines().next(), Some(format!("joined arena {arena} as bob").as_str()));
+    assert_eq!(bob_out.lines().filter(|l| l.starts_with("tick ")).count(), 30, "{bob_out}");
+    assert!(bob_out.lines().skip(1).all(|l| position_in_line(l, "alice").is_some()), "bob sees alice: {bob_out}");
+
+    let mut lines = Vec::new();
+    while let Some(line) = timeout(WAIT, alice_lines.next_line()).await.expect("in time").expect("read") {
+        lines.push(line);
+    }
+    let status = timeout(WAIT, alice.wait()).await.expect("alice in time").expect("alice");
+    assert!(status.success(), "alice: {status:?}");
+    assert_eq!(lines.len(), 120, "one line per state: {lines:?}");
+    // Alice saw bob arrive and move, and never faster than the speed limit
+    // allows in one tick (plus the two decimals the state rounds to).
+    let seen: Vec<(u64, (f32, f32))> = lines
+        .iter()
+        .filter_map(|l| Some((l.split_whitespace().nth(1)?.parse().ok()?, position_in_line(l, "bob")?)))
+        .collect();
+    assert!(seen.len() >= 25, "alice saw bob in {} states: {lines:?}", seen.len());
+    assert!(seen.windows(2).any(|w| w[0].1 != w[1].1), "bob never moved for alice: {seen:?}");
+    let step = logic::MAX_SPEED / logic::HZ as f32 + 0.02;
+    for w in seen.windows(2) {
+        let ((t0, (x0, y0)), (t1, (x1, y1))) = (w[0], w[1]);
+        let ticks = (t1 - t0) as f32;
+        let moved = ((x1 - x0).powi(2) + (y1 - y0).powi(2)).sqrt();
+        assert!(moved <= step * ticks + 1.0, "bob moved {moved} in {ticks} ticks: {seen:?}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use game_session::pb;
@@ -22,6 +23,13 @@ use super::WAIT;
 /// when freed.
 pub const EAGER_TRIM: (&str, &str) =
     ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0:glibc.malloc.mmap_threshold=32768");
+
+/// The example `name` as `cargo test` builds it: in `examples/` beside the
+/// binaries.
+pub fn example(name: &str) -> PathBuf {
+    let binaries = Path::new(env!("CARGO_BIN_EXE_game-session")).parent().expect("the binaries' directory");
+    binaries.join("examples").join(name)
+}
 
 /// `game-session` itself, serving players, health and metrics on ports of
 /// its choosing; killed when dropped.
@@ -50,7 +58,24 @@ impl Binary {
     /// As [`Binary::start_with_env`], with `configure` given the command last
     /// (e.g. to lower a resource limit for this child only).
     pub async fn start_with(extra: &[&str], env: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_game-session"));
+        Binary::start_program(Path::new(env!("CARGO_BIN_EXE_game-session")), extra, env, configure).await
+    }
+
+    /// The example server `name` (which `cargo test` builds beside the
+    /// binaries), started as [`Binary::start`] starts the binary.
+    pub async fn example(name: &str, extra: &[&str]) -> Binary {
+        Binary::start_program(&example(name), extra, &[], |_| {}).await
+    }
+
+    /// `program` (the binary or an example server built on the library),
+    /// started as [`Binary::start_with`] starts the binary.
+    pub async fn start_program(
+        program: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Binary {
+        let mut command = Command::new(program);
         // Only the flags and variables here count, whatever the developer's
         // shell has set.
         for (name, _) in
