@@ -231,18 +231,17 @@ impl Actor {
                 let mut running = pool.run(logic, tick);
                 // Waiting for a free thread is not the tick's fault (an
                 // overrun, if it is long); its run is.
-                let _ = (&mut running.started).await;
-                match tokio::time::timeout(ticker.settings.watchdog, &mut running.done).await {
-                    Ok(Ok(done)) => done,
+                match running.within(ticker.settings.watchdog).await {
+                    Some(Ok(done)) => done,
                     // The pool dropped the tick: only when the server stops.
-                    Ok(Err(_)) => {
+                    Some(Err(_)) => {
                         self.failed = true;
                         return Some(EndRequest::unasked(
                             EndReason::ServerShutdown,
                             super::SHUTDOWN_MESSAGE.to_owned(),
                         ));
                     }
-                    Err(_) => {
+                    None => {
                         running.abandon();
                         let watchdog = ticker.settings.watchdog;
                         error!(

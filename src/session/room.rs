@@ -8,13 +8,14 @@
 //! so nothing in it is locked; a delivery is an atomic length check and a
 //! push onto the player's queue (which takes that queue's uncontended lock).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -165,7 +166,7 @@ impl Room {
             config,
             shared_sequence,
             listing,
-            seats: HashMap::new(),
+            seats: HashMap::default(),
             next_generation: 0,
             departures: VecDeque::new(),
             half_closes: FuturesUnordered::new(),

@@ -31,14 +31,15 @@
 //! runaway tick keeps its thread (and its CPU) until it returns; real
 //! isolation of untrusted logic needs a process or WASM.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -252,8 +253,21 @@ pub(super) type TickDone = (Box<dyn SessionLogic>, std::thread::Result<Tick>);
 /// A job on the pool.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A job, and the flag its session sets when it gives up on it.
-type Queued = (Job, Arc<AtomicBool>);
+/// A job, and what its thread and its session share about it.
+type Queued = (Job, Arc<Progress>);
+
+/// Where a tick on the pool is, shared by its thread and its session.
+#[derive(Default)]
+struct Progress {
+    /// When a thread took it up: the watchdog counts from then, not from
+    /// the wait for a free thread. Set by the thread; read by the session
+    /// only when the watchdog's first deadline passes, so that a tick costs
+    /// the session one wake-up (its result), not two.
+    started: OnceLock<std::time::Instant>,
+    /// Set by a session that gave up on the tick, so that its thread exits
+    /// after it.
+    lost: AtomicBool,
+}
 
 /// The threads ticks run on, shared by every session of a server; threads
 /// exit once the pool is dropped and their current tick returns. Cheap to
@@ -286,11 +300,12 @@ impl TickPool {
             loop {
                 // The lock is held only while waiting for the next job.
                 let next = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
-                let Ok((job, lost)) = next else { return };
+                let Ok((job, progress)) = next else { return };
+                let _ = progress.started.set(std::time::Instant::now());
                 job();
                 // The session stopped waiting for this tick and a new thread
                 // took this one's place: this one goes.
-                if lost.load(Ordering::Acquire) {
+                if progress.lost.load(Ordering::Acquire) {
                     return;
                 }
             }
@@ -301,42 +316,53 @@ impl TickPool {
     }
 
     /// Runs `logic`'s tick on a pool thread; the result comes back on the
-    /// returned channel (never, if the tick never returns). `lost` is set by
-    /// a caller that gave up on it, so that its thread exits after it.
+    /// returned channel (never, if the tick never returns).
     pub(super) fn run(&self, mut logic: Box<dyn SessionLogic>, mut tick: Tick) -> Running {
         let (tx, rx) = oneshot::channel();
-        let (started_tx, started) = oneshot::channel();
-        let lost = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
         let job: Job = Box::new(move || {
-            let _ = started_tx.send(());
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 logic.on_tick(&mut tick);
                 tick
             }));
             let _ = tx.send((logic, result));
         });
-        let sent = self.inner.jobs.send((job, lost.clone()));
+        let sent = self.inner.jobs.send((job, progress.clone()));
         // The receivers live as long as the pool (this `self`).
         debug_assert!(sent.is_ok());
-        Running { started, done: rx, lost, pool: self.clone() }
+        Running { done: rx, progress, pool: self.clone() }
     }
 }
 
 /// A tick on its way through the pool.
 pub(super) struct Running {
-    /// Fires when a thread takes the tick up: the watchdog counts from
-    /// then, not from the wait for a free thread.
-    pub started: oneshot::Receiver<()>,
     pub done: oneshot::Receiver<TickDone>,
-    lost: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     pool: TickPool,
 }
 
 impl Running {
+    /// Waits for the tick's result, up to `watchdog` from when a thread took
+    /// it up; `None` past that.
+    pub(super) async fn within(&mut self, watchdog: Duration) -> Option<Result<TickDone, oneshot::error::RecvError>> {
+        let mut deadline = tokio::time::Instant::now() + watchdog;
+        loop {
+            if let Ok(done) = tokio::time::timeout_at(deadline, &mut self.done).await {
+                return Some(done);
+            }
+            match self.progress.started.get() {
+                Some(&started) if started.elapsed() >= watchdog => return None,
+                Some(&started) => deadline = tokio::time::Instant::from_std(started + watchdog),
+                // Still waiting for a free thread: not the tick's fault.
+                None => deadline = tokio::time::Instant::now() + watchdog / 8,
+            }
+        }
+    }
+
     /// Gives up on the tick (past the watchdog): its thread is replaced now
     /// and exits whenever the tick returns.
     pub(super) fn abandon(self) {
-        self.lost.store(true, Ordering::Release);
+        self.progress.lost.store(true, Ordering::Release);
         self.pool.spawn_thread();
         crate::metrics::tick_thread_lost();
     }
