@@ -250,8 +250,18 @@ async fn the_process_budget_holds_under_eight_stalled_players() {
     let slow = server.sample("game_session_player_departures_total{mode=\"relay\",reason=\"slow_player\"}").await;
     assert_eq!(slow, 8.0, "the stalled players, and nobody else, were removed");
     relay_bytes_freed(&server).await;
-    let grown = server.rss().saturating_sub(before);
-    assert!(grown < 16 << 20, "eight removed players still hold {} MiB", grown >> 20);
+    // The queues are empty; what they held goes back to the kernel as the
+    // connections' tasks next run (at once on an idle machine, later on a
+    // loaded one).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let grown = server.rss().saturating_sub(before);
+        if grown < 16 << 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "eight removed players still hold {} MiB", grown >> 20);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     honest_sender.leave().await;
     drop(stalled);
 }
