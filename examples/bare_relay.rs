@@ -108,6 +108,7 @@ async fn session(mut inbox: mpsc::Receiver<Command>) {
                         players: Vec::new(),
                         sequence,
                         mode: "relay".into(),
+                        ..Default::default()
                     };
                     let _ = out.try_send(Ok(encode(server_message::Kind::Welcome(welcome))));
                     players.insert(player_id, out);

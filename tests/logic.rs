@@ -326,3 +326,48 @@ async fn signals_reach_the_logic_and_the_result_outlives_the_session() {
     }
     server.shutdown().await;
 }
+
+/// Catches a welcome that does not tell a client what it may do, or tells
+/// it the defaults instead of what the server was started with: the
+/// session's seats, the size and rate limits, and (in a ticking session
+/// only) the tick rate and the inputs a tick takes.
+#[tokio::test]
+async fn the_welcome_tells_the_seats_and_the_limits() {
+    let modes = Modes::builder().register("relay", Relay).register("sum", Sum).build();
+    let mut config = common::config();
+    config.max_payload_bytes = 1000;
+    config.max_targets = 3;
+    config.player_message_rate = 50;
+    config.player_message_burst = 60;
+    config.player_byte_rate = 20_000;
+    config.player_byte_burst = 30_000;
+    config.flood_grace = std::time::Duration::from_millis(2500);
+    config.max_inputs_per_tick = 5;
+    let server = TestServer::start_with_modes(config, modes).await;
+    let mut api = server.sessions().await;
+    let mut create = async |mode: &str, max_players: u32| {
+        let request = pb::CreateSessionRequest {
+            mode: mode.into(),
+            max_players,
+            config: Bytes::from("1000"),
+            ..Default::default()
+        };
+        api.create_session(request).await.expect("create").into_inner().session.expect("session").session_id
+    };
+    let (relay, ticking) = (create("relay", 3).await, create("sum", 2).await);
+    let limits = |tick_hz: u32, max_inputs_per_tick: u32| pb::ClientLimits {
+        max_payload_bytes: 1000,
+        max_targets: 3,
+        messages_per_second: 50,
+        message_burst: 60,
+        bytes_per_second: 20_000,
+        byte_burst: 30_000,
+        flood_grace_millis: 2500,
+        tick_hz,
+        max_inputs_per_tick,
+    };
+    let player = Player::join(server.addr, join_session(&relay, "r")).await;
+    assert_eq!((player.welcome.max_players, player.welcome.limits), (3, Some(limits(0, 0))));
+    let player = Player::join(server.addr, join_session(&ticking, "t")).await;
+    assert_eq!((player.welcome.max_players, player.welcome.limits), (2, Some(limits(50, 5))));
+}

@@ -346,8 +346,9 @@ pub fn event(event: &Event) -> pb::ServerMessage {
     pb::ServerMessage { kind: Some(kind) }
 }
 
-/// A message for one player, for the wire.
-pub fn direct(message: &Direct) -> pb::ServerMessage {
+/// A message for one player, for the wire; a welcome tells the edge's
+/// `limits` along with the session's.
+pub fn direct(message: &Direct, limits: &Limits) -> pb::ServerMessage {
     use pb::server_message::Kind;
     let kind = match message {
         Direct::Welcome(welcome) => Kind::Welcome(pb::Welcome {
@@ -356,6 +357,18 @@ pub fn direct(message: &Direct) -> pb::ServerMessage {
             players: players(&welcome.players),
             sequence: welcome.sequence,
             mode: welcome.mode.to_string(),
+            max_players: welcome.max_players,
+            limits: Some(pb::ClientLimits {
+                max_payload_bytes: u32::try_from(limits.max_payload_bytes).unwrap_or(u32::MAX),
+                max_targets: u32::try_from(limits.max_targets).unwrap_or(u32::MAX),
+                messages_per_second: welcome.rates.messages_per_second,
+                message_burst: welcome.rates.message_burst,
+                bytes_per_second: welcome.rates.bytes_per_second,
+                byte_burst: welcome.rates.byte_burst,
+                flood_grace_millis: u64::try_from(welcome.rates.flood_grace.as_millis()).unwrap_or(u64::MAX),
+                tick_hz: welcome.tick_rate.map_or(0, |rate| rate.get()),
+                max_inputs_per_tick: u32::try_from(welcome.max_inputs_per_tick).unwrap_or(u32::MAX),
+            }),
         }),
         Direct::Pong { client_time, server_time_unix_micros } => {
             Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })

@@ -165,7 +165,7 @@ impl<D: Directory> PlayerApi<D> {
         let span = Span::current();
         span.record("session.id", &*joined.session_id);
         span.record("player.id", &*joined.player_id);
-        Ok(Response::new(PlayStream { outbound: joined.outbound, done: false }))
+        Ok(Response::new(PlayStream { outbound: joined.outbound, limits: self.limits.clone(), done: false }))
     }
 }
 
@@ -204,6 +204,8 @@ fn inbound_error(status: Status) -> InboundError {
 /// The server half of a Play stream: the player's outbound queue, encoded.
 pub struct PlayStream {
     outbound: OutboundRx,
+    /// Told in the welcome.
+    limits: Arc<Limits>,
     done: bool,
 }
 
@@ -222,7 +224,7 @@ impl Stream for PlayStream {
             Some(Delivery::Event(event)) => {
                 Some(Ok(Outbound(event.encoded(|event| codec::encode(&convert::event(event)).0))))
             }
-            Some(Delivery::Direct(message)) => Some(Ok(codec::encode(&convert::direct(&message)))),
+            Some(Delivery::Direct(message)) => Some(Ok(codec::encode(&convert::direct(&message, &self.limits)))),
             Some(Delivery::End(error)) => {
                 self.done = true;
                 error.map(|err| Err(Status::from(*err)))

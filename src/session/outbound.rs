@@ -161,6 +161,14 @@ pub struct Welcome {
     pub player: Arc<PlayerInfo>,
     pub players: Vec<Arc<PlayerInfo>>,
     pub sequence: u64,
+    pub max_players: u32,
+    /// What the player may send, as far as the session enforces it (the
+    /// edge adds its own size limits).
+    pub rates: super::RateLimits,
+    /// The session's tick rate, if it has a tick.
+    pub tick_rate: Option<super::TickRate>,
+    /// Inputs a tick takes from one player (0 without a tick).
+    pub max_inputs_per_tick: usize,
 }
 
 /// What both ends share.

@@ -292,7 +292,7 @@ impl Registry {
             }
         };
         let info = SessionInfo { labels: room.labels().clone(), ..info };
-        room.mark_listed();
+        room.started(tick_rate);
         self.inner.tasks.spawn(Actor::new(room, logic, inbox, tick_rate).run());
 
         if let Some(key) = &idempotency_key {

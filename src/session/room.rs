@@ -25,7 +25,7 @@ use tracing::{debug, info, info_span, warn};
 use super::handle::{JoinRejected, JoinRequest, Joined};
 use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, State, StateKind, Swept, Welcome};
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
-use super::tick::Recipients;
+use super::tick::{Recipients, TickRate};
 use super::{
     Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId,
     SessionInfo, SharedEvent,
@@ -118,6 +118,8 @@ pub struct Room {
     listing: Arc<dyn Listing>,
     seats: HashMap<PlayerId, Seat>,
     next_generation: u64,
+    /// The tick rate the logic's `init` asked for (told in welcomes).
+    tick_rate: Option<TickRate>,
     /// Seats to free after the current message, in order (see
     /// [`Room::next_departure`]).
     departures: VecDeque<(PlayerId, Departure)>,
@@ -135,7 +137,7 @@ pub struct Room {
     /// so the session is over.
     drained: bool,
     metrics: SessionMetrics,
-    /// See [`Room::mark_listed`].
+    /// See [`Room::started`].
     listed: bool,
 }
 
@@ -177,14 +179,17 @@ impl Room {
             drained: false,
             metrics,
             listed: false,
+            tick_rate: None,
         }
     }
 
-    /// The registry lists the session from now on: changes are reported
-    /// to it (before, during the logic's `init`, the registry takes the
-    /// room's state as the session's first summary).
-    pub(super) fn mark_listed(&mut self) {
+    /// The logic's `init` is done, asking for `tick_rate`: the registry
+    /// lists the session from now on, and changes are reported to it
+    /// (during `init`, the registry takes the room's state as the session's
+    /// first summary).
+    pub(super) fn started(&mut self, tick_rate: Option<TickRate>) {
         self.listed = true;
+        self.tick_rate = tick_rate;
     }
 
     /// The session's labels.
@@ -467,6 +472,10 @@ impl Room {
             player: info.clone(),
             players: self.roster(),
             sequence,
+            max_players: self.info.max_players,
+            rates: self.config.rates,
+            tick_rate: self.tick_rate,
+            max_inputs_per_tick: if self.tick_rate.is_some() { self.config.ticks.max_inputs_per_tick } else { 0 },
         };
         // A fresh queue cannot be closed yet; a failure shows at the next push.
         let _ = outbox.push_last(Delivery::Direct(Box::new(Direct::Welcome(welcome))));
