@@ -166,10 +166,40 @@ async fn watch_prints_json_lines() {
     };
     assert_eq!(next().await["initial"]["sessionId"], existing.as_str());
     assert!(next().await["synced"]["revision"].is_string());
+    let before = game_session::session::unix_micros();
     let created = server.create_session(3).await;
     let event = next().await;
     assert_eq!(event["event"]["kind"], "SESSION_EVENT_KIND_CREATED");
     assert_eq!(event["event"]["session"]["sessionId"], created.as_str());
+    let at: i64 = event["event"]["unixMicros"].as_str().expect("unixMicros").parse().expect("a number");
+    assert!((before..=game_session::session::unix_micros()).contains(&at), "{at} not when the session was created");
+    child.kill().await.expect("kill");
+    server.shutdown().await;
+}
+
+/// Catches a watch table without each event's time, or that does not say
+/// why a session ended.
+#[tokio::test]
+async fn watch_shows_each_events_time_and_why_a_session_ended() {
+    let server = TestServer::start().await;
+    let mut child = gsctl(&server).arg("watch").stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next =
+        async || tokio::time::timeout(WAIT, lines.next_line()).await.expect("in time").expect("read").expect("line");
+    let columns = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(columns(&next().await), ["REVISION", "TIME", "EVENT", "SESSION", "MODE", "PLAYERS", "END", "LABELS"]);
+    assert_eq!(next().await, "-- synced at revision 0 --");
+    let created = server.create_session(3).await;
+    let started = std::time::SystemTime::now();
+    let row = columns(&next().await);
+    assert_eq!(row[2..], ["CREATED", created.as_str(), "relay", "0/3", "-"]);
+    let at = humantime::parse_rfc3339(&row[1]).expect("an RFC 3339 time");
+    let skew = started.duration_since(at).or_else(|e| Ok::<_, ()>(e.duration())).expect("a duration");
+    assert!(skew < Duration::from_secs(5), "{} is not when the session was created", row[1]);
+    let request = pb::EndSessionRequest { session_id: created.clone(), message: "done".into() };
+    server.sessions().await.end_session(request).await.expect("end");
+    let row = columns(&next().await);
+    assert_eq!(row[2..], ["ENDED", created.as_str(), "relay", "0/3", "ended_by_backend"]);
     child.kill().await.expect("kill");
     server.shutdown().await;
 }

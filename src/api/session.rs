@@ -213,6 +213,7 @@ impl<D: Directory> SessionService for SessionApi<D> {
                             revision: event.revision,
                             kind: kind as i32,
                             session: Some(convert::session(&event.session)),
+                            unix_micros: event.at_unix_micros,
                         })),
                     })
                 }

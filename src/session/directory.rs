@@ -163,6 +163,8 @@ pub struct WatchEvent {
     /// The session before the change (`None` for `Created`), so that a
     /// watcher also sees a session leave its filter.
     pub before: Option<SessionInfo>,
+    /// When the change happened, in microseconds since the Unix epoch.
+    pub at_unix_micros: i64,
 }
 
 impl WatchEvent {

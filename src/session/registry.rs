@@ -463,7 +463,13 @@ impl Registry {
     fn publish(&self, state: &mut State, kind: WatchEventKind, session: SessionInfo, before: Option<SessionInfo>) {
         state.revision += 1;
         // No watcher is fine.
-        let _ = self.inner.events.send(Arc::new(WatchEvent { revision: state.revision, kind, session, before }));
+        let _ = self.inner.events.send(Arc::new(WatchEvent {
+            revision: state.revision,
+            kind,
+            session,
+            before,
+            at_unix_micros: super::unix_micros(),
+        }));
     }
 }
 

@@ -87,7 +87,7 @@ impl Output {
     /// The header of the watch table.
     pub fn watch_header(&self) {
         if !self.json {
-            watch_line(["REVISION", "EVENT", "SESSION", "MODE", "PLAYERS", "LABELS"].map(str::to_owned));
+            watch_line(["REVISION", "TIME", "EVENT", "SESSION", "MODE", "PLAYERS", "END", "LABELS"].map(str::to_owned));
         }
     }
 
@@ -97,23 +97,34 @@ impl Output {
         if self.json {
             return json(message);
         }
-        let row = |revision: String, event: &str, s: &pb::SessionInfo| {
+        let row = |revision: String, time: String, event: &str, s: &pb::SessionInfo| {
+            // An ended session's reason, lower case (`completed`).
+            let end = s.end.as_ref().map_or_else(
+                || "-".to_owned(),
+                |end| {
+                    let reason = pb::SessionEndReason::try_from(end.reason).unwrap_or_default();
+                    reason.as_str_name().trim_start_matches("SESSION_END_REASON_").to_lowercase()
+                },
+            );
             watch_line([
                 revision,
+                time,
                 event.to_owned(),
                 printable(&s.session_id).into_owned(),
                 printable(&s.mode).into_owned(),
                 format!("{}/{}", s.player_count, s.max_players),
+                end,
                 pairs(&s.labels),
             ])
         };
         match &message.kind {
-            Some(Kind::Initial(session)) => row("-".into(), "EXISTING", session),
+            Some(Kind::Initial(session)) => row("-".into(), "-".into(), "EXISTING", session),
             Some(Kind::Synced(synced)) => println!("-- synced at revision {} --", synced.revision),
             Some(Kind::Event(event)) => {
                 let kind = pb::SessionEventKind::try_from(event.kind).unwrap_or_default();
                 let name = kind.as_str_name().trim_start_matches("SESSION_EVENT_KIND_");
-                row(event.revision.to_string(), name, &event.session.clone().unwrap_or_default());
+                let session = event.session.clone().unwrap_or_default();
+                row(event.revision.to_string(), timestamp(event.unix_micros), name, &session);
             }
             None => {}
         }
@@ -255,8 +266,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// A row of the watch view: fixed widths, since rows come one at a time.
-fn watch_line([revision, event, session, mode, players, labels]: [String; 6]) {
-    println!("{revision:<8}  {event:<8}  {session:<32}  {mode:<8}  {players:<7}  {labels}");
+fn watch_line([revision, time, event, session, mode, players, end, labels]: [String; 8]) {
+    println!("{revision:<8}  {time:<24}  {event:<8}  {session:<32}  {mode:<8}  {players:<7}  {end:<16}  {labels}");
+}
+
+/// A time in microseconds since the Unix epoch, as RFC 3339 UTC to the
+/// millisecond.
+fn timestamp(unix_micros: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_micros(unix_micros.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// One JSON line. serde_json escapes C0 controls but writes DEL, C1
