@@ -325,6 +325,20 @@ impl SessionService for Backend {
     ) -> Result<Response<pb::SignalSessionResponse>, Status> {
         Err(Status::unimplemented("not in the baseline"))
     }
+
+    async fn remove_player(
+        &self,
+        _: Request<pb::RemovePlayerRequest>,
+    ) -> Result<Response<pb::RemovePlayerResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
+
+    async fn lock_session(
+        &self,
+        _: Request<pb::LockSessionRequest>,
+    ) -> Result<Response<pb::LockSessionResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
 }
 
 #[tokio::main]

@@ -19,6 +19,9 @@ pub enum Error {
     /// A join named a player id that holds no seat.
     #[error("{field}: player {player:?} is not in the session")]
     UnknownPlayer { field: String, player: String },
+    /// The session is locked to new joins (LockSession).
+    #[error("session_id: session {0:?} is locked to new joins")]
+    SessionLocked(String),
     /// The session has no free seat.
     #[error("session {0:?} is full")]
     SessionFull(String),
@@ -68,6 +71,9 @@ pub enum Error {
     /// A valid credential that does not allow the call.
     #[error("{0}")]
     PermissionDenied(String),
+    /// An operator removed the player (RemovePlayer), for this reason.
+    #[error("removed from the session by an operator: {0}")]
+    Kicked(String),
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),

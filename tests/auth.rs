@@ -416,6 +416,13 @@ async fn session_service_needs_an_admin_credential() {
         Code::Unauthenticated,
         "missing",
     );
+    // The live-ops calls too: a player may not kick another or lock its session.
+    let kick = pb::RemovePlayerRequest { session_id: "x".into(), player_id: "bob".into(), reason: String::new() };
+    assert_status(sessions.remove_player(kick.clone()).await, Code::Unauthenticated, "missing");
+    assert_status(sessions.remove_player(bearer(kick, &player)).await, Code::PermissionDenied, "admin credential");
+    let lock = pb::LockSessionRequest { session_id: "x".into(), locked: true };
+    assert_status(sessions.lock_session(lock.clone()).await, Code::Unauthenticated, "missing");
+    assert_status(sessions.lock_session(bearer(lock, &player)).await, Code::PermissionDenied, "admin credential");
 
     let admin = admin_token();
     let session = create(&server, &admin, "relay").await;

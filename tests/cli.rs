@@ -124,6 +124,48 @@ async fn backend_commands_in_tables_and_json() {
     server.shutdown().await;
 }
 
+/// Catches live-ops commands that do not reach the server or do not show
+/// what they did: kicking a player (who gets the reason), and locking and
+/// unlocking a session (shown, and filtered on, in listings).
+#[tokio::test]
+async fn kick_lock_and_unlock_from_the_command_line() {
+    let server = TestServer::start().await;
+    let id = server.create_session(4).await;
+    let other = server.create_session(4).await;
+    let mut stays = Player::join_as(server.addr, &id, "stays").await;
+    let mut kicked = Player::join_as(server.addr, &id, "kicked").await;
+    assert_eq!(stays.next_presence().await.kind, PresenceKind::Joined as i32);
+
+    assert_eq!(ok(&server, &["kick", &id, "kicked", "--reason", "afk"]).await, "removed kicked\n");
+    let (_, end) = tokio::time::timeout(WAIT, kicked.until_end()).await.expect("ends");
+    common::assert_status(end, tonic::Code::PermissionDenied, "by an operator: afk");
+    assert_eq!(stays.next_presence().await.kind, PresenceKind::Removed as i32);
+    let missing = failure(&run(&server, &["kick", &id, "kicked"]).await);
+    assert_eq!(missing, "error: INVALID_ARGUMENT: player_id: player \"kicked\" is not in the session\n");
+
+    let locked = ok(&server, &["lock", &id]).await;
+    let lines: Vec<&str> = locked.lines().collect();
+    let column = lines[0].split_whitespace().position(|c| c == "LOCKED").expect("a LOCKED column");
+    assert_eq!(lines[1].split_whitespace().nth(column), Some("yes"), "{locked}");
+    let listed = |flag: &'static str| {
+        let server = &server;
+        async move {
+            let table = ok(server, &["list", flag]).await;
+            table.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("--locked").await, [id.clone()]);
+    assert_eq!(listed("--unlocked").await, [other.clone()]);
+    let unlocked = json(&ok(&server, &["unlock", "--json", &id]).await);
+    assert_eq!((unlocked["sessionId"].as_str(), unlocked.get("locked")), (Some(id.as_str()), None));
+    let mut ids = listed("--unlocked").await;
+    ids.sort();
+    let mut want = vec![id, other];
+    want.sort();
+    assert_eq!(ids, want);
+    server.shutdown().await;
+}
+
 /// Catches a health command that exits 0 on anything but SERVING, which
 /// would make it useless as a probe.
 #[tokio::test]

@@ -322,9 +322,17 @@ async fn grpcurl_describes_services_with_their_comments() {
     let server = TestServer::start().await;
     let service = grpcurl_ok(server.addr, &[], &["describe", "gamesession.v1.SessionService"], None).await;
     assert!(service.contains("gamesession.v1.SessionService is a service:"), "{service}");
-    for rpc in
-        ["CreateSession", "GetSession", "ListSessions", "WatchSessions", "EndSession", "SendToSession", "SignalSession"]
-    {
+    for rpc in [
+        "CreateSession",
+        "GetSession",
+        "ListSessions",
+        "WatchSessions",
+        "EndSession",
+        "SendToSession",
+        "SignalSession",
+        "RemovePlayer",
+        "LockSession",
+    ] {
         assert!(service.contains(&format!("rpc {rpc} (")), "describe lacks {rpc}:\n{service}");
     }
     assert!(service.contains("returns ( stream .gamesession.v1.WatchSessionsResponse )"), "{service}");

@@ -603,6 +603,11 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     assert_status(sessions.signal_session(bearer(signal.clone(), &alice)).await, Code::PermissionDenied, "admin");
     // A relay session takes no signals: refused, and audited as such.
     assert_status(sessions.signal_session(bearer(signal, &admin)).await, Code::FailedPrecondition, "signals");
+    let lock = pb::LockSessionRequest { session_id: session_id.clone(), locked: true };
+    sessions.lock_session(bearer(lock, &admin)).await.expect("lock");
+    let kick =
+        pb::RemovePlayerRequest { session_id: session_id.clone(), player_id: "nobody".into(), reason: "x".into() };
+    assert_status(sessions.remove_player(bearer(kick, &admin)).await, Code::InvalidArgument, "not in the session");
     let end = pb::EndSessionRequest { session_id: session_id.clone(), message: "over".into() };
     sessions.end_session(bearer(end, &admin)).await.expect("end");
     let missing = pb::EndSessionRequest { session_id: "no-such-session".into(), message: String::new() };
@@ -623,7 +628,7 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
     let mut lines = Vec::new();
     let mut audits = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while audits.len() < 5 {
+    while audits.len() < 7 {
         let line =
             tokio::time::timeout_at(deadline, server.log.recv()).await.expect("audit lines in time").expect("log");
         let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -646,6 +651,8 @@ async fn auth_refusals_are_counted_and_logged_without_secrets_and_admin_calls_au
             audit("CreateSession", &session_id, "Ok"),
             audit("SendToSession", &session_id, "Ok"),
             audit("SignalSession", &session_id, "FailedPrecondition"),
+            audit("LockSession", &session_id, "Ok"),
+            audit("RemovePlayer", &session_id, "InvalidArgument"),
             audit("EndSession", &session_id, "Ok"),
             audit("EndSession", "no-such-session", "NotFound"),
         ]

@@ -82,6 +82,15 @@ pub fn check_text(field: &str, text: &str) -> Result<(), Error> {
     }
 }
 
+/// A message for players (an end's message, a kick's reason): at most
+/// [`MAX_END_MESSAGE_LEN`] bytes of text that [`check_text`] lets through.
+pub fn check_message(field: &str, text: &str) -> Result<(), Error> {
+    if text.len() > MAX_END_MESSAGE_LEN {
+        return Err(Error::invalid(field, format!("longer than {MAX_END_MESSAGE_LEN} bytes")));
+    }
+    check_text(field, text)
+}
+
 /// The characters that reorder or redirect how text around them is shown:
 /// embeddings and overrides (U+202A-U+202E), isolates (U+2066-U+2069) and
 /// the directional marks (U+200E, U+200F, U+061C).
@@ -258,6 +267,7 @@ pub fn filter(filter: Option<pb::SessionFilter>, limits: &Limits) -> Result<Sess
         mode: (!filter.mode.is_empty()).then_some(filter.mode),
         labels: check_labels("filter.labels", filter.labels, limits.max_labels)?,
         has_open_seats: filter.has_open_seats,
+        locked: filter.locked,
     })
 }
 
@@ -283,6 +293,7 @@ pub fn session(session: &SessionInfo) -> pb::SessionInfo {
         player_count: session.player_count,
         labels: session.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         open_to_join_or_create: session.open_to_join_or_create,
+        locked: session.locked,
         created_unix_micros: session.created_unix_micros,
         sequence: session.sequence,
         players: players(&session.players),

@@ -57,6 +57,7 @@ impl From<Error> for JoinFailed {
             Error::Unauthenticated(_) | Error::PermissionDenied(_) => None,
             Error::SessionNotFound(_) => Some("session_not_found"),
             Error::SessionFull(_) => Some("session_full"),
+            Error::SessionLocked(_) => Some("session_locked"),
             Error::PlayerAlreadyJoined { .. } => Some("already_joined"),
             Error::InvalidArgument { .. }
             | Error::FailedPrecondition { .. }
@@ -72,6 +73,7 @@ impl From<Error> for JoinFailed {
             | Error::SlowPlayer(_)
             | Error::RateLimited(_)
             | Error::TooManyWatchers(_)
+            | Error::Kicked(_)
             | Error::Internal(_) => Some("other"),
         };
         JoinFailed { reason, status: err.into() }

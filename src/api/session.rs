@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::convert::{self, Limits, MAX_CONFIG_LEN, MAX_END_MESSAGE_LEN, MAX_IDEMPOTENCY_KEY_LEN};
+use super::convert::{self, Limits, MAX_CONFIG_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 use crate::auth::{Auth, Call, Caller};
 use crate::error::Error;
 use crate::pb;
@@ -247,10 +247,7 @@ impl<D: Directory> SessionService for SessionApi<D> {
             let result = async {
                 tracing::Span::current().record("session.id", request.session_id.as_str());
                 convert::check_id("session_id", &request.session_id)?;
-                if request.message.len() > MAX_END_MESSAGE_LEN {
-                    return Err(Error::invalid("message", format!("longer than {MAX_END_MESSAGE_LEN} bytes")).into());
-                }
-                convert::check_text("message", &request.message)?;
+                convert::check_message("message", &request.message)?;
                 let sequence =
                     self.directory.end(&request.session_id, EndReason::EndedByBackend, request.message).await?;
                 Ok(Response::new(pb::EndSessionResponse { sequence }))
@@ -297,6 +294,53 @@ impl<D: Directory> SessionService for SessionApi<D> {
             let session_id = request.session_id.clone();
             let result = self.signal(request).await;
             audit(&caller, "SignalSession", &session_id, &result);
+            result
+        })
+        .await
+    }
+
+    async fn remove_player(
+        &self,
+        request: Request<pb::RemovePlayerRequest>,
+    ) -> Result<Response<pb::RemovePlayerResponse>, Status> {
+        let span = super::rpc_span!("SessionService", "RemovePlayer", &request);
+        super::rpc("RemovePlayer", span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
+            let request = request.into_inner();
+            let session_id = request.session_id.clone();
+            let result = async {
+                tracing::Span::current().record("session.id", request.session_id.as_str());
+                convert::check_id("session_id", &request.session_id)?;
+                convert::check_id("player_id", &request.player_id)?;
+                convert::check_message("reason", &request.reason)?;
+                let player = request.player_id.as_str().into();
+                self.directory.remove_player(&request.session_id, player, request.reason).await?;
+                Ok(Response::new(pb::RemovePlayerResponse {}))
+            }
+            .await;
+            audit(&caller, "RemovePlayer", &session_id, &result);
+            result
+        })
+        .await
+    }
+
+    async fn lock_session(
+        &self,
+        request: Request<pb::LockSessionRequest>,
+    ) -> Result<Response<pb::LockSessionResponse>, Status> {
+        let span = super::rpc_span!("SessionService", "LockSession", &request);
+        super::rpc("LockSession", span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
+            let request = request.into_inner();
+            let session_id = request.session_id.clone();
+            let result = async {
+                tracing::Span::current().record("session.id", request.session_id.as_str());
+                convert::check_id("session_id", &request.session_id)?;
+                let session = self.directory.lock(&request.session_id, request.locked).await?;
+                Ok(Response::new(pb::LockSessionResponse { session: Some(convert::session(&session)) }))
+            }
+            .await;
+            audit(&caller, "LockSession", &session_id, &result);
             result
         })
         .await

@@ -20,7 +20,7 @@ pub fn code(err: &Error) -> Code {
         | Error::SlowPlayer(_)
         | Error::RateLimited(_) => Code::ResourceExhausted,
         Error::PlayerAlreadyJoined { .. } | Error::IdempotencyConflict(_) => Code::AlreadyExists,
-        Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+        Error::FailedPrecondition { .. } | Error::SessionLocked(_) => Code::FailedPrecondition,
         Error::SessionBusy(_) | Error::Draining => Code::Unavailable,
         Error::Protocol { fault, .. } => match fault {
             ProtocolFault::TooLarge => Code::OutOfRange,
@@ -30,7 +30,7 @@ pub fn code(err: &Error) -> Code {
         },
         Error::JoinTimeout(_) => Code::DeadlineExceeded,
         Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::PermissionDenied(_) | Error::Kicked(_) => Code::PermissionDenied,
         Error::Internal(_) => Code::Internal,
     }
 }

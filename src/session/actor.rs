@@ -379,6 +379,13 @@ impl Actor {
                     }
                 }
             }
+            Command::Remove { player, reason, reply } => {
+                let _ = reply.send(self.room.kick(player, reason));
+            }
+            Command::Lock { locked, reply } => {
+                self.room.set_locked(locked);
+                let _ = reply.send(self.room.summary());
+            }
             Command::Info { reply } => {
                 let _ = reply.send(self.room.summary());
             }
@@ -581,10 +588,13 @@ impl Actor {
                 Command::Signal { reply, .. } => {
                     let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
                 }
+                Command::Remove { reply, .. } => {
+                    let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
+                }
                 Command::End(EndRequest { reply: Some(reply), .. }) => {
                     let _ = reply.send(sequence);
                 }
-                Command::End(_) | Command::Info { .. } => {}
+                Command::End(_) | Command::Info { .. } | Command::Lock { .. } => {}
             }
         }
         if let Some(reply) = reply {

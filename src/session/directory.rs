@@ -70,6 +70,18 @@ pub trait Directory: Clone + Send + Sync + 'static {
     /// Hands a backend's signal to the session's logic; returns its answer.
     fn signal(&self, id: &str, payload: Bytes) -> impl Future<Output = Result<Bytes, Error>> + Send;
 
+    /// Removes (kicks) `player` from a session, telling it `reason`.
+    fn remove_player(
+        &self,
+        id: &str,
+        player: PlayerId,
+        reason: String,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Locks a session to new joins (`true`) or unlocks it; returns the
+    /// session after the change.
+    fn lock(&self, id: &str, locked: bool) -> impl Future<Output = Result<SessionInfo, Error>> + Send;
+
     /// Ends a session; every player receives `message`. Returns the sequence
     /// number of the `session_ended` event.
     fn end(&self, id: &str, reason: EndReason, message: String) -> impl Future<Output = Result<u64, Error>> + Send;
@@ -133,6 +145,8 @@ pub struct SessionFilter {
     pub mode: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub has_open_seats: bool,
+    /// Only locked (`Some(true)`) or unlocked (`Some(false)`) sessions.
+    pub locked: Option<bool>,
 }
 
 impl SessionFilter {
@@ -140,7 +154,8 @@ impl SessionFilter {
     pub fn matches(&self, session: &SessionInfo) -> bool {
         self.mode.as_deref().is_none_or(|mode| mode == &*session.mode)
             && self.labels.iter().all(|(k, v)| session.labels.get(k) == Some(v))
-            && (!self.has_open_seats || session.player_count < session.max_players)
+            && (!self.has_open_seats || (session.player_count < session.max_players && !session.locked))
+            && self.locked.is_none_or(|locked| locked == session.locked)
     }
 }
 

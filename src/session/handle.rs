@@ -43,6 +43,11 @@ pub(super) enum Command {
     BackendMessage { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
     /// A backend's signal for the logic, answered with the logic's answer.
     Signal { payload: Bytes, reply: oneshot::Sender<Result<Bytes, Error>> },
+    /// Remove (kick) a player, telling it the reason.
+    Remove { player: PlayerId, reason: String, reply: oneshot::Sender<Result<(), Error>> },
+    /// Lock the session to new joins, or unlock it; answered with the
+    /// summary after the change.
+    Lock { locked: bool, reply: oneshot::Sender<SessionInfo> },
     /// End the session.
     End(EndRequest),
     /// The session's summary with its players.
@@ -115,6 +120,20 @@ impl SessionHandle {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Signal { payload, reply })?;
         answer.await.map_err(|_| self.gone())?
+    }
+
+    /// Removes (kicks) `player`, telling it `reason`.
+    pub async fn remove_player(&self, player: PlayerId, reason: String) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Remove { player, reason, reply })?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    /// Locks the session to new joins, or unlocks it; returns its summary.
+    pub async fn lock(&self, locked: bool) -> Result<SessionInfo, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Lock { locked, reply })?;
+        answer.await.map_err(|_| self.gone())
     }
 
     /// Ends the session; every player receives `message`. Returns the

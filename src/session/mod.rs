@@ -235,6 +235,7 @@ impl Departure {
             Departure::Removed(Error::SlowPlayer(_)) => "too slow",
             Departure::Removed(Error::RateLimited(_)) => "sending too fast",
             Departure::Removed(Error::Protocol { .. }) => "protocol error",
+            Departure::Removed(Error::Kicked(_)) => "removed by an operator",
             Departure::Removed(_) => "removed",
         }
     }
@@ -358,6 +359,8 @@ pub struct SessionInfo {
     pub player_count: u32,
     pub labels: Arc<BTreeMap<String, String>>,
     pub open_to_join_or_create: bool,
+    /// Locked to new joins (its players stay).
+    pub locked: bool,
     pub created_unix_micros: i64,
     pub sequence: u64,
     /// Filled only by [`Directory::get`].

@@ -273,6 +273,7 @@ impl Registry {
             player_count: 0,
             labels: Arc::new(params.labels.clone()),
             open_to_join_or_create: params.open_to_join_or_create,
+            locked: false,
             created_unix_micros: super::unix_micros(),
             sequence: 0,
             players: Vec::new(),
@@ -391,6 +392,7 @@ impl Registry {
             .values_mut()
             .filter(|e| {
                 e.summary.open_to_join_or_create
+                    && !e.summary.locked
                     && &*e.summary.mode == mode
                     && e.summary.player_count + e.reserved < e.summary.max_players
                     && !e.handle.is_closed()
@@ -460,6 +462,16 @@ impl Registry {
         self.inner.closing.cancel();
     }
 
+    /// Applies a change of a live session's summary, and tells watchers.
+    fn update(&self, id: &SessionId, change: impl FnOnce(&mut SessionInfo)) {
+        let mut state = self.state();
+        let Some(entry) = state.sessions.get_mut(id) else { return };
+        let before = entry.current();
+        change(Arc::make_mut(&mut entry.summary));
+        let after = entry.current();
+        self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
+    }
+
     fn publish(&self, state: &mut State, kind: WatchEventKind, session: SessionInfo, before: Option<SessionInfo>) {
         state.revision += 1;
         // No watcher is fine.
@@ -479,21 +491,15 @@ impl Listing for Registry {
     }
 
     fn player_count_changed(&self, id: &SessionId, player_count: u32) {
-        let mut state = self.state();
-        let Some(entry) = state.sessions.get_mut(id) else { return };
-        let before = entry.current();
-        Arc::make_mut(&mut entry.summary).player_count = player_count;
-        let after = entry.current();
-        self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
+        self.update(id, |summary| summary.player_count = player_count);
     }
 
     fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>) {
-        let mut state = self.state();
-        let Some(entry) = state.sessions.get_mut(id) else { return };
-        let before = entry.current();
-        Arc::make_mut(&mut entry.summary).labels = labels;
-        let after = entry.current();
-        self.publish(&mut state, WatchEventKind::Updated, after, Some(before));
+        self.update(id, |summary| summary.labels = labels);
+    }
+
+    fn locked_changed(&self, id: &SessionId, locked: bool) {
+        self.update(id, |summary| summary.locked = locked);
     }
 
     fn remove(&self, id: &SessionId, ending: Ending) {
@@ -613,6 +619,14 @@ impl Directory for Registry {
         self.handle(id)?.signal(payload).await
     }
 
+    async fn remove_player(&self, id: &str, player: PlayerId, reason: String) -> Result<(), Error> {
+        self.handle(id)?.remove_player(player, reason).await
+    }
+
+    async fn lock(&self, id: &str, locked: bool) -> Result<SessionInfo, Error> {
+        self.handle(id)?.lock(locked).await
+    }
+
     async fn end(&self, id: &str, reason: EndReason, message: String) -> Result<u64, Error> {
         self.handle(id)?.end(reason, message).await
     }
@@ -681,6 +695,7 @@ mod tests {
             player_count: 0,
             labels: Arc::default(),
             open_to_join_or_create: false,
+            locked: false,
             created_unix_micros: 0,
             sequence: 1,
             players: Vec::new(),

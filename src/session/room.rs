@@ -44,6 +44,8 @@ pub(super) trait Listing: Send + Sync + 'static {
     fn player_count_changed(&self, id: &SessionId, player_count: u32);
     /// The session's logic replaced its labels.
     fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>);
+    /// The session was locked to new joins, or unlocked.
+    fn locked_changed(&self, id: &SessionId, locked: bool);
     /// The session ended: list it as ended for the retention period (again
     /// is harmless).
     fn remove(&self, id: &SessionId, ending: Ending);
@@ -312,6 +314,24 @@ impl Room {
         }
     }
 
+    /// Locks the session to new joins, or unlocks it.
+    pub(super) fn set_locked(&mut self, locked: bool) {
+        if self.info.locked != locked {
+            self.info.locked = locked;
+            self.listing.locked_changed(&self.info.id, locked);
+        }
+    }
+
+    /// Removes (kicks) `player`, telling it `reason`; the others see it
+    /// removed "by an operator". It leaves with the next departures.
+    pub(super) fn kick(&mut self, player: PlayerId, reason: String) -> Result<(), Error> {
+        if self.seats.get(&player).is_none_or(|seat| seat.ended) {
+            return Err(Error::UnknownPlayer { field: "player_id".into(), player: player.to_string() });
+        }
+        self.depart(player, Departure::Removed(Error::Kicked(reason)));
+        Ok(())
+    }
+
     /// The players a delta would mean nothing to (see
     /// [`Tick::needs_full_state`](super::Tick::needs_full_state)).
     pub(super) fn needing_full_state(&self) -> Vec<PlayerId> {
@@ -423,6 +443,9 @@ impl Room {
     /// Checks that `request` can take a seat, and names the player if it
     /// asked the server to. The request comes back with the error if not.
     pub(super) fn admit(&self, mut request: Box<JoinRequest>) -> Result<Box<JoinRequest>, JoinRejected> {
+        if self.info.locked {
+            return Err((Error::SessionLocked(self.info.id.to_string()), Some(request)));
+        }
         if self.seats.len() >= self.info.max_players as usize {
             return Err((Error::SessionFull(self.info.id.to_string()), Some(request)));
         }
@@ -555,6 +578,7 @@ impl Room {
             Departure::Disconnected(_) => "disconnected",
             Departure::Removed(Error::SlowPlayer(_)) => "slow_player",
             Departure::Removed(Error::RateLimited(_)) => "flooding",
+            Departure::Removed(Error::Kicked(_)) => "kicked",
             Departure::Removed(_) => "removed",
         };
         self.metrics.departed(reason, 1);

@@ -501,6 +501,7 @@ fn room(registry: &Registry) -> Room {
         player_count: 0,
         labels: Arc::new(BTreeMap::new()),
         open_to_join_or_create: false,
+        locked: false,
         created_unix_micros: 0,
         sequence: 0,
         players: Vec::new(),

@@ -131,6 +131,26 @@ enum Command {
         #[arg(long, default_value = "")]
         message: String,
     },
+    /// Remove (kick) a player; it is told the reason, the others see it removed (SessionService.RemovePlayer).
+    Kick {
+        /// The session's id.
+        session_id: String,
+        /// The player to remove.
+        player_id: String,
+        /// Why, for the removed player and the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lock a session to new joins; its players stay (SessionService.LockSession).
+    Lock {
+        /// The session's id.
+        session_id: String,
+    },
+    /// Unlock a session locked to new joins (SessionService.LockSession).
+    Unlock {
+        /// The session's id.
+        session_id: String,
+    },
     /// Push a payload into a session (SessionService.SendToSession).
     Send {
         /// The session's id.
@@ -195,9 +215,15 @@ struct Filter {
     /// Only sessions with this label (key=value); repeat for more.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Only sessions with a free seat.
+    /// Only sessions with a free seat a join may take (not full, not locked).
     #[arg(long)]
     open_seats: bool,
+    /// Only sessions locked to new joins.
+    #[arg(long, conflicts_with = "unlocked")]
+    locked: bool,
+    /// Only sessions not locked.
+    #[arg(long)]
+    unlocked: bool,
 }
 
 impl Filter {
@@ -206,6 +232,11 @@ impl Filter {
             mode: self.mode.clone().unwrap_or_default(),
             labels: self.labels.iter().cloned().collect(),
             has_open_seats: self.open_seats,
+            locked: match (self.locked, self.unlocked) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -293,6 +324,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::End { session_id, message } => {
             let response = sessions.end_session(pb::EndSessionRequest { session_id, message }).await?.into_inner();
             out.sequence("ended", &response, response.sequence)?;
+        }
+        Command::Kick { session_id, player_id, reason } => {
+            let request = pb::RemovePlayerRequest { session_id, player_id: player_id.clone(), reason };
+            let response = sessions.remove_player(request).await?.into_inner();
+            out.done(&format!("removed {player_id}"), &response)?;
+        }
+        Command::Lock { session_id } => {
+            let response = sessions.lock_session(pb::LockSessionRequest { session_id, locked: true }).await?;
+            out.session(&response.into_inner().session.unwrap_or_default())?;
+        }
+        Command::Unlock { session_id } => {
+            let response = sessions.lock_session(pb::LockSessionRequest { session_id, locked: false }).await?;
+            out.session(&response.into_inner().session.unwrap_or_default())?;
         }
         Command::Send { session_id, payload, players } => {
             let request =

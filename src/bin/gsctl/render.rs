@@ -20,7 +20,7 @@ pub struct Output {
 
 type Result = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-const SESSION_COLUMNS: [&str; 7] = ["SESSION", "MODE", "PLAYERS", "OPEN", "SEQUENCE", "AGE", "LABELS"];
+const SESSION_COLUMNS: [&str; 8] = ["SESSION", "MODE", "PLAYERS", "OPEN", "LOCKED", "SEQUENCE", "AGE", "LABELS"];
 
 impl Output {
     /// CreateSession's answer.
@@ -72,6 +72,15 @@ impl Output {
             return json(&pb::ListSessionsResponse { sessions: sessions.to_vec(), next_page_token: String::new() });
         }
         table(&SESSION_COLUMNS, &sessions.iter().map(session_row).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    /// An answer with nothing to show but that it was done: `what`.
+    pub fn done(&self, what: &str, response: &impl Serialize) -> Result {
+        if self.json {
+            return json(response);
+        }
+        println!("{}", printable(what));
         Ok(())
     }
 
@@ -217,6 +226,7 @@ fn session_row(s: &pb::SessionInfo) -> Vec<String> {
         printable(&s.mode).into_owned(),
         format!("{}/{}", s.player_count, s.max_players),
         if s.open_to_join_or_create { "yes" } else { "no" }.to_owned(),
+        if s.locked { "yes" } else { "no" }.to_owned(),
         s.sequence.to_string(),
         age(s.created_unix_micros),
         pairs(&s.labels),
