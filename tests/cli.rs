@@ -154,8 +154,8 @@ async fn kick_lock_and_unlock_from_the_command_line() {
             table.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect::<Vec<_>>()
         }
     };
-    assert_eq!(listed("--locked").await, [id.clone()]);
-    assert_eq!(listed("--unlocked").await, [other.clone()]);
+    assert_eq!(listed("--locked").await, [id.as_str()]);
+    assert_eq!(listed("--unlocked").await, [other.as_str()]);
     let unlocked = json(&ok(&server, &["unlock", "--json", &id]).await);
     assert_eq!((unlocked["sessionId"].as_str(), unlocked.get("locked")), (Some(id.as_str()), None));
     let mut ids = listed("--unlocked").await;
@@ -655,7 +655,7 @@ async fn token_carries_exactly_the_claims_asked_for() {
     let server = TestServer::start_with(config).await;
     let args = ["list", "--token", &token];
     let listed = success(&output(secrets.gsctl(server.addr), &args).await, &args);
-    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  SEQUENCE  AGE  LABELS\n");
+    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  LOCKED  SEQUENCE  AGE  LABELS\n");
     server.shutdown().await;
 }
 
@@ -842,7 +842,7 @@ async fn mutual_tls_takes_the_client_certificate() {
     let args = with_cert("client");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let listed = success(&output(secrets.gsctl(backend), &args).await, &args);
-    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  SEQUENCE  AGE  LABELS\n");
+    assert_eq!(listed, "SESSION  MODE  PLAYERS  OPEN  LOCKED  SEQUENCE  AGE  LABELS\n");
 
     // The server's alert arrives, or the connection closes before it is read.
     let closed = format!(

@@ -104,9 +104,9 @@ async fn a_locked_session_takes_no_joins_and_keeps_its_players() {
         }
     };
     let other = elsewhere.welcome.session_id.clone();
-    assert_eq!(ids(pb::SessionFilter { has_open_seats: true, ..Default::default() }).await, [other.clone()]);
-    assert_eq!(ids(pb::SessionFilter { locked: Some(true), ..Default::default() }).await, [session.clone()]);
-    assert_eq!(ids(pb::SessionFilter { locked: Some(false), ..Default::default() }).await, [other.clone()]);
+    assert_eq!(ids(pb::SessionFilter { has_open_seats: true, ..Default::default() }).await, [other.as_str()]);
+    assert_eq!(ids(pb::SessionFilter { locked: Some(true), ..Default::default() }).await, [session.as_str()]);
+    assert_eq!(ids(pb::SessionFilter { locked: Some(false), ..Default::default() }).await, [other.as_str()]);
     assert!(server.session_info(&session).await.locked);
 
     // An unlock lets joins in again; the player in stayed all along.
