@@ -62,6 +62,6 @@ fn join_checks(join: pb::Join, limits: &Limits) {
 /// Encodes a refusal as the player's error reply, which quotes the field
 /// and the offending text.
 fn error_reply(err: game_session::error::Error) {
-    let reply = convert::direct(&Direct::Error { error: err, unanswered: 0 }).encode_to_vec();
+    let reply = convert::direct(&Direct::Error { error: err, unanswered: 0 }, &LIMITS).encode_to_vec();
     assert!(pb::ServerMessage::decode(reply.as_slice()).is_ok(), "an error reply that does not decode");
 }
