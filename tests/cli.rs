@@ -111,7 +111,15 @@ async fn backend_commands_in_tables_and_json() {
     let _player = Player::join_as(server.addr, &id, "p1").await;
     let got = json(&ok(&server, &["get", "--json", &id]).await);
     assert_eq!(got["players"][0]["playerId"], "p1");
-    assert!(ok(&server, &["get", &id]).await.contains("p1"));
+    let table = ok(&server, &["get", &id]).await;
+    let header = table.lines().find(|l| l.starts_with("PLAYER")).expect("a players table");
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["PLAYER", "NAME", "SEAT", "JOINED", "RTT", "QUEUED", "DROPPED", "METADATA"]);
+    // p1 (named "p1 name"): live, no round trip reported, nothing queued or dropped.
+    let row = table.lines().find(|l| l.starts_with("p1 ")).expect("p1's row");
+    let at = |column: &str| &row[header.find(column).expect("a column")..];
+    assert!(at("SEAT").starts_with("live ") && at("RTT").starts_with("-  "), "{table}");
+    assert!(at("QUEUED").starts_with("0 (0 B)  0"), "{table}");
 
     assert_eq!(ok(&server, &["send", &id, "hello"]).await.trim(), "sent at sequence 2");
     assert_eq!(json(&ok(&server, &["end", "--json", &id, "--message", "bye"]).await)["sequence"], "3");

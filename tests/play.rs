@@ -177,7 +177,7 @@ async fn self_target_and_ping() {
 
     let now = || SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_micros() as i64;
     let before = now();
-    a.send(client_message::Kind::Ping(pb::Ping { client_time: 1234 })).await;
+    a.send(client_message::Kind::Ping(pb::Ping { client_time: 1234, rtt_micros: 0 })).await;
     match a.next().await {
         Kind::Pong(pong) => {
             assert_eq!(pong.client_time, 1234);

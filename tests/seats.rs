@@ -117,3 +117,73 @@ async fn a_locked_session_takes_no_joins_and_keeps_its_players() {
     assert_eq!(late.next_relayed().await.payload, &b"welcome"[..]);
     server.shutdown().await;
 }
+
+/// The seat of `player` in GetSession's answer for `session`.
+async fn seat(server: &TestServer, session: &str, player: &str) -> pb::SeatStatus {
+    let info = server.session_info(session).await;
+    info.seats.into_iter().find(|s| s.player_id == player).unwrap_or_else(|| panic!("no seat of {player}"))
+}
+
+/// Catches a per-player view that does not show what an operator needs to
+/// tell a healthy seat from a struggling one: the seat's state, when it was
+/// taken, the round trip its client reports, what waits in its queue, and
+/// how many messages were dropped for it (exactly what the player is told
+/// once it reads again).
+#[tokio::test]
+async fn get_session_shows_each_seats_state_queue_and_drops() {
+    let mut config = common::config();
+    config.outbound_queue = 32;
+    // Long enough to read GetSession while behind; the sweep that tells a
+    // caught-up player of its drops runs every quarter of it.
+    config.slow_player_grace = std::time::Duration::from_secs(8);
+    config.player_byte_rate = 0;
+    let server = TestServer::start_with(config).await;
+    let session = server.create_session(2).await;
+    let before = game_session::session::unix_micros();
+    let sender = Player::join(server.addr, join_session(&session, "sender")).await;
+    let window = common::Connect { window: Some(1024), ..Default::default() };
+    let mut stalled = Player::try_join(server.addr, join_session(&session, "stalled"), window).await.expect("join");
+
+    sender.send(pb::client_message::Kind::Ping(pb::Ping { client_time: 1, rtt_micros: 4321 })).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let sender_seat = loop {
+        let seat = seat(&server, &session, "sender").await;
+        if seat.rtt_micros != 0 || tokio::time::Instant::now() > deadline {
+            break seat;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!((sender_seat.state, sender_seat.rtt_micros), (pb::SeatState::Live as i32, 4321));
+    assert!((before..=game_session::session::unix_micros()).contains(&sender_seat.joined_unix_micros));
+    assert_eq!((sender_seat.queued_messages, sender_seat.dropped_messages), (0, 0));
+
+    const TOTAL: usize = 100;
+    for i in 0..TOTAL {
+        sender.relay_with(&[i as u8; 32 * 1024], &[], true).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut stalled_seat = seat(&server, &session, "stalled").await;
+    while stalled_seat.queued_messages as usize + stalled_seat.dropped_messages as usize > TOTAL
+        || stalled_seat.dropped_messages == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no drops shown: {stalled_seat:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        stalled_seat = seat(&server, &session, "stalled").await;
+    }
+    // The sender is done: what the stalled seat shows is final.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stalled_seat = seat(&server, &session, "stalled").await;
+    assert!((1..=32).contains(&stalled_seat.queued_messages), "{stalled_seat:?}");
+    assert!(stalled_seat.queued_bytes >= 32 * 1024 * u64::from(stalled_seat.queued_messages), "{stalled_seat:?}");
+    let (mut relayed, mut told) = (0, 0);
+    while relayed + told < TOTAL {
+        match stalled.next().await {
+            Kind::Relayed(_) => relayed += 1,
+            Kind::Dropped(notice) => told += notice.count as usize,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(told as u64, stalled_seat.dropped_messages, "the view and the player's notice disagree");
+    assert_eq!(seat(&server, &session, "stalled").await.queued_messages, 0, "the queue, read, shows empty");
+    server.shutdown().await;
+}

@@ -242,7 +242,7 @@ pub fn inbound(message: pb::ClientMessage, limits: &Limits) -> Inbound {
             })),
             Err(err) => Inbound::Invalid(err),
         },
-        Some(Kind::Ping(ping)) => Inbound::Ping { client_time: ping.client_time },
+        Some(Kind::Ping(ping)) => Inbound::Ping { client_time: ping.client_time, rtt_micros: ping.rtt_micros },
         Some(Kind::Leave(_)) => Inbound::Leave,
         Some(Kind::Join(_)) => Inbound::Invalid(Error::precondition("join", "this stream has already joined")),
         None => Inbound::Invalid(Error::invalid("kind", "empty message: set one of relay, input, ping or leave")),
@@ -297,6 +297,19 @@ pub fn session(session: &SessionInfo) -> pb::SessionInfo {
         created_unix_micros: session.created_unix_micros,
         sequence: session.sequence,
         players: players(&session.players),
+        seats: session
+            .seats
+            .iter()
+            .map(|seat| pb::SeatStatus {
+                player_id: seat.player.to_string(),
+                state: pb::SeatState::Live as i32,
+                joined_unix_micros: seat.joined_unix_micros,
+                rtt_micros: seat.rtt_micros,
+                queued_messages: u32::try_from(seat.queued_messages).unwrap_or(u32::MAX),
+                queued_bytes: seat.queued_bytes as u64,
+                dropped_messages: seat.dropped,
+            })
+            .collect(),
         end: session.end.as_ref().map(|end| pb::SessionEnd {
             reason: end_reason(end.reason) as i32,
             message: end.message.clone(),

@@ -484,7 +484,7 @@ impl Actor {
                 let from = &id;
                 return self.hook("on_message", Some(from), |logic, room| logic.on_message(room, from, message)).err();
             }
-            Some(Ok(Inbound::Ping { client_time })) => self.room.pong(&id, client_time),
+            Some(Ok(Inbound::Ping { client_time, rtt_micros })) => self.room.pong(&id, client_time, rtt_micros),
             Some(Ok(Inbound::Invalid(err))) => {
                 debug!(session.id = %self.room.id(), player.id = %id, error = %err, "rejected a player message");
                 self.room.send_error(&id, err);

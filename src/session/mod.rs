@@ -109,7 +109,7 @@ pub enum Inbound {
     /// A message for the session's logic.
     Message(PlayerMessage),
     /// Answer with a pong echoing `client_time`.
-    Ping { client_time: i64 },
+    Ping { client_time: i64, rtt_micros: i64 },
     /// Leave the session on purpose.
     Leave,
     /// A malformed message: answer with a non-fatal error, change nothing.
@@ -365,8 +365,26 @@ pub struct SessionInfo {
     pub sequence: u64,
     /// Filled only by [`Directory::get`].
     pub players: Vec<Arc<PlayerInfo>>,
+    /// Each seat as an operator sees it, by player id; filled only by
+    /// [`Directory::get`].
+    pub seats: Vec<SeatStatus>,
     /// Set once the session has ended.
     pub end: Option<Arc<Ending>>,
+}
+
+/// One seat as an operator sees it (GetSession).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatStatus {
+    pub player: PlayerId,
+    /// When the player took the seat, in microseconds since the Unix epoch.
+    pub joined_unix_micros: i64,
+    /// The round trip its client last reported in a ping; 0: none.
+    pub rtt_micros: i64,
+    /// Messages queued for it, and their weight in bytes.
+    pub queued_messages: usize,
+    pub queued_bytes: usize,
+    /// Droppable messages dropped for it since it joined.
+    pub dropped: u64,
 }
 
 /// Limits and timings every session runs with.

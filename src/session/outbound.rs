@@ -473,6 +473,8 @@ pub(super) struct Outbox {
     tx: OutboundTx,
     /// Droppable messages dropped since the last notice to the player.
     dropped: u64,
+    /// Droppable messages dropped since the seat was taken.
+    dropped_total: u64,
     /// The sequence of the last of them.
     last_dropped: u64,
     /// Since when the player's queue has been at least half full.
@@ -480,6 +482,21 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
+    /// Messages queued, not yet taken by the stream.
+    pub(super) fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Their weight in bytes.
+    pub(super) fn bytes(&self) -> usize {
+        self.tx.bytes()
+    }
+
+    /// Droppable messages dropped since the seat was taken.
+    pub(super) fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
     /// See [`OutboundTx::remove_where`].
     pub(super) fn remove_where(&self, superseded: impl Fn(&Delivery) -> bool) -> usize {
         self.tx.remove_where(superseded)
@@ -487,7 +504,7 @@ impl Outbox {
 
     pub(super) fn new(tx: OutboundTx) -> Self {
         OUTBOXES.fetch_add(1, Ordering::Relaxed);
-        Outbox { tx, dropped: 0, last_dropped: 0, behind_since: None }
+        Outbox { tx, dropped: 0, dropped_total: 0, last_dropped: 0, behind_since: None }
     }
 
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for
@@ -516,6 +533,7 @@ impl Outbox {
             if droppable {
                 if sequence != 0 {
                     self.dropped += 1;
+                    self.dropped_total += 1;
                     self.last_dropped = sequence;
                 }
                 self.behind_since.get_or_insert_with(Instant::now);
@@ -544,6 +562,7 @@ impl Outbox {
         if droppable {
             if sequence != 0 {
                 self.dropped += 1;
+                self.dropped_total += 1;
                 self.last_dropped = sequence;
             }
             return Outcome::BehindDropped;

@@ -277,6 +277,7 @@ impl Registry {
             created_unix_micros: super::unix_micros(),
             sequence: 0,
             players: Vec::new(),
+            seats: Vec::new(),
             end: None,
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
@@ -699,6 +700,7 @@ mod tests {
             created_unix_micros: 0,
             sequence: 1,
             players: Vec::new(),
+            seats: Vec::new(),
             end: None,
         }
     }

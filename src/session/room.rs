@@ -27,8 +27,8 @@ use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, S
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
 use super::tick::{Recipients, TickRate};
 use super::{
-    Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SessionConfig, SessionId,
-    SessionInfo, SharedEvent,
+    Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SeatStatus, SessionConfig,
+    SessionId, SessionInfo, SharedEvent,
 };
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
@@ -88,6 +88,10 @@ struct Seat {
     needs_full: bool,
     /// Deltas dropped for it since its last full state.
     deltas_dropped: u64,
+    /// When it took the seat, in microseconds since the Unix epoch.
+    joined_unix_micros: i64,
+    /// The round trip its client last reported; 0: none.
+    rtt_micros: i64,
 }
 
 /// A new seat, for the actor: the player, and what it polls for the
@@ -430,7 +434,12 @@ impl Room {
 
     /// Answers a ping. A pong is as droppable as it gets: a behind player
     /// skips it.
-    pub(super) fn pong(&mut self, to: &PlayerId, client_time: i64) {
+    pub(super) fn pong(&mut self, to: &PlayerId, client_time: i64, rtt_micros: i64) {
+        if let Some(seat) = self.seats.get_mut(to)
+            && rtt_micros > 0
+        {
+            seat.rtt_micros = rtt_micros;
+        }
         self.send_direct(to, Direct::Pong { client_time, server_time_unix_micros: super::unix_micros() }, true);
     }
 
@@ -517,6 +526,8 @@ impl Room {
             errors: ErrorReplies::new(now),
             needs_full: true,
             deltas_dropped: 0,
+            joined_unix_micros: super::unix_micros(),
+            rtt_micros: 0,
         };
         self.seats.insert(id.clone(), seat);
         self.idle_armed = false;
@@ -760,6 +771,20 @@ impl Room {
     pub(super) fn summary(&self) -> SessionInfo {
         let mut info = self.info.clone();
         info.players = self.roster();
+        let mut seats: Vec<SeatStatus> = self
+            .seats
+            .iter()
+            .map(|(id, seat)| SeatStatus {
+                player: id.clone(),
+                joined_unix_micros: seat.joined_unix_micros,
+                rtt_micros: seat.rtt_micros,
+                queued_messages: seat.outbox.len(),
+                queued_bytes: seat.outbox.bytes(),
+                dropped: seat.outbox.dropped_total(),
+            })
+            .collect();
+        seats.sort_by(|a, b| a.player.cmp(&b.player));
+        info.seats = seats;
         info
     }
 

@@ -505,6 +505,7 @@ fn room(registry: &Registry) -> Room {
         created_unix_micros: 0,
         sequence: 0,
         players: Vec::new(),
+        seats: Vec::new(),
         end: None,
     };
     let config = SessionConfig {
@@ -944,7 +945,7 @@ async fn pings_count_against_the_limit() {
     // 30 pings within 30 ms, read as they come (so that the queue's bound
     // plays no part): the burst of 20 and nothing more.
     for n in 0..30 {
-        pinger.send(Ok(Inbound::Ping { client_time: n })).unwrap_or_else(|_| panic!("send"));
+        pinger.send(Ok(Inbound::Ping { client_time: n, rtt_micros: 0 })).unwrap_or_else(|_| panic!("send"));
         settle().await;
         for item in drain(&mut pinger_rx) {
             match item {

@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -504,9 +506,15 @@ async fn play(
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.set_timeout(Duration::from_secs(365 * 24 * 3600));
     let mut inbound = client.play(request).await?.into_inner();
-    read_stdin(tx);
+    // The round trip of the last ping, told to the server with the next one
+    // (operators see it in GetSession).
+    let rtt = Arc::new(AtomicI64::new(0));
+    read_stdin(tx, rtt.clone());
     while let Some(message) = inbound.message().await? {
         out.play(&message)?;
+        if let Some(server_message::Kind::Pong(pong)) = &message.kind {
+            rtt.store((render::unix_micros() - pong.client_time).max(1), Ordering::Relaxed);
+        }
         if matches!(message.kind, Some(server_message::Kind::SessionEnded(_))) {
             break;
         }
@@ -522,11 +530,11 @@ async fn play(
 /// the runtime waits for on exit, so gsctl would outlive its session until
 /// the next line was typed, and swallow that line. A std thread dies with
 /// the process.
-fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::ClientMessage>) {
+fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::ClientMessage>, rtt: Arc<AtomicI64>) {
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { return };
-            let kind = match parse_input(&line) {
+            let kind = match parse_input(&line, rtt.load(Ordering::Relaxed)) {
                 Ok(Some(kind)) => kind,
                 Ok(None) => continue,
                 Err(err) => {
@@ -542,8 +550,9 @@ fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::ClientMessage>) {
     });
 }
 
-/// One stdin line as a client message; `None` for a blank line.
-fn parse_input(line: &str) -> Result<Option<client_message::Kind>, String> {
+/// One stdin line as a client message; `None` for a blank line. A ping
+/// carries `rtt_micros`, the last ping's round trip.
+fn parse_input(line: &str, rtt_micros: i64) -> Result<Option<client_message::Kind>, String> {
     let Some(command) = line.strip_prefix('/') else {
         if line.is_empty() {
             return Ok(None);
@@ -552,7 +561,7 @@ fn parse_input(line: &str) -> Result<Option<client_message::Kind>, String> {
     };
     let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
     match name {
-        "ping" => Ok(Some(client_message::Kind::Ping(pb::Ping { client_time: render::unix_micros() }))),
+        "ping" => Ok(Some(client_message::Kind::Ping(pb::Ping { client_time: render::unix_micros(), rtt_micros }))),
         "leave" => Ok(Some(client_message::Kind::Leave(pb::Leave {}))),
         "to" => {
             let (targets, text) = rest.split_once(' ').ok_or("usage: /to ID[,ID...] TEXT")?;

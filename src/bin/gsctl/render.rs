@@ -45,14 +45,22 @@ impl Output {
                 .players
                 .iter()
                 .map(|p| {
+                    let seat = session.seats.iter().find(|s| s.player_id == p.player_id);
+                    let state = seat.map(|s| pb::SeatState::try_from(s.state).unwrap_or_default());
                     vec![
                         printable(&p.player_id).into_owned(),
                         printable(&p.display_name).into_owned(),
+                        state.map_or("-".into(), |s| s.as_str_name().trim_start_matches("SEAT_STATE_").to_lowercase()),
+                        seat.map_or("-".into(), |s| age(s.joined_unix_micros)),
+                        seat.filter(|s| s.rtt_micros > 0)
+                            .map_or("-".into(), |s| fmt(Duration::from_micros(s.rtt_micros as u64))),
+                        seat.map_or("-".into(), |s| format!("{} ({} B)", s.queued_messages, s.queued_bytes)),
+                        seat.map_or("-".into(), |s| s.dropped_messages.to_string()),
                         pairs(&p.metadata),
                     ]
                 })
                 .collect();
-            table(&["PLAYER", "NAME", "METADATA"], &rows);
+            table(&["PLAYER", "NAME", "SEAT", "JOINED", "RTT", "QUEUED", "DROPPED", "METADATA"], &rows);
         }
         if let Some(end) = &session.end {
             let reason = pb::SessionEndReason::try_from(end.reason).unwrap_or_default();

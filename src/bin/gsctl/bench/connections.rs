@@ -311,7 +311,7 @@ impl Joiner<'_> {
             let pinger = counters.clone();
             let pings = IntervalStream::new(ticks).map(move |_| {
                 pinger.pings.fetch_add(1, Ordering::Relaxed);
-                pb::ClientMessage { kind: Some(client_message::Kind::Ping(pb::Ping { client_time: 0 })) }
+                pb::ClientMessage { kind: Some(client_message::Kind::Ping(pb::Ping { client_time: 0, rtt_micros: 0 })) }
             });
             let requests = stream::once(async move { first }).chain(pings).take_until(close.cancelled_owned());
             let request = super::play_request(token, requests);
