@@ -74,6 +74,9 @@ pub enum Error {
     /// An operator removed the player (RemovePlayer), for this reason.
     #[error("removed from the session by an operator: {0}")]
     Kicked(String),
+    /// A newer stream of the same player took the seat over.
+    #[error("this seat was taken over by a newer stream of the same player")]
+    TakenOver,
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use base64::Engine;
 use common::certs::{self, Ca};
 use common::jwt::{self, SECRET, claims, hs256, now, sign, with};
-use common::{Connect, Player, TestServer, assert_status, bearer, join_mode, join_session};
+use common::{Connect, Player, TestServer, WAIT, assert_status, bearer, join_mode, join_session};
 use game_session::Config;
-use game_session::pb::{self, server_message};
+use game_session::pb::{self, PresenceKind, server_message};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -512,5 +512,43 @@ async fn an_open_stream_outlives_its_token() {
         server_message::Kind::Relayed(relayed) => assert_eq!(relayed.payload, b"still here".to_vec()),
         other => panic!("expected the relay, got {other:?}"),
     }
+    server.shutdown().await;
+}
+
+/// Catches a reconnecting player locked out of its own seat until
+/// keepalive notices its dead connection (ALREADY_EXISTS for about 20 s),
+/// a takeover that ends the old stream without a reason, that the others
+/// see as a leave and a join, or that leaves two streams playing one seat;
+/// and a seat taken over in a full or locked session being refused.
+#[tokio::test]
+async fn a_players_new_stream_takes_its_seat_over() {
+    let server = TestServer::start_with(auth_config(|_| {})).await;
+    let admin = admin_token();
+    let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 2, ..Default::default() };
+    let created = server.sessions().await.create_session(bearer(request, &admin)).await.expect("create");
+    let session = created.into_inner().session.expect("session").session_id;
+    let (alice, bob) = (hs256(&claims("alice")), hs256(&claims("bob")));
+    let mut old = try_join(&server, join_session(&session, ""), Some(&alice)).await.expect("alice");
+    let mut bob_player = try_join(&server, join_session(&session, ""), Some(&bob)).await.expect("bob");
+    assert_eq!(old.next_presence().await.kind, PresenceKind::Joined as i32);
+    let lock = pb::LockSessionRequest { session_id: session.clone(), locked: true };
+    server.sessions().await.lock_session(bearer(lock, &admin)).await.expect("lock");
+
+    // Full and locked: still alice's own seat to take.
+    let mut new = try_join(&server, join_session(&session, ""), Some(&alice)).await.expect("the takeover");
+    let present: Vec<&str> = new.welcome.players.iter().map(|p| p.player_id.as_str()).collect();
+    assert_eq!((new.welcome.player.as_ref().map(|p| p.player_id.as_str()), present), (Some("alice"), vec!["bob"]));
+    let (_, end) = tokio::time::timeout(WAIT, old.until_end()).await.expect("the old stream ends");
+    assert_status(end, Code::Aborted, "taken over by a newer stream of the same player");
+    let moved = bob_player.next_presence().await;
+    assert_eq!(moved.kind, PresenceKind::Reconnected as i32, "{moved:?}");
+    assert_eq!(moved.player.map(|p| p.player_id).as_deref(), Some("alice"));
+    assert_eq!(moved.sequence, new.welcome.sequence);
+    assert_eq!(server.session_info_with(&session, &admin).await.player_count, 2);
+
+    bob_player.relay(b"to the new stream", &[]).await;
+    assert_eq!(new.next_relayed().await.payload, &b"to the new stream"[..]);
+    new.relay(b"from it", &[]).await;
+    assert_eq!(bob_player.next_relayed().await.payload, &b"from it"[..]);
     server.shutdown().await;
 }

@@ -222,7 +222,7 @@ pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
     }
     check_text("join.display_name", &join.display_name)?;
     let metadata = check_labels("join.metadata", join.metadata, limits.max_labels)?;
-    Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata })
+    Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata, may_take_over: false })
 }
 
 /// One message of a joined player's stream. A malformed one becomes
@@ -352,6 +352,7 @@ pub fn event(event: &Event) -> pb::ServerMessage {
                 PresenceKind::Left => pb::PresenceKind::Left,
                 PresenceKind::Disconnected => pb::PresenceKind::Disconnected,
                 PresenceKind::Removed => pb::PresenceKind::Removed,
+                PresenceKind::Reconnected => pb::PresenceKind::Reconnected,
             } as i32,
             detail: (*detail).to_owned(),
         }),

@@ -74,6 +74,7 @@ impl From<Error> for JoinFailed {
             | Error::RateLimited(_)
             | Error::TooManyWatchers(_)
             | Error::Kicked(_)
+            | Error::TakenOver
             | Error::Internal(_) => Some("other"),
         };
         JoinFailed { reason, status: err.into() }
@@ -161,6 +162,10 @@ impl<D: Directory> PlayerApi<D> {
             // is as good as not found.
             let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
             player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
+            // The token proves the caller is this player: a seat it holds
+            // is its own to take over (a reconnect need not wait for
+            // keepalive to free it).
+            player.may_take_over = true;
         }
         let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
         let joined = self.directory.join(target, player, caller, messages).await?;

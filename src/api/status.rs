@@ -29,6 +29,7 @@ pub fn code(err: &Error) -> Code {
             ProtocolFault::Malformed => Code::Internal,
         },
         Error::JoinTimeout(_) => Code::DeadlineExceeded,
+        Error::TakenOver => Code::Aborted,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) | Error::Kicked(_) => Code::PermissionDenied,
         Error::Internal(_) => Code::Internal,

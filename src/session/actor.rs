@@ -412,7 +412,15 @@ impl Actor {
             }
         };
         let player = &request.player;
-        match self.hook("on_join_attempt", None, |logic, room| logic.on_join_attempt(room, player)) {
+        // A player taking its own seat over was admitted by the logic before.
+        let takes_over = self.room.is_seated(&player.id);
+        match self.hook(
+            "on_join_attempt",
+            None,
+            |logic, room| {
+                if takes_over { Ok(()) } else { logic.on_join_attempt(room, player) }
+            },
+        ) {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 let _ = reply.send(Err((err, Some(request))));
@@ -438,7 +446,11 @@ impl Actor {
         // panic, the player hears that the session failed, like the others.
         let joined = {
             let _span = seated.span.enter();
-            self.hook("on_join", Some(&id), |logic, room| logic.on_join(room, &info))
+            if seated.took_over {
+                self.hook("on_reconnect", Some(&id), |logic, room| logic.on_reconnect(room, &info))
+            } else {
+                self.hook("on_join", Some(&id), |logic, room| logic.on_join(room, &info))
+            }
         };
         if reply.send(Ok(seated.joined)).is_err() {
             self.room.depart(id, Departure::Disconnected("the client went away while joining".into()));

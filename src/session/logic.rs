@@ -64,6 +64,14 @@ pub trait SessionLogic: Send + 'static {
         let _ = (room, player);
     }
 
+    /// `player`'s seat moved to a new stream of the same player (a
+    /// takeover: with auth on, a join whose token's subject holds the seat).
+    /// The others have seen it reconnect; the new stream has its welcome,
+    /// and the old one has ended. `on_join_attempt` is not asked again.
+    fn on_reconnect(&mut self, room: &mut Room, player: &Arc<PlayerInfo>) {
+        let _ = (room, player);
+    }
+
     /// `player` left on purpose (a leave message or a clean half-close); the
     /// others have seen it leave.
     fn on_leave(&mut self, room: &mut Room, player: &Arc<PlayerInfo>) {

@@ -101,6 +101,10 @@ pub struct NewPlayer {
     pub display_name: String,
     /// Small key/value data given at join.
     pub metadata: BTreeMap<String, String>,
+    /// The caller proved it is this player (a verified token whose subject
+    /// is the id): a live seat of the id is taken over (its old stream ends
+    /// with ABORTED) instead of refused with ALREADY_EXISTS.
+    pub may_take_over: bool,
 }
 
 /// One validated message from a joined player's stream.
@@ -248,6 +252,9 @@ pub enum PresenceKind {
     Left,
     Disconnected,
     Removed,
+    /// The player's seat moved to a new stream of the same player (a
+    /// takeover).
+    Reconnected,
 }
 
 /// A message that belongs to the session's history: it carries a sequence

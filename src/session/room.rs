@@ -105,6 +105,9 @@ pub(super) struct Seated {
     pub joined: Joined,
     /// The `player.join` span, for the logic's `on_join` to run in.
     pub span: tracing::Span,
+    /// It took its own seat over: the logic hears `on_reconnect`, not
+    /// `on_join`.
+    pub took_over: bool,
 }
 
 /// Resolves to a half-closed player's seat and whether its response stream
@@ -452,6 +455,11 @@ impl Room {
     /// Checks that `request` can take a seat, and names the player if it
     /// asked the server to. The request comes back with the error if not.
     pub(super) fn admit(&self, mut request: Box<JoinRequest>) -> Result<Box<JoinRequest>, JoinRejected> {
+        // A player taking its own live seat over needs no free seat, and a
+        // lock keeps out only new players.
+        if request.player.may_take_over && self.seats.get(request.player.id.as_str()).is_some_and(|seat| !seat.ended) {
+            return Ok(request);
+        }
         if self.info.locked {
             return Err((Error::SessionLocked(self.info.id.to_string()), Some(request)));
         }
@@ -470,8 +478,10 @@ impl Room {
     }
 
     /// Seats an admitted player: the others see it join, and its queue starts
-    /// with the welcome. `caller` is the span of the call that asked, for a
-    /// link.
+    /// with the welcome. A player that holds a live seat already (admitted
+    /// to take it over) gets it on its new stream: the old stream ends with
+    /// ABORTED, and the others see it reconnect. `caller` is the span of the
+    /// call that asked, for a link.
     pub(super) fn seat(&mut self, player: NewPlayer, caller: &tracing::Span) -> Seated {
         let session_id = self.info.id.clone();
         let id: PlayerId = player.id.into();
@@ -485,15 +495,20 @@ impl Room {
         let info =
             Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
         let sequence = self.next_sequence();
+        // The old stream of a seat taken over ends now, with what was queued
+        // for it; the new one starts from a fresh welcome.
+        let took_over = match self.seats.remove(&id) {
+            Some(old) => {
+                let _ = old.outbox.end_now(Error::TakenOver);
+                true
+            }
+            None => false,
+        };
 
         // Tell everyone else first, so the joiner does not see its own join:
         // the welcome's sequence stands for it.
-        let event = SharedEvent::new(Event::Presence {
-            sequence,
-            player: info.clone(),
-            kind: PresenceKind::Joined,
-            detail: "",
-        });
+        let kind = if took_over { PresenceKind::Reconnected } else { PresenceKind::Joined };
+        let event = SharedEvent::new(Event::Presence { sequence, player: info.clone(), kind, detail: "" });
         self.fan_out(&event, Audience::All, false, sequence);
 
         let (tx, outbound) = outbound::channel();
@@ -531,11 +546,15 @@ impl Room {
         };
         self.seats.insert(id.clone(), seat);
         self.idle_armed = false;
-        self.players_changed();
-        self.metrics.joined();
-        info!(session.sequence = sequence, "player joined");
+        if took_over {
+            info!(session.sequence = sequence, "player reconnected: a new stream took its seat over");
+        } else {
+            self.players_changed();
+            self.metrics.joined();
+            info!(session.sequence = sequence, "player joined");
+        }
         drop(entered);
-        Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound }, span }
+        Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound }, span, took_over }
     }
 
     /// Frees `player`'s seat after the current message, for `departure`.

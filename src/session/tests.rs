@@ -77,9 +77,14 @@ type PlayerTx = mpsc::UnboundedSender<Result<Inbound, InboundError>>;
 /// Joins `id`; returns the sender of the player's inputs and its queue with
 /// the welcome already taken.
 async fn join(registry: &Registry, session: &SessionId, id: &str) -> (PlayerTx, OutboundRx) {
+    join_as(registry, session, new_player(id)).await
+}
+
+/// As [`join`], as `player`.
+async fn join_as(registry: &Registry, session: &SessionId, player: NewPlayer) -> (PlayerTx, OutboundRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let inbound = Box::pin(UnboundedReceiverStream::new(rx));
-    let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let id = player.id.clone();
     let mut joined = registry
         .join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), inbound)
         .await
@@ -381,7 +386,7 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
             let (registry, barrier) = (registry.clone(), barrier.clone());
             tokio::spawn(async move {
                 let (_tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
-                let player = NewPlayer { id: format!("p{i}"), display_name: String::new(), metadata: BTreeMap::new() };
+                let player = new_player(&format!("p{i}"));
                 barrier.wait().await;
                 let inbound = Box::pin(UnboundedReceiverStream::new(rx));
                 registry
@@ -406,7 +411,7 @@ async fn a_burst_of_join_or_create_spreads_over_sessions() {
 /// id, with the player's sender to keep it seated.
 async fn create_by_joining(registry: &Registry, caller: &Caller, id: &str) -> Result<(SessionId, PlayerTx), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let player = NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let player = new_player(id);
     let inbound = Box::pin(UnboundedReceiverStream::new(rx));
     let joined = registry.join(JoinTarget::Mode("relay".into()), player, caller.clone(), inbound).await?;
     Ok((joined.session_id, tx))
@@ -466,7 +471,7 @@ async fn join_or_create_holds_each_caller_to_its_creation_limits() {
 async fn a_panicking_actor_leaves_the_registry() {
     let registry = new_registry(16);
     let session = create(&registry);
-    let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let player = new_player("p");
     // The actor polls a player's stream itself: a bug there panics the actor.
     let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
         panic!("a bug in session logic")
@@ -477,7 +482,7 @@ async fn a_panicking_actor_leaves_the_registry() {
     assert!(registry.handle(&session).is_err());
     assert!(registry.is_empty());
     let (tx, rx) = mpsc::unbounded_channel::<Result<Inbound, InboundError>>();
-    let player = NewPlayer { id: "q".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let player = new_player("q");
     let joined = registry
         .join(
             JoinTarget::Mode("relay".into()),
@@ -522,7 +527,7 @@ fn room(registry: &Registry) -> Room {
 }
 
 fn new_player(id: &str) -> NewPlayer {
-    NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new() }
+    NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new(), may_take_over: false }
 }
 
 /// Seats `ids` in order; returns their queues with everything so far
@@ -737,7 +742,7 @@ async fn a_panic_while_polling_a_player_ends_the_session_with_an_internal_error(
     let registry = new_registry(16);
     let session = create(&registry);
     let (_watcher_in, mut watcher) = join(&registry, &session, "watcher").await;
-    let player = NewPlayer { id: "p".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let player = new_player("p");
     let inbound = Box::pin(futures_util::stream::poll_fn(|_| -> Poll<Option<Result<Inbound, InboundError>>> {
         panic!("a bug in a player's stream")
     }));
@@ -774,7 +779,7 @@ async fn a_flooding_session_yields_its_worker() {
     });
     use futures_util::StreamExt as _;
     let flood = Box::pin(futures_util::stream::iter(relays).chain(futures_util::stream::pending()));
-    let player = NewPlayer { id: "flood".into(), display_name: String::new(), metadata: BTreeMap::new() };
+    let player = new_player("flood");
     let joined = registry.join(JoinTarget::Session(session.to_string()), player, Caller::Connection(None), flood).await;
     let mut joined = joined.unwrap_or_else(|e| panic!("join: {e}"));
     // The probe runs as soon as the actor lets the thread go.
@@ -1372,4 +1377,106 @@ async fn a_panicking_init_refuses_the_session_alone() {
     assert!(registry.is_empty());
     let _ = create(&registry);
     assert!(!registry.is_empty(), "the registry goes on");
+}
+
+/// A relay that writes down which hook it heard, for whom.
+#[derive(Clone, Default)]
+struct Hooks(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Hooks {
+    fn heard(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note(&self, hook: &str, player: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{hook} {player}"));
+    }
+}
+
+impl Mode for Hooks {
+    fn create(&self, _config: &[u8]) -> Result<Box<dyn SessionLogic>, String> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl SessionLogic for Hooks {
+    fn on_join_attempt(&mut self, _room: &Room, player: &NewPlayer) -> Result<(), Error> {
+        self.note("attempt", &player.id);
+        Ok(())
+    }
+
+    fn on_join(&mut self, _room: &mut Room, player: &Arc<PlayerInfo>) {
+        self.note("join", &player.id);
+    }
+
+    fn on_reconnect(&mut self, _room: &mut Room, player: &Arc<PlayerInfo>) {
+        self.note("reconnect", &player.id);
+    }
+
+    fn on_leave(&mut self, _room: &mut Room, player: &Arc<PlayerInfo>) {
+        self.note("leave", &player.id);
+    }
+
+    fn on_disconnect(&mut self, _room: &mut Room, player: &Arc<PlayerInfo>, _departure: &Departure) {
+        self.note("disconnect", &player.id);
+    }
+
+    fn on_message(&mut self, room: &mut Room, from: &PlayerId, message: PlayerMessage) {
+        Relay.on_message(room, from, message);
+    }
+
+    fn on_backend_message(&mut self, room: &mut Room, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {
+        Relay.on_backend_message(room, payload, targets)
+    }
+}
+
+/// Catches a takeover that asks the logic to admit the player again, tells
+/// it of a join instead of a reconnect, shows the others a leave and a join,
+/// leaves the old stream open, or lets the old stream still play the seat;
+/// and a join without the proof (auth off) that takes a seat over.
+#[tokio::test(start_paused = true)]
+async fn a_takeover_moves_the_seat_and_tells_the_logic_of_a_reconnect() {
+    let hooks = Hooks::default();
+    let registry = Registry::new(
+        config(64, RateLimits::OFF, usize::MAX),
+        Modes::builder().register("relay", Relay).register("hooks", hooks.clone()).build(),
+    );
+    let session = create_of(&registry, "hooks");
+    let (old_tx, mut old_rx) = join(&registry, &session, "a").await;
+    let (_b_tx, mut b_rx) = join(&registry, &session, "b").await;
+    drain(&mut old_rx);
+
+    // Without the proof, the seat is not taken.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let refused = registry
+        .join(
+            JoinTarget::Session(session.to_string()),
+            new_player("a"),
+            Caller::Connection(None),
+            Box::pin(UnboundedReceiverStream::new(rx)),
+        )
+        .await;
+    drop(tx);
+    assert!(matches!(refused, Err(Error::PlayerAlreadyJoined { .. })), "{refused:?}");
+
+    let proven = NewPlayer { may_take_over: true, ..new_player("a") };
+    let (new_tx, _new_rx) = join_as(&registry, &session, proven).await;
+    settle().await;
+    assert_eq!(hooks.heard(), ["attempt a", "join a", "attempt b", "join b", "reconnect a"]);
+    assert_eq!(drain(&mut old_rx).iter().map(seen).collect::<Vec<_>>(), [Seen::End(Some(Error::TakenOver))]);
+    assert_eq!(
+        drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Presence(PresenceKind::Reconnected, "a".into())]
+    );
+
+    // The old stream no longer plays the seat (its inputs are not read);
+    // the new one does.
+    assert!(old_tx.is_closed(), "the old stream's inputs are still read");
+    relay(&new_tx, false);
+    settle().await;
+    assert!(matches!(
+        drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>()[..],
+        [Seen::Relay { droppable: false, .. }]
+    ));
+    assert_eq!(hooks.heard().len(), 5, "no leave or disconnect for the old stream");
 }
