@@ -27,8 +27,10 @@ use crate::error::Error;
 ///
 /// `init` comes first, once, before anyone joins. The order of the hooks for
 /// one player is: `on_join_attempt`, then (if it let the player in)
-/// `on_join`, then any number of `on_message` (and its inputs in ticks), then
-/// `on_leave` or `on_disconnect`, unless the session ends first: the players
+/// `on_join`, then any number of `on_message` (and its inputs in ticks) and
+/// `on_reconnect` (each time a new stream of the player takes its seat
+/// over), then `on_leave` or `on_disconnect`, unless the session ends first:
+/// the players
 /// still seated then get no hook of their own. `on_end` comes last, once,
 /// before the players are told that the session ended; it is skipped when
 /// the session ends because a hook panicked. Seats that sends in `on_end`
