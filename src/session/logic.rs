@@ -30,11 +30,11 @@ use crate::error::Error;
 /// `on_join`, then any number of `on_message` (and its inputs in ticks) and
 /// `on_reconnect` (each time a new stream of the player takes its seat
 /// over), then `on_leave` or `on_disconnect`, unless the session ends first:
-/// the players
-/// still seated then get no hook of their own. `on_end` comes last, once,
-/// before the players are told that the session ended; it is skipped when
-/// the session ends because a hook panicked. Seats that sends in `on_end`
-/// find gone are not freed one by one: every seat ends with the session.
+/// the players still seated then get no hook of their own. `on_end` comes
+/// last, once, before the players are told that the session ended; it is
+/// skipped when the session ends because a hook panicked. Seats that sends
+/// in `on_end` find gone are not freed one by one: every seat ends with the
+/// session.
 pub trait SessionLogic: Send + 'static {
     /// Starts the session: may set its labels through the room, and returns
     /// its tick rate, or `None` (the default) for a logic without a tick,
