@@ -552,3 +552,35 @@ async fn a_players_new_stream_takes_its_seat_over() {
     assert_eq!(bob_player.next_relayed().await.payload, &b"from it"[..]);
     server.shutdown().await;
 }
+
+/// Catches a reconnect that must wait for keepalive: alice's network goes
+/// silent (no FIN, no reset), and her client joins again over a new
+/// connection. With keepalive set to an hour, only the takeover lets her
+/// back in; she gets everything sent after her new welcome, and the others
+/// see her reconnect, not leave.
+#[tokio::test]
+async fn a_player_whose_network_went_silent_rejoins_at_once() {
+    let server = TestServer::start_with(auth_config(|config| {
+        config.keepalive_interval = std::time::Duration::from_secs(3600);
+        config.keepalive_timeout = std::time::Duration::from_secs(3600);
+    }))
+    .await;
+    let session = create(&server, &admin_token(), "relay").await;
+    let proxy = common::proxy::Proxy::start(server.addr).await;
+    let alice = hs256(&claims("alice"));
+    let connect = Connect::token(&alice);
+    let _gone = Player::try_join(proxy.addr, join_session(&session, ""), connect.clone()).await.expect("alice");
+    let mut bob = try_join(&server, join_session(&session, ""), Some(&hs256(&claims("bob")))).await.expect("bob");
+
+    proxy.cut_silently();
+    bob.relay(b"while alice is away", &[]).await;
+    let mut back = Player::try_join(server.addr, join_session(&session, ""), connect).await.expect("the rejoin");
+    assert_eq!(back.welcome.players.iter().map(|p| p.player_id.as_str()).collect::<Vec<_>>(), ["bob"]);
+    let reconnected = bob.next_presence().await;
+    assert_eq!(reconnected.kind, PresenceKind::Reconnected as i32, "{reconnected:?}");
+    bob.relay(b"welcome back", &[]).await;
+    let relayed = back.next_relayed().await;
+    assert_eq!((relayed.payload.as_ref(), relayed.sequence > back.welcome.sequence), (&b"welcome back"[..], true));
+    drop(proxy); // closes the silent connection, which the drain would wait for
+    server.shutdown().await;
+}

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod certs;
 pub mod jwt;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
