@@ -240,22 +240,18 @@ impl<D: Directory> SessionService for SessionApi<D> {
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "EndSession", &request);
-        super::rpc("EndSession", span, async move {
-            let caller = self.auth.admin(&Call::of(&request)).await?;
-            let request = request.into_inner();
-            let session_id = request.session_id.clone();
-            let result = async {
-                tracing::Span::current().record("session.id", request.session_id.as_str());
-                convert::check_id("session_id", &request.session_id)?;
+        self.admin_on_session(
+            "EndSession",
+            span,
+            request,
+            |r| &r.session_id,
+            async |request| {
                 convert::check_message("message", &request.message)?;
                 let sequence =
                     self.directory.end(&request.session_id, EndReason::EndedByBackend, request.message).await?;
-                Ok(Response::new(pb::EndSessionResponse { sequence }))
-            }
-            .await;
-            audit(&caller, "EndSession", &session_id, &result);
-            result
-        })
+                Ok(pb::EndSessionResponse { sequence })
+            },
+        )
         .await
     }
 
@@ -264,22 +260,18 @@ impl<D: Directory> SessionService for SessionApi<D> {
         request: Request<pb::SendToSessionRequest>,
     ) -> Result<Response<pb::SendToSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "SendToSession", &request);
-        super::rpc("SendToSession", span, async move {
-            let caller = self.auth.admin(&Call::of(&request)).await?;
-            let request = request.into_inner();
-            let session_id = request.session_id.clone();
-            let result = async {
-                tracing::Span::current().record("session.id", request.session_id.as_str());
-                convert::check_id("session_id", &request.session_id)?;
+        self.admin_on_session(
+            "SendToSession",
+            span,
+            request,
+            |r| &r.session_id,
+            async |request| {
                 convert::check_payload("payload", &request.payload, &self.limits)?;
                 let targets = convert::check_targets("player_ids", request.player_ids, &self.limits)?;
                 let sequence = self.directory.send(&request.session_id, request.payload, targets).await?;
-                Ok(Response::new(pb::SendToSessionResponse { sequence }))
-            }
-            .await;
-            audit(&caller, "SendToSession", &session_id, &result);
-            result
-        })
+                Ok(pb::SendToSessionResponse { sequence })
+            },
+        )
         .await
     }
 
@@ -288,14 +280,18 @@ impl<D: Directory> SessionService for SessionApi<D> {
         request: Request<pb::SignalSessionRequest>,
     ) -> Result<Response<pb::SignalSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "SignalSession", &request);
-        super::rpc("SignalSession", span, async move {
-            let caller = self.auth.admin(&Call::of(&request)).await?;
-            let request = request.into_inner();
-            let session_id = request.session_id.clone();
-            let result = self.signal(request).await;
-            audit(&caller, "SignalSession", &session_id, &result);
-            result
-        })
+        self.admin_on_session(
+            "SignalSession",
+            span,
+            request,
+            |r| &r.session_id,
+            async |request| {
+                convert::check_payload("payload", &request.payload, &self.limits)?;
+                let payload = bytes::Bytes::copy_from_slice(&request.payload);
+                let answer = self.directory.signal(&request.session_id, payload).await?;
+                Ok(pb::SignalSessionResponse { payload: answer })
+            },
+        )
         .await
     }
 
@@ -304,23 +300,19 @@ impl<D: Directory> SessionService for SessionApi<D> {
         request: Request<pb::RemovePlayerRequest>,
     ) -> Result<Response<pb::RemovePlayerResponse>, Status> {
         let span = super::rpc_span!("SessionService", "RemovePlayer", &request);
-        super::rpc("RemovePlayer", span, async move {
-            let caller = self.auth.admin(&Call::of(&request)).await?;
-            let request = request.into_inner();
-            let session_id = request.session_id.clone();
-            let result = async {
-                tracing::Span::current().record("session.id", request.session_id.as_str());
-                convert::check_id("session_id", &request.session_id)?;
+        self.admin_on_session(
+            "RemovePlayer",
+            span,
+            request,
+            |r| &r.session_id,
+            async |request| {
                 convert::check_id("player_id", &request.player_id)?;
                 convert::check_message("reason", &request.reason)?;
                 let player = request.player_id.as_str().into();
                 self.directory.remove_player(&request.session_id, player, request.reason).await?;
-                Ok(Response::new(pb::RemovePlayerResponse {}))
-            }
-            .await;
-            audit(&caller, "RemovePlayer", &session_id, &result);
-            result
-        })
+                Ok(pb::RemovePlayerResponse {})
+            },
+        )
         .await
     }
 
@@ -329,32 +321,46 @@ impl<D: Directory> SessionService for SessionApi<D> {
         request: Request<pb::LockSessionRequest>,
     ) -> Result<Response<pb::LockSessionResponse>, Status> {
         let span = super::rpc_span!("SessionService", "LockSession", &request);
-        super::rpc("LockSession", span, async move {
-            let caller = self.auth.admin(&Call::of(&request)).await?;
-            let request = request.into_inner();
-            let session_id = request.session_id.clone();
-            let result = async {
-                tracing::Span::current().record("session.id", request.session_id.as_str());
-                convert::check_id("session_id", &request.session_id)?;
+        self.admin_on_session(
+            "LockSession",
+            span,
+            request,
+            |r| &r.session_id,
+            async |request| {
                 let session = self.directory.lock(&request.session_id, request.locked).await?;
-                Ok(Response::new(pb::LockSessionResponse { session: Some(convert::session(&session)) }))
-            }
-            .await;
-            audit(&caller, "LockSession", &session_id, &result);
-            result
-        })
+                Ok(pb::LockSessionResponse { session: Some(convert::session(&session)) })
+            },
+        )
         .await
     }
 }
 
 impl<D: Directory> SessionApi<D> {
-    async fn signal(&self, request: pb::SignalSessionRequest) -> Result<Response<pb::SignalSessionResponse>, Status> {
-        tracing::Span::current().record("session.id", request.session_id.as_str());
-        convert::check_id("session_id", &request.session_id)?;
-        convert::check_payload("payload", &request.payload, &self.limits)?;
-        let payload = bytes::Bytes::copy_from_slice(&request.payload);
-        let answer = self.directory.signal(&request.session_id, payload).await?;
-        Ok(Response::new(pb::SignalSessionResponse { payload: answer }))
+    /// A state-changing call on one session, in its span `span`: the admin
+    /// check, the session id (recorded on the span, then checked), `call`,
+    /// and the audit line with the outcome.
+    async fn admin_on_session<T: Send, R>(
+        &self,
+        rpc: &'static str,
+        span: tracing::Span,
+        request: Request<T>,
+        session_id: fn(&T) -> &String,
+        call: impl AsyncFnOnce(T) -> Result<R, Status>,
+    ) -> Result<Response<R>, Status> {
+        super::rpc(rpc, span, async move {
+            let caller = self.auth.admin(&Call::of(&request)).await?;
+            let request = request.into_inner();
+            let id = session_id(&request).clone();
+            let result = async {
+                tracing::Span::current().record("session.id", id.as_str());
+                convert::check_id("session_id", &id)?;
+                call(request).await.map(Response::new)
+            }
+            .await;
+            audit(&caller, rpc, &id, &result);
+            result
+        })
+        .await
     }
 
     async fn create(&self, request: pb::CreateSessionRequest) -> Result<Response<pb::CreateSessionResponse>, Status> {
