@@ -413,14 +413,12 @@ impl Actor {
         };
         let player = &request.player;
         // A player taking its own seat over was admitted by the logic before.
-        let takes_over = self.room.is_seated(&player.id);
-        match self.hook(
-            "on_join_attempt",
-            None,
-            |logic, room| {
-                if takes_over { Ok(()) } else { logic.on_join_attempt(room, player) }
-            },
-        ) {
+        let attempt = if self.room.is_seated(&player.id) {
+            Ok(Ok(()))
+        } else {
+            self.hook("on_join_attempt", None, |logic, room| logic.on_join_attempt(room, player))
+        };
+        match attempt {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 let _ = reply.send(Err((err, Some(request))));
