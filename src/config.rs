@@ -132,6 +132,49 @@ pub struct Config {
     #[arg(long, env = "GAME_SESSION_SLOW_PLAYER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_player_grace: Duration,
 
+    /// How long a player's seat is held after its stream drops without a
+    /// leave (its connection lost, or removed for falling behind), so that
+    /// it can resume; the others see it HELD meanwhile, and a held seat
+    /// counts as taken. 0: seats are not held, and a drop frees the seat.
+    /// CreateSession's `seat_hold_millis` overrides it per session.
+    #[arg(long, env = "GAME_SESSION_SEAT_HOLD", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub seat_hold: Duration,
+
+    /// Most events each session keeps for resumes (relays, backend messages
+    /// and presence, each with its recipients), so that a player who
+    /// resumes misses nothing. The oldest go first. 0 turns the replay
+    /// buffer off (a resume then works only if the player missed nothing);
+    /// CreateSession's `replay_buffer` turns it off per session. Capped at
+    /// half of `--outbound-queue`: a resume queues its replay at once.
+    #[arg(long, env = "GAME_SESSION_REPLAY_BUFFER_MESSAGES", default_value_t = 256)]
+    pub replay_buffer_messages: usize,
+
+    /// Most bytes of events each session's replay buffer keeps (weighed as
+    /// the outbound queues weigh them). Capped at half of
+    /// `--outbound-queue-bytes`. All sessions' buffers together keep at most
+    /// half of `--queued-bytes-budget`, and past that budget a session
+    /// empties its buffer before any player is shed.
+    #[arg(long, env = "GAME_SESSION_REPLAY_BUFFER_BYTES", default_value_t = 1 << 20)]
+    pub replay_buffer_bytes: usize,
+
+    /// How long an event stays in a replay buffer.
+    #[arg(long, env = "GAME_SESSION_REPLAY_BUFFER_AGE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub replay_buffer_age: Duration,
+
+    /// A file holding the key that signs resume tokens (at least 32 bytes;
+    /// one trailing newline is ignored). Every replica behind one address
+    /// must share it, so that any of them can verify a token. Default:
+    /// unset: a random key at start (with a warning), whose tokens no other
+    /// process accepts.
+    #[arg(long, env = "GAME_SESSION_RESUME_KEY_FILE")]
+    pub resume_key_file: Option<PathBuf>,
+
+    /// The resume key as a value (at least 32 bytes). Prefer
+    /// `--resume-key-file`, or the env var: a flag's value shows in the
+    /// process list. Default: unset.
+    #[arg(long, env = "GAME_SESSION_RESUME_KEY", hide_env_values = true, conflicts_with = "resume_key_file")]
+    pub resume_key: Option<String>,
+
     /// Messages a second each player may send on average (relays, pings and
     /// refused messages alike; a leave is not counted), or 0 for no limit.
     /// Messages over it are dropped and counted
@@ -452,6 +495,9 @@ pub fn default_tick_threads() -> usize {
 
 /// The default of `--queued-bytes-budget`: half of cgroup v2's
 /// `memory.max`, or 1 GiB when there is no limit.
+/// The longest seat hold, for the flag and per session.
+pub const MAX_SEAT_HOLD: Duration = Duration::from_secs(3600);
+
 pub fn default_queued_bytes_budget() -> usize {
     std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
@@ -517,6 +563,9 @@ impl Config {
                 "--outbound-queue-bytes ({}) must hold at least two messages of --max-payload-bytes ({})",
                 self.outbound_queue_bytes, self.max_payload_bytes
             ));
+        }
+        if self.seat_hold > MAX_SEAT_HOLD {
+            return Err("--seat-hold must be at most 1h".into());
         }
         if self.default_max_players > self.max_players_limit {
             return Err(format!(

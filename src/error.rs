@@ -77,6 +77,22 @@ pub enum Error {
     /// A newer stream of the same player took the seat over.
     #[error("this seat was taken over by a newer stream of the same player")]
     TakenOver,
+    /// A resume (or a join with a resume token) for a player that holds no
+    /// seat in the session any more.
+    #[error(
+        "resume.token: player {player:?} holds no seat in session {session:?} (it left, was removed, or its seat's \
+         hold ran out); join as a new player"
+    )]
+    NoSeat { session: String, player: String },
+    /// A resume token older than the seat's latest.
+    #[error("resume.token: superseded; a later resume or join of this player took the seat with a newer token")]
+    ResumeSuperseded,
+    /// A resume whose missed messages are no longer all buffered.
+    #[error(
+        "resume.last_sequence: the messages after {last} are no longer all buffered (a resume may start at {floor} \
+         or later); the seat is held: join with Join.resume_token for a fresh welcome"
+    )]
+    ReplayGap { last: u64, floor: u64 },
     /// The client did not send its join in time.
     #[error("no join message within {0:?}")]
     JoinTimeout(std::time::Duration),
@@ -120,6 +136,8 @@ impl Error {
             | Error::FailedPrecondition { field, .. } => field,
             Error::SessionNotFound(_) => "session_id",
             Error::PlayerAlreadyJoined { .. } => "player_id",
+            Error::NoSeat { .. } | Error::ResumeSuperseded => "resume.token",
+            Error::ReplayGap { .. } => "resume.last_sequence",
             Error::UnknownMode { .. } => "mode",
             Error::IdempotencyConflict(_) => "idempotency_key",
             _ => "",

@@ -77,7 +77,10 @@ use api::convert::Limits;
 use auth::Auth;
 use pb::play_server::player_service_server::PlayerServiceServer;
 use pb::session_service_server::SessionServiceServer;
-use session::{CreationLimits, EndReason, RateLimits, Registry, RegistryConfig, SessionConfig, TickPool, TickSettings};
+use session::{
+    CreationLimits, EndReason, RateLimits, Registry, RegistryConfig, ReplayLimits, SessionConfig, TickPool,
+    TickSettings,
+};
 use tls::Tls;
 
 pub use error::BoxError;
@@ -157,6 +160,7 @@ pub async fn run(
         limits.clone(),
         config.join_timeout,
         auth.clone(),
+        resume_key(&config)?,
     ))
     .max_decoding_message_size(decode_limit);
     // CreateSession carries up to 64 KiB of config whatever the payload limit.
@@ -278,6 +282,26 @@ fn serve_routes(
     tokio::spawn(connections::serve(routes.prepare(), listener, name, tls, settings.clone(), stop.clone()))
 }
 
+/// The key that signs resume tokens: the configured one, or a random one
+/// (with a warning) when none is.
+fn resume_key(config: &Config) -> Result<auth::ResumeKey, BoxError> {
+    let secret = match (&config.resume_key, &config.resume_key_file) {
+        (Some(key), _) => key.as_bytes().to_vec(),
+        (None, Some(path)) => auth::read_secret_file(path)
+            .map_err(|e| format!("cannot read {} (--resume-key-file): {e}", path.display()))?,
+        (None, None) => {
+            if !config.seat_hold.is_zero() {
+                tracing::warn!(
+                    "no --resume-key-file: resume tokens are signed with a random key, which no other replica \
+                     (and no later run of this one) accepts; set one key on every replica"
+                );
+            }
+            return auth::ResumeKey::generate();
+        }
+    };
+    auth::ResumeKey::new(&secret).map_err(|e| format!("--resume-key-file or GAME_SESSION_RESUME_KEY: {e}").into())
+}
+
 fn registry_config(config: &Config) -> RegistryConfig {
     RegistryConfig {
         max_sessions: config.max_sessions,
@@ -303,6 +327,14 @@ fn registry_config(config: &Config) -> RegistryConfig {
                 bytes_per_second: config.player_byte_rate,
                 byte_burst: config.player_byte_burst,
                 flood_grace: config.flood_grace,
+            },
+            seat_hold: config.seat_hold,
+            // A resume queues its replay past the queue's policy: half the
+            // queue leaves room for what comes live meanwhile.
+            replay: ReplayLimits {
+                messages: config.replay_buffer_messages.min(config.outbound_queue / 2),
+                bytes: config.replay_buffer_bytes.min(config.outbound_queue_bytes / 2),
+                age: config.replay_buffer_age,
             },
             ticks: TickSettings {
                 pool: match config.tick_threads.unwrap_or_else(config::default_tick_threads) {

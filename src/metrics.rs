@@ -38,15 +38,34 @@ pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
 /// Players gone, by `mode` and `reason`: `left`, `disconnected`,
 /// `slow_player` (the outbound queue policy removed it), `flooding` (it
 /// stayed over its rate limits for the flood grace), `removed` (it broke
-/// the protocol), `session_ended`.
+/// the protocol), `kicked`, `hold_expired` (its stream dropped and it did
+/// not resume within the seat hold), `session_ended`.
 pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
-/// Relay messages from players that passed validation, by `mode`.
+/// Seats held now for a resume (their player's stream dropped), by `mode`.
+pub const SEATS_HELD: &str = "game_session_seats_held";
+/// Seats that moved to a new stream of their player, by `mode` and `via`
+/// (`resume`, `join`: a join with the seat's resume token or, with auth
+/// on, its player's token).
+pub const SEAT_TAKEOVERS: &str = "game_session_seat_takeovers_total";
+/// Resume attempts, by `result`: `ok`, `invalid_token`, `session_not_found`,
+/// `no_seat` (left, kicked or its hold ran out), `superseded` (an older
+/// token), `gap` (the missed messages are no longer all buffered),
+/// `invalid`, `draining`, `busy` or `other`.
+pub const RESUMES: &str = "game_session_resumes_total";
+/// Messages replayed to resumed players, by `mode`.
+pub const MESSAGES_REPLAYED: &str = "game_session_messages_replayed_total";
+/// Events held by all sessions' replay buffers.
+pub const REPLAY_BUFFER_MESSAGES: &str = "game_session_replay_buffer_messages";
+/// Bytes of the events held by all sessions' replay buffers (weighed as
+/// [`QUEUED_BYTES`] weighs them; shared with the queues that hold them too).
+pub const REPLAY_BUFFER_BYTES: &str = "game_session_replay_buffer_bytes";
 /// WatchSessions streams open.
 pub const WATCHERS: &str = "game_session_watchers";
 /// Bytes held by the history events queued for players, by `kind` (relay,
 /// backend, presence, ended): payloads and texts plus 64 bytes an event,
 /// each event counted once however many queues share it.
 pub const QUEUED_BYTES: &str = "game_session_queued_event_bytes";
+/// Relay messages from players that passed validation, by `mode`.
 pub const MESSAGES_RECEIVED: &str = "game_session_messages_received_total";
 /// Messages (player relays and backend sends) queued for a recipient, by
 /// `mode`: a relay to 7 players counts 7.
@@ -154,12 +173,23 @@ fn describe() {
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed as soon as accepted, by listener and reason.");
     describe_counter!(CONNECTIONS_TIMED_OUT, "Connections closed for sending no request in time, by listener.");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener.");
+    describe_gauge!(SEATS_HELD, "Seats held now for a resume, by mode.");
+    describe_counter!(SEAT_TAKEOVERS, "Seats that moved to a new stream of their player, by mode and via.");
+    describe_counter!(RESUMES, "Resume attempts, by result.");
+    describe_counter!(MESSAGES_REPLAYED, "Messages replayed to resumed players, by mode.");
+    describe_gauge!(REPLAY_BUFFER_MESSAGES, "Events held by all sessions' replay buffers.");
+    describe_gauge!(REPLAY_BUFFER_BYTES, Unit::Bytes, "Bytes of the events held by all replay buffers.");
     describe_counter!(SPANS_DROPPED, "Spans not exported: dropped at the queue's bound or in a failed export.");
 }
 
 /// Counts a refused credential.
 pub(crate) fn auth_rejected(api: &'static str, reason: &'static str) {
     counter!(AUTH_REJECTIONS, "api" => api, "reason" => reason).increment(1);
+}
+
+/// Counts a resume attempt.
+pub(crate) fn resumed(result: &'static str) {
+    counter!(RESUMES, "result" => result).increment(1);
 }
 
 /// Counts a Play stream that failed to join.
@@ -285,6 +315,10 @@ fn respond<B>(
             for (kind, bytes) in EVENT_KINDS.iter().zip(&EVENT_BYTES) {
                 gauge!(QUEUED_BYTES, "kind" => *kind).set(bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
             }
+            let replay =
+                |count: &std::sync::atomic::AtomicUsize| count.load(std::sync::atomic::Ordering::Relaxed) as f64;
+            gauge!(REPLAY_BUFFER_MESSAGES).set(replay(&crate::session::REPLAY_EVENTS));
+            gauge!(REPLAY_BUFFER_BYTES).set(replay(&crate::session::REPLAY_BYTES));
             (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
         }
         _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try GET /metrics\n".to_owned()),
@@ -346,8 +380,12 @@ pub(crate) struct SessionMetrics {
     joins: Counter,
     players: Gauge,
     active: Gauge,
+    pub replayed: Counter,
+    held: Gauge,
     /// Players this session added to [`PLAYERS_CONNECTED`] and not yet took back.
     seated: u64,
+    /// Seats it added to [`SEATS_HELD`] and not yet took back.
+    holding: u64,
     /// The session ended through `ended` (not by a panic).
     finished: bool,
 }
@@ -367,9 +405,12 @@ impl SessionMetrics {
             rate_limited: counter!(MESSAGES_RATE_LIMITED, &label()),
             joins: counter!(PLAYER_JOINS, &label()),
             players: gauge!(PLAYERS_CONNECTED, &label()),
+            replayed: counter!(MESSAGES_REPLAYED, &label()),
+            held: gauge!(SEATS_HELD, &label()),
             active,
             mode,
             seated: 0,
+            holding: 0,
             finished: false,
         }
     }
@@ -379,6 +420,22 @@ impl SessionMetrics {
         self.joins.increment(1);
         self.players.increment(1.0);
         self.seated += 1;
+    }
+
+    /// A seat is held (`true`) or no longer (`false`).
+    pub fn holding(&mut self, held: bool) {
+        if held {
+            self.held.increment(1.0);
+            self.holding += 1;
+        } else if self.holding > 0 {
+            self.held.decrement(1.0);
+            self.holding -= 1;
+        }
+    }
+
+    /// A seat moved to a new stream of its player, `via` a resume or a join.
+    pub fn took_over(&self, via: &'static str) {
+        counter!(SEAT_TAKEOVERS, &[("mode", self.mode.clone()), ("via", SharedString::from(via))]).increment(1);
     }
 
     /// `count` players left their seats for `reason`.
@@ -404,6 +461,7 @@ impl Drop for SessionMetrics {
     /// An actor that did not end normally (a panic) still takes back what it
     /// added, and counts as ended for reason `aborted`.
     fn drop(&mut self) {
+        self.held.decrement(self.holding as f64);
         if !self.finished {
             let seated = self.seated;
             self.departed("session_ended", seated);

@@ -31,7 +31,7 @@ async fn create_then_get_with_players() {
             labels: HashMap::from([("region".into(), "eu".into())]),
             config: b"opaque".to_vec().into(),
             open_to_join_or_create: true,
-            idempotency_key: String::new(),
+            ..pb::CreateSessionRequest::default()
         })
         .await
         .expect("create")

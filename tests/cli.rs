@@ -295,6 +295,72 @@ async fn play_relays_stdin_and_prints_arrivals() {
     server.shutdown().await;
 }
 
+/// Catches a `gsctl play` that gives up (or loses messages) when its
+/// connection drops: its TCP connection is reset mid-session while rust
+/// keeps relaying; it says it is resuming, resumes, and prints every relay
+/// exactly once, in order, then still relays what is typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_resumes_by_itself_when_its_connection_drops() {
+    const RELAYS: usize = 30;
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let proxy = common::proxy::Proxy::start(server.addr).await;
+    let mut rust = Player::join_as(server.addr, &session, "rust").await;
+    let mut child = gsctl_at(&proxy.addr.to_string())
+        .args(["play", "--session", &session, "--player-id", "cli"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut errors = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next =
+        async || tokio::time::timeout(WAIT, lines.next_line()).await.expect("in time").expect("read").expect("line");
+    assert!(next().await.starts_with("#2 joined session"));
+    assert_eq!(rust.next_presence().await.kind, PresenceKind::Joined as i32);
+
+    let mut printed = Vec::new();
+    for n in 0..RELAYS {
+        rust.relay(format!("relay {n}").as_bytes(), &[]).await;
+        if n == RELAYS / 3 {
+            // Once gsctl has printed some, its connection goes.
+            while printed.len() < 3 {
+                printed.push(next().await);
+            }
+            proxy.reset();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let resuming = tokio::time::timeout(WAIT, errors.next_line()).await.expect("in time").expect("read");
+    let resuming = resuming.expect("a line on stderr");
+    assert!(resuming.contains("connection lost") && resuming.contains("resuming as cli"), "{resuming}");
+    let mut resumed = None;
+    while printed.iter().filter(|line| line.contains("relay ")).count() < RELAYS {
+        let line = next().await;
+        if line.contains("resumed session") {
+            resumed = Some(line);
+        } else {
+            printed.push(line);
+        }
+    }
+    assert!(resumed.is_some_and(|line| line.contains("missed message(s) follow")), "no resume line");
+    // The others saw it held and back.
+    assert_eq!(rust.next_presence().await.kind, PresenceKind::Held as i32);
+    assert_eq!(rust.next_presence().await.kind, PresenceKind::Reconnected as i32);
+    let relays: Vec<String> = printed.iter().filter_map(|line| line.split("): ").nth(1).map(str::to_owned)).collect();
+    let expected: Vec<String> = (0..RELAYS).map(|n| format!("relay {n}")).collect();
+    assert_eq!(relays, expected, "every relay once, in order: {printed:#?}");
+
+    stdin.write_all(b"still here\n").await.expect("write");
+    assert_eq!(&rust.next_relayed().await.payload[..], b"still here");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
+    assert!(status.success(), "{status:?}");
+    server.shutdown().await;
+}
+
 /// Catches gsctl printing a control sequence another player or a label
 /// chose: a relayed payload with ESC, OSC and newline sequences (which
 /// could forge a "session ended" line, clear the screen or retitle the

@@ -109,7 +109,17 @@ async fn removed_slow_players_free_their_queues() {
     const PAYLOAD: usize = 60 * 1024;
     const RELAYS: u32 = 200;
     // The sender's own rate limit off: this test is about readers.
-    let args = ["--outbound-queue-bytes", "2097152", "--max-players-limit", "16", "--player-byte-rate", "0"];
+    // The replay buffer off: what is measured is the queues.
+    let args = [
+        "--outbound-queue-bytes",
+        "2097152",
+        "--max-players-limit",
+        "16",
+        "--player-byte-rate",
+        "0",
+        "--replay-buffer-messages",
+        "0",
+    ];
     let server = Binary::start_with_env(&args, &[EAGER_TRIM]).await;
     let mut api = server.sessions().await;
     let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 10, ..Default::default() };
@@ -147,7 +157,9 @@ async fn removed_slow_players_free_their_queues() {
                     relayed += 1;
                     progress.send_replace(relayed);
                 }
-                server_message::Kind::Presence(presence) if presence.kind == pb::PresenceKind::Removed as i32 => {
+                // Shed for reading too slowly: the seat is held for a
+                // resume, and the queue freed.
+                server_message::Kind::Presence(presence) if presence.kind == pb::PresenceKind::Held as i32 => {
                     removed += 1;
                 }
                 _ => {}
@@ -155,7 +167,7 @@ async fn removed_slow_players_free_their_queues() {
         }
     };
     tokio::join!(sending, reading);
-    assert_eq!(removed, 8, "every stalled player was removed");
+    assert_eq!(removed, 8, "every stalled player was shed (its seat held)");
     // What was queued for them is freed while their connections linger.
     relay_bytes_freed(&server).await;
     let grown = server.rss().saturating_sub(before);
@@ -176,7 +188,16 @@ async fn the_process_budget_holds_under_eight_stalled_players() {
     const RELAYS: u32 = 150;
     const BUDGET: usize = 8 << 20;
     let budget = BUDGET.to_string();
-    let args = ["--queued-bytes-budget", &budget, "--outbound-queue-bytes", "16777216", "--player-byte-rate", "0"];
+    let args = [
+        "--queued-bytes-budget",
+        &budget,
+        "--outbound-queue-bytes",
+        "16777216",
+        "--player-byte-rate",
+        "0",
+        "--replay-buffer-messages",
+        "0",
+    ];
     let server = Binary::start_with_env(&args, &[EAGER_TRIM]).await;
     let mut api = server.sessions().await;
     let mut create = async || {
@@ -237,18 +258,18 @@ async fn the_process_budget_holds_under_eight_stalled_players() {
         let _ = stop.send(true);
     };
     let ((), (), peak) = tokio::join!(sending, reading, sampling);
-    // Each stalled player's sender sees it removed.
+    // Each stalled player's sender sees it shed (its seat held for a resume).
     for sender in &mut senders {
         let removed = sender.next_presence().await;
-        assert_eq!(removed.kind, pb::PresenceKind::Removed as i32, "{removed:?}");
+        assert_eq!(removed.kind, pb::PresenceKind::Held as i32, "{removed:?}");
         assert_eq!(removed.detail, "too slow");
     }
     let queues = 2 + 2 * pairs.len();
     let bound = (BUDGET + queues * (PAYLOAD + 1024)) as f64;
     assert!(peak <= bound, "{peak} bytes queued, over the budget of {BUDGET} and a message per queue");
     assert!(peak > (BUDGET / 2) as f64, "the stalled players never filled the budget ({peak} bytes): no test");
-    let slow = server.sample("game_session_player_departures_total{mode=\"relay\",reason=\"slow_player\"}").await;
-    assert_eq!(slow, 8.0, "the stalled players, and nobody else, were removed");
+    let slow = server.sample("game_session_seats_held{mode=\"relay\"}").await;
+    assert_eq!(slow, 8.0, "the stalled players, and nobody else, were shed");
     relay_bytes_freed(&server).await;
     // The queues are empty; what they held goes back to the kernel as the
     // connections' tasks next run (at once on an idle machine, later on a

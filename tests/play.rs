@@ -6,8 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Player, TestServer, WAIT, join_mode, join_session};
+use common::{Connect, Player, TestServer, WAIT, assert_status, join_mode, join_session};
 use game_session::pb::{self, PresenceKind, client_message, server_message::Kind};
+use tonic::Code;
 
 /// Catches a welcome that misreports the session, the player, the players
 /// already present or the sequence, and a join not announced to the others.
@@ -215,13 +216,17 @@ async fn leave_half_close_and_disconnect_are_told_apart() {
     host.next_presence().await;
     dropper.break_connection();
     let gone = host.next_presence().await;
-    assert_eq!(gone.kind, PresenceKind::Disconnected as i32, "{gone:?}");
+    // A drop holds the seat for a resume.
+    assert_eq!(gone.kind, PresenceKind::Held as i32, "{gone:?}");
     assert_eq!(gone.player.map(|p| p.player_id).as_deref(), Some("dropper"));
     assert_eq!(gone.detail, "connection lost", "a disconnect says why, in fixed words");
 
-    // Every seat was freed: the same ids can join again.
+    // The seats left were freed: the same ids can join again. The held one
+    // cannot be taken by naming it.
+    let taken = Player::try_join(server.addr, join_session(&session, "dropper"), Connect::default()).await;
+    assert_status(taken.map(|_| ()), Code::AlreadyExists, "already holds a seat");
     let mut back = Vec::new();
-    for id in ["leaver", "closer", "dropper"] {
+    for id in ["leaver", "closer"] {
         back.push(Player::join_as(server.addr, &session, id).await);
     }
     let session = server.session_info(&session).await;

@@ -32,7 +32,13 @@ async fn queued_event_bytes_count_what_waits_and_go_back_to_zero() {
     const PAYLOAD: usize = 60 * 1024;
     let server = Binary::start(&[]).await;
     let mut sessions = server.sessions().await;
-    let request = pb::CreateSessionRequest { mode: "relay".into(), max_players: 2, ..Default::default() };
+    // No replay buffer: it would keep the events (counted here) for 30 s.
+    let request = pb::CreateSessionRequest {
+        mode: "relay".into(),
+        max_players: 2,
+        replay_buffer: Some(false),
+        ..Default::default()
+    };
     let session_id =
         sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
     let mut alice = Player::join_as(server.addr, &session_id, "alice").await;
@@ -145,17 +151,19 @@ async fn metrics_count_a_scripted_session_exactly() {
 }
 
 /// Catches departures and ends counted under the wrong reason, or gauges
-/// left up: a player whose connection breaks counts as `disconnected`, the
-/// empty session then ends as `idle`, and both gauges come back to zero.
+/// left up: a player whose connection breaks is held, then counts as
+/// `hold_expired` when its hold runs out, the empty session then ends as
+/// `idle`, and the gauges come back to zero.
 #[tokio::test]
 async fn a_broken_connection_and_an_idle_end_are_counted_by_reason() {
-    let mut server = Binary::start(&["--idle-timeout", "200ms"]).await;
+    let mut server = Binary::start(&["--idle-timeout", "200ms", "--seat-hold", "200ms"]).await;
     let session_id = server.create_session().await;
     let alice = Player::join_as(server.addr, &session_id, "alice").await;
     alice.break_connection();
 
     let wanted = [
-        ("game_session_player_departures_total{mode=\"relay\",reason=\"disconnected\"}", 1.0),
+        ("game_session_player_departures_total{mode=\"relay\",reason=\"hold_expired\"}", 1.0),
+        ("game_session_seats_held{mode=\"relay\"}", 0.0),
         ("game_session_sessions_ended_total{mode=\"relay\",reason=\"idle\"}", 1.0),
         ("game_session_players_connected{mode=\"relay\"}", 0.0),
         ("game_session_sessions_active{mode=\"relay\"}", 0.0),

@@ -244,20 +244,13 @@ impl SessionLogic for Match {
         self.runners.insert(player.id.clone(), Runner { x, y, ..Runner::default() });
     }
 
+    /// A runner stays while its player's seat is held after a drop (it may
+    /// resume), and goes when the seat is freed.
     fn on_leave(&mut self, _room: &mut Room, player: &std::sync::Arc<game_session::session::PlayerInfo>) {
         self.runners.remove(&player.id);
         if self.it.as_ref() == Some(&player.id) {
             self.it = self.runners.keys().next().cloned();
         }
-    }
-
-    fn on_disconnect(
-        &mut self,
-        room: &mut Room,
-        player: &std::sync::Arc<game_session::session::PlayerInfo>,
-        _departure: &game_session::session::Departure,
-    ) {
-        self.on_leave(room, player);
     }
 
     fn on_tick(&mut self, tick: &mut Tick) {

@@ -8,18 +8,29 @@
 use std::sync::LazyLock;
 
 use game_session::api::convert::{self, Limits};
+use game_session::auth::ResumeKey;
 use game_session::session::{Direct, Inbound, PlayerMessage};
 use game_session::{Config, pb};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 
 static LIMITS: LazyLock<Limits> = LazyLock::new(|| Limits::new(&Config::for_tests()));
+static RESUME_KEY: LazyLock<ResumeKey> =
+    LazyLock::new(|| ResumeKey::new(&[7; 32]).unwrap_or_else(|e| panic!("a 32-byte key: {e}")));
 
 fuzz_target!(|data: &[u8]| {
     let Ok(message) = pb::ClientMessage::decode(data) else { return };
     let limits = &*LIMITS;
-    if let Some(pb::client_message::Kind::Join(join)) = &message.kind {
-        join_checks(join.clone(), limits);
+    match &message.kind {
+        Some(pb::client_message::Kind::Join(join)) => join_checks(join.clone(), limits),
+        // Whatever a client sends as a resume token is refused unless this
+        // key signed it.
+        Some(pb::client_message::Kind::Resume(resume)) => {
+            if let Err(err) = RESUME_KEY.verify(&resume.token) {
+                error_reply(err);
+            }
+        }
+        _ => {}
     }
     match convert::inbound(message, limits) {
         Inbound::Message(PlayerMessage::Relay(relay)) => {
@@ -62,6 +73,6 @@ fn join_checks(join: pb::Join, limits: &Limits) {
 /// Encodes a refusal as the player's error reply, which quotes the field
 /// and the offending text.
 fn error_reply(err: game_session::error::Error) {
-    let reply = convert::direct(&Direct::Error { error: err, unanswered: 0 }, &LIMITS).encode_to_vec();
+    let reply = convert::direct(&Direct::Error { error: err, unanswered: 0 }, &LIMITS, &RESUME_KEY).encode_to_vec();
     assert!(pb::ServerMessage::decode(reply.as_slice()).is_ok(), "an error reply that does not decode");
 }

@@ -21,16 +21,21 @@ exit status is 1 when any failed. The checks:
   the container's plain-text health port (a number), the health service
   each checks, the drain inside terminationGracePeriodSeconds, the hardened
   securityContext;
-- the files the server reads (HS256 secret, admin API keys, public keys,
-  JWKS, certificates, and the OTLP collector's CA and client certificate
-  named by OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE and
-  _CLIENT_KEY): each env var's path is on a read-only mount of the Secret or
+- the files the server reads (the resume key, HS256 secret, admin API keys,
+  public keys, JWKS, certificates, and the OTLP collector's CA and client
+  certificate named by OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE
+  and _CLIENT_KEY): each env var's path is on a read-only mount of the Secret or
   ConfigMap key the values name, nothing more is mounted, the TLS files only
   with tls.enabled and the collector's only with an https:// otel.endpoint;
-  the Secret the chart generates (only without auth.existingSecret) holds
-  random keys of the right length, is kept on uninstall, and an upgrade
-  reuses its data (`lookup`, rendered against a stand-in Kubernetes API
-  server that holds it);
+  the Secrets the chart generates (the auth one only without
+  auth.existingSecret, the resume one only without resume.existingSecret)
+  hold random keys of the right length, are kept on uninstall, and an
+  upgrade reuses their data (`lookup`, rendered against a stand-in
+  Kubernetes API server that holds them);
+- the resume key: every render, with auth on or off, mounts one Secret's key
+  as GAME_SESSION_RESUME_KEY_FILE, so that every replica signs and verifies
+  resume tokens with the same key (the generated <fullname>-resume, or
+  resume.existingSecret, and then no resume Secret is generated);
 - names and label keys Kubernetes accepts, and no two resources alike;
 - the Services (metrics and health each only on their own ClusterIP
   Service), the update strategy, the PodDisruptionBudget (never one that
@@ -51,7 +56,8 @@ exit status is 1 when any failed. The checks:
   its mounted files (stand-ins made with the openssl CLI for Secrets the
   render names but does not make; the JWKS URL served over HTTPS locally),
   answers the rendered probes on the health port (`gsctl health`, the same
-  grpc.health.v1 check the kubelet makes) and the `helm test` pods' checks;
+  grpc.health.v1 check the kubelet makes) and the `helm test` pods' checks,
+  with the render's resume key (no warning of a random one);
   with auth on it refuses calls without a token and accepts an admin token
   signed by each configured key source (and the admin API key); with TLS on
   it speaks only TLS on the gRPC ports, and mutual TLS on the backend port
@@ -109,6 +115,9 @@ DERIVED_ENV = {
     "GAME_SESSION_METRICS_LISTEN": "metrics.enabled and containerPorts.metrics",
     "GAME_SESSION_DRAIN_PERIOD": "drain.periodSeconds",
     "GAME_SESSION_SHUTDOWN_GRACE": "drain.flushSeconds",
+    # Always set, auth on or off: every replica must sign resume tokens with
+    # one key, which a random key per process (the server's default) is not.
+    "GAME_SESSION_RESUME_KEY_FILE": "resume.secretKey, in resume.existingSecret or the generated Secret",
     "GAME_SESSION_JWT_HS256_SECRET_FILE": "auth.secretKeys.hs256Secret, in auth.existingSecret or the generated Secret",
     "GAME_SESSION_ADMIN_API_KEY_FILE": "auth.secretKeys.adminApiKeys, in the same Secret",
     "GAME_SESSION_JWT_PUBLIC_KEY_FILES": "auth.publicKeys.existingSecret and auth.publicKeys.keys",
@@ -154,12 +163,21 @@ FILE_ENV = re.compile(r"GAME_SESSION_\w+_FILES?|" + "|".join(OTEL_FILE_ENV))
 NOT_SET = {
     # The server refuses the secret given twice; the chart mounts it as a file.
     "GAME_SESSION_JWT_HS256_SECRET": "GAME_SESSION_JWT_HS256_SECRET_FILE carries the secret, from a mounted Secret",
+    # Likewise (the server refuses both), and a value would differ per render.
+    "GAME_SESSION_RESUME_KEY": "GAME_SESSION_RESUME_KEY_FILE carries the key, from a mounted Secret shared by every replica",
 }
 # Settings whose presence turns auth on.
 KEY_SOURCES = ("GAME_SESSION_JWT_HS256_SECRET_FILE", "GAME_SESSION_JWT_PUBLIC_KEY_FILES",
                "GAME_SESSION_JWKS_FILE", "GAME_SESSION_JWKS_URL")
-# The generated Secret's keys: how long, and the server's least.
-GENERATED_KEY_LENGTHS = {"hs256Secret": (64, 32), "adminApiKeys": (48, 16)}
+# The generated Secrets' keys, by the value that names each: how long, and
+# the server's least.
+GENERATED_KEY_LENGTHS = {"auth.secretKeys.hs256Secret": (64, 32), "auth.secretKeys.adminApiKeys": (48, 16),
+                         "resume.secretKey": (64, 32)}
+# What the server logs when it has no resume key and makes a random one of
+# its own (the chart always gives it one).
+RANDOM_RESUME_KEY_WARNING = "no --resume-key-file"
+# Where the chart mounts the resume key.
+RESUME_KEY_FILE = "/etc/game-session/resume/resume-key"
 # `config` defaults that differ from the server's on purpose.
 CHOSEN_DEFAULTS = {
     # Pods' logs go to a collector, which wants one JSON object per line.
@@ -303,6 +321,8 @@ class Fixtures:
         comes from. Public keys: an `es*` key gets the EC key, others RSA."""
         if env == "GAME_SESSION_JWT_HS256_SECRET_FILE":
             return f"fixture-hs256-{secrets.token_hex(24)}\n".encode()
+        if env == "GAME_SESSION_RESUME_KEY_FILE":
+            return f"fixture-resume-{secrets.token_hex(24)}\n".encode()
         if env == "GAME_SESSION_ADMIN_API_KEY_FILE":
             return f"fixture-admin-{secrets.token_hex(12)}\n\nfixture-admin-{secrets.token_hex(12)}\n".encode()
         if env == "GAME_SESSION_JWT_PUBLIC_KEY_FILES":
@@ -746,23 +766,27 @@ class Checks:
 
     def chart_defaults(self) -> None:
         # What the chart gives with no values at all: auth on (from a
-        # generated Secret), SessionService on its own port and ClusterIP
-        # Service, TLS off, and the listen addresses explicit.
+        # generated Secret), a generated resume key, SessionService on its
+        # own port and ClusterIP Service, TLS off, and the listen addresses
+        # explicit.
         v = self.defaults
         expect(v["auth"]["enabled"] is True and not v["auth"]["existingSecret"], "auth is not on by default")
+        expect(not v["resume"]["existingSecret"], "the resume key is not generated by default")
         expect(v["backend"]["enabled"] is True, "backend.enabled is not on by default")
         expect(v["tls"]["enabled"] is False, "TLS is on by default")
         docs = self.renders["ci/default-values.yaml"]
         _, c = self.server_deployment(docs)
         env = plain_env(c)
         for var in ("GAME_SESSION_LISTEN", "GAME_SESSION_BACKEND_LISTEN", "GAME_SESSION_HEALTH_LISTEN",
-                    "GAME_SESSION_JWT_HS256_SECRET_FILE", "GAME_SESSION_ADMIN_API_KEY_FILE"):
+                    "GAME_SESSION_JWT_HS256_SECRET_FILE", "GAME_SESSION_ADMIN_API_KEY_FILE",
+                    "GAME_SESSION_RESUME_KEY_FILE"):
             expect(env.get(var), f"the default render lacks {var}")
         expect(not any(k.startswith("GAME_SESSION_TLS_") for k in env), "the default render sets TLS")
         backend = [s for s in self.of_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"
                    and [p["name"] for p in s["spec"]["ports"]] == ["backend"]]
         expect(len(backend) == 1 and backend[0]["spec"]["type"] == "ClusterIP", "no backend ClusterIP Service by default")
-        expect(len(self.of_kind(docs, "Secret")) == 1, "no generated Secret by default")
+        expect(set(self.generated_secrets("ci/default-values.yaml", docs)) == {"auth", "resume"},
+               "no generated auth and resume Secrets by default")
         # Auth off still passes the listen address: alone, the server would
         # bind 127.0.0.1.
         for name, docs in self.renders.items():
@@ -802,10 +826,14 @@ class Checks:
         each file it names."""
         v = self.values(name)
         out: dict[str, list[tuple[str, str, str]]] = {}
+        generated = {what: s["metadata"]["name"] for what, s in self.generated_secrets(name, docs).items()}
+        # The resume key, auth on or off.
+        resume = v["resume"]
+        out["GAME_SESSION_RESUME_KEY_FILE"] = [("Secret", resume["existingSecret"] or generated.get("resume", "<none generated>"),
+                                                resume["secretKey"])]
         auth = v["auth"]
         if auth["enabled"]:
-            generated = [s["metadata"]["name"] for s in self.of_kind(docs, "Secret")]
-            secret = auth["existingSecret"] or (generated[0] if generated else "<none generated>")
+            secret = auth["existingSecret"] or generated.get("auth", "<none generated>")
             if auth["secretKeys"]["hs256Secret"]:
                 out["GAME_SESSION_JWT_HS256_SECRET_FILE"] = [("Secret", secret, auth["secretKeys"]["hs256Secret"])]
             if auth["secretKeys"]["adminApiKeys"]:
@@ -869,50 +897,119 @@ class Checks:
         every = {v for v in DERIVED_ENV if v.endswith(("_FILE", "_FILES"))} | set(OTEL_FILE_ENV)
         expect(seen == every, f"no values file renders {sorted(every - seen)}")
 
+    def generated_secrets(self, name: str, docs: list[dict]) -> dict[str, dict]:
+        """The Secrets a render generates, by what they hold: "auth" or
+        "resume", the suffix the chart gives their names."""
+        out: dict[str, dict] = {}
+        for s in self.of_kind(docs, "Secret"):
+            what = s["metadata"]["name"].rsplit("-", 1)[-1]
+            expect(what in ("auth", "resume") and what not in out, f"{name}: Secret {s['metadata']['name']} rendered")
+            out[what] = s
+        return out
+
+    @staticmethod
+    def wanted_secrets(v: dict) -> dict[str, dict[str, str]]:
+        """The Secrets the values have the chart generate, each as {the value
+        that names a key (as in GENERATED_KEY_LENGTHS): the key}."""
+        out = {}
+        auth = v["auth"]
+        keys = {f"auth.secretKeys.{field}": key for field, key in auth["secretKeys"].items() if key}
+        if auth["enabled"] and not auth["existingSecret"] and keys:
+            out["auth"] = keys
+        # Needed with auth on or off.
+        if not v["resume"]["existingSecret"]:
+            out["resume"] = {"resume.secretKey": v["resume"]["secretKey"]}
+        return out
+
     def generated_secret(self) -> None:
         for name, docs in self.renders.items():
-            v = self.values(name)
-            auth = v["auth"]
-            keys = {field: key for field, key in auth["secretKeys"].items() if key}
-            wanted = auth["enabled"] and not auth["existingSecret"] and keys
-            secrets_ = self.of_kind(docs, "Secret")
-            expect(len(secrets_) == (1 if wanted else 0), f"{name}: {len(secrets_)} Secrets rendered")
-            for s in secrets_:
+            wanted = self.wanted_secrets(self.values(name))
+            generated = self.generated_secrets(name, docs)
+            expect(set(generated) == set(wanted), f"{name}: generated Secrets {sorted(generated)}, want {sorted(wanted)}")
+            for what, s in generated.items():
+                keys = wanted[what]
                 expect(s["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep",
-                       f"{name}: the generated Secret is not kept on uninstall")
-                expect(s.get("type") == "Opaque" and "stringData" not in s, f"{name}: Secret {s.get('type')}")
-                expect(set(s["data"]) == set(keys.values()), f"{name}: Secret keys {sorted(s['data'])}, want {sorted(keys.values())}")
+                       f"{name}: the generated {what} Secret is not kept on uninstall")
+                expect(s.get("type") == "Opaque" and "stringData" not in s, f"{name}: {what} Secret {s.get('type')}")
+                expect(set(s["data"]) == set(keys.values()),
+                       f"{name}: {what} Secret keys {sorted(s['data'])}, want {sorted(keys.values())}")
                 for field, key in keys.items():
                     value = base64.b64decode(s["data"][key]).decode()
                     length, least = GENERATED_KEY_LENGTHS[field]
                     expect(re.fullmatch(rf"[A-Za-z0-9]{{{length}}}", value) is not None and length >= least,
                            f"{name}: {key} is {len(value)} characters, want {length} letters and digits (the server needs {least})")
         # Random: two installs get different keys.
-        first, second = (run([self.helm, "template", RELEASE, CHART, "--namespace", NAMESPACE,
-                              "--show-only", "templates/secret-auth.yaml"]).stdout for _ in range(2))
-        expect(yaml.safe_load(first)["data"] != yaml.safe_load(second)["data"], "two installs generated the same keys")
+        for template in ("templates/secret-auth.yaml", "templates/secret-resume.yaml"):
+            first, second = (run([self.helm, "template", RELEASE, CHART, "--namespace", NAMESPACE,
+                                  "--show-only", template]).stdout for _ in range(2))
+            expect(yaml.safe_load(first)["data"] != yaml.safe_load(second)["data"], f"two installs generated the same keys in {template}")
+
+    def resume_key(self) -> None:
+        # Every replica must verify the resume tokens of every other: each
+        # render, auth on or off, mounts one key from one Secret (not a key
+        # per pod, which the server would make alone), from
+        # resume.existingSecret when set, and then generates none.
+        seen = {"auth off": False, "resume.existingSecret": False}
+        for name, docs in self.renders.items():
+            v = self.values(name)
+            pod, c = self.server_deployment(docs)
+            env = plain_env(c)
+            path = env.get("GAME_SESSION_RESUME_KEY_FILE")
+            expect(path == RESUME_KEY_FILE, f"{name}: GAME_SESSION_RESUME_KEY_FILE={path!r}, want {RESUME_KEY_FILE}")
+            expect("GAME_SESSION_RESUME_KEY" not in env, f"{name}: the resume key is given as a value")
+            kind, source, key, _ = self.mounted(pod, c, path)
+            generated = self.generated_secrets(name, docs)
+            existing = v["resume"]["existingSecret"]
+            if existing:
+                seen["resume.existingSecret"] = True
+                expect("resume" not in generated, f"{name}: generates {generated.get('resume', {}).get('metadata', {}).get('name')} "
+                                                  f"beside resume.existingSecret {existing}")
+                expect((kind, source) == ("Secret", existing), f"{name}: the resume key comes from {kind} {source}, not {existing}")
+            else:
+                expect("resume" in generated, f"{name}: no resume Secret generated, and no resume.existingSecret")
+                want = generated["resume"]["metadata"]["name"]
+                expect((kind, source) == ("Secret", want), f"{name}: the resume key comes from {kind} {source}, not {want}")
+                expect(key in generated["resume"]["data"], f"{name}: the generated resume Secret lacks {key}")
+            expect(key == v["resume"]["secretKey"], f"{name}: the resume key is {key}, want resume.secretKey {v['resume']['secretKey']}")
+            if not v["auth"]["enabled"]:
+                seen["auth off"] = True
+        missing = [what for what, done in seen.items() if not done]
+        expect(not missing, f"no values file renders the resume key with {missing}")
 
     def secret_lookup(self) -> None:
         # An upgrade renders against the cluster: the chart finds its Secret
         # and reuses its data; a key the Secret lacks is made. A stand-in API
         # server holds the Secret (with Helm's ownership marks, as a kept one
         # has), and `helm template --dry-run=server` runs the lookup.
+        def kept_secret(name: str, data: dict[str, str]) -> dict:
+            return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data,
+                    "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                                 "annotations": {"meta.helm.sh/release-name": RELEASE,
+                                                 "meta.helm.sh/release-namespace": NAMESPACE}}}
+
         name = f"{RELEASE}-game-session-auth"
+        resume_name = f"{RELEASE}-game-session-resume"
         kept = base64.b64encode(b"k" * 40).decode()
-        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"jwt-hs256-secret": kept},
-                  "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                               "annotations": {"meta.helm.sh/release-name": RELEASE,
-                                               "meta.helm.sh/release-namespace": NAMESPACE}}}
-        with StandInApiServer({("secrets", NAMESPACE, name): secret}) as api:
+        kept_resume = base64.b64encode(b"r" * 40).decode()
+        objects = {("secrets", NAMESPACE, name): kept_secret(name, {"jwt-hs256-secret": kept}),
+                   ("secrets", NAMESPACE, resume_name): kept_secret(resume_name, {"resume-key": kept_resume})}
+        with StandInApiServer(objects) as api:
             home = self.tmp / "helm-home"
             env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(self.tmp / "kubeconfig")),
                    "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
                    "HELM_DATA_HOME": str(home / "data")}
             proc = subprocess.run([str(self.helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
                                    "--dry-run=server", "--disable-openapi-validation",
-                                   "--show-only", "templates/secret-auth.yaml"], capture_output=True, text=True, env=env)
+                                   "--show-only", "templates/secret-auth.yaml", "--show-only", "templates/secret-resume.yaml"],
+                                  capture_output=True, text=True, env=env)
         expect(proc.returncode == 0, f"helm template --dry-run=server failed:\n{proc.stderr}")
-        data = yaml.safe_load(proc.stdout)["data"]
+        rendered = {d["metadata"]["name"]: d["data"] for d in load_all(proc.stdout)}
+        expect(set(rendered) == {name, resume_name}, f"the upgrade rendered Secrets {sorted(rendered)}")
+        # The resume key stays, so the pods of the upgrade accept the
+        # tokens of the pods before it.
+        expect(rendered[resume_name] == {"resume-key": kept_resume},
+               f"the upgrade made a new resume key instead of keeping {kept_resume!r}: {rendered[resume_name]}")
+        data = rendered[name]
         expect(data["jwt-hs256-secret"] == kept, f"the upgrade made a new HS256 secret instead of keeping {kept!r}")
         expect(len(base64.b64decode(data["admin-api-keys"])) == 48, f"the missing admin API key was not made: {data}")
 
@@ -1407,6 +1504,9 @@ class Checks:
             if env.get("GAME_SESSION_LOG_FORMAT") == "json":
                 lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
                 expect(lines, "no log lines")
+            # The server read the mounted resume key: it made no random one.
+            warned = [l for l in log.read_text().splitlines() if RANDOM_RESUME_KEY_WARNING in l]
+            expect(not warned, f"the server signs resume tokens with a random key: {warned[0] if warned else ''}")
         finally:
             for process in (server, player):
                 if process and process.poll() is None:
@@ -1435,8 +1535,11 @@ class Checks:
         self.check("defaults: auth on, backend on its own port, TLS off, listen addresses explicit", self.chart_defaults)
         self.check("probes are native gRPC on the health port", self.probes)
         self.check("Secret and ConfigMap files: env paths, read-only mounts, keys", self.files)
-        self.check("generated auth Secret: only without existingSecret, random keys of the right length, kept", self.generated_secret)
-        self.check("generated auth Secret: an upgrade reuses its data (lookup)", self.secret_lookup)
+        self.check("generated auth and resume Secrets: only without existingSecret, random keys of the right length, kept",
+                   self.generated_secret)
+        self.check("generated auth and resume Secrets: an upgrade reuses their data (lookup)", self.secret_lookup)
+        self.check("resume key: one Secret's key mounted in every render, auth on or off; resume.existingSecret instead of a generated one",
+                   self.resume_key)
         self.check("drain fits in terminationGracePeriodSeconds", self.drain)
         self.check("hardened securityContext", self.security)
         self.check("Services", self.services)

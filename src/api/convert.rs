@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::ResumeKey;
 use crate::config::{Config, MAX_ID_LEN};
 use crate::error::Error;
 use crate::pb;
 use crate::session::{
     Direct, EndReason, Event, Inbound, InputMessage, NewPlayer, PlayerId, PlayerInfo, PlayerMessage, PresenceKind,
-    RelayMessage, SessionFilter, SessionInfo, StateKind,
+    RelayMessage, SeatProof, SessionFilter, SessionInfo, StateKind,
 };
 
 /// Longest label or metadata key, in bytes.
@@ -222,7 +223,7 @@ pub fn new_player(join: pb::Join, limits: &Limits) -> Result<NewPlayer, Error> {
     }
     check_text("join.display_name", &join.display_name)?;
     let metadata = check_labels("join.metadata", join.metadata, limits.max_labels)?;
-    Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata, may_take_over: false })
+    Ok(NewPlayer { id: join.player_id, display_name: join.display_name, metadata, proof: SeatProof::None })
 }
 
 /// One message of a joined player's stream. A malformed one becomes
@@ -245,6 +246,7 @@ pub fn inbound(message: pb::ClientMessage, limits: &Limits) -> Inbound {
         Some(Kind::Ping(ping)) => Inbound::Ping { client_time: ping.client_time, rtt_micros: ping.rtt_micros },
         Some(Kind::Leave(_)) => Inbound::Leave,
         Some(Kind::Join(_)) => Inbound::Invalid(Error::precondition("join", "this stream has already joined")),
+        Some(Kind::Resume(_)) => Inbound::Invalid(Error::precondition("resume", "this stream has already joined")),
         None => Inbound::Invalid(Error::invalid("kind", "empty message: set one of relay, input, ping or leave")),
     }
 }
@@ -302,7 +304,9 @@ pub fn session(session: &SessionInfo) -> pb::SessionInfo {
             .iter()
             .map(|seat| pb::SeatStatus {
                 player_id: seat.player.to_string(),
-                state: pb::SeatState::Live as i32,
+                state: if seat.held_until_unix_micros.is_some() { pb::SeatState::Held } else { pb::SeatState::Live }
+                    as i32,
+                held_until_unix_micros: seat.held_until_unix_micros.unwrap_or(0),
                 joined_unix_micros: seat.joined_unix_micros,
                 rtt_micros: seat.rtt_micros,
                 queued_messages: u32::try_from(seat.queued_messages).unwrap_or(u32::MAX),
@@ -353,6 +357,7 @@ pub fn event(event: &Event) -> pb::ServerMessage {
                 PresenceKind::Disconnected => pb::PresenceKind::Disconnected,
                 PresenceKind::Removed => pb::PresenceKind::Removed,
                 PresenceKind::Reconnected => pb::PresenceKind::Reconnected,
+                PresenceKind::Held => pb::PresenceKind::Held,
             } as i32,
             detail: (*detail).to_owned(),
         }),
@@ -372,10 +377,19 @@ pub fn event(event: &Event) -> pb::ServerMessage {
 }
 
 /// A message for one player, for the wire; a welcome tells the edge's
-/// `limits` along with the session's.
-pub fn direct(message: &Direct, limits: &Limits) -> pb::ServerMessage {
+/// `limits` along with the session's, and a welcome or a `resumed` carries
+/// a resume token signed with `resume`.
+pub fn direct(message: &Direct, limits: &Limits, resume: &ResumeKey) -> pb::ServerMessage {
     use pb::server_message::Kind;
     let kind = match message {
+        Direct::Resumed(resumed) => Kind::Resumed(pb::Resumed {
+            session_id: resumed.session_id.to_string(),
+            player: Some(player(&resumed.player)),
+            last_sequence: resumed.last_sequence,
+            replayed: resumed.replayed,
+            sequence: resumed.sequence,
+            resume_token: resume.sign(&resumed.session_id, &resumed.player.id, resumed.resume_generation),
+        }),
         Direct::Welcome(welcome) => Kind::Welcome(pb::Welcome {
             session_id: welcome.session_id.to_string(),
             player: Some(player(&welcome.player)),
@@ -394,6 +408,10 @@ pub fn direct(message: &Direct, limits: &Limits) -> pb::ServerMessage {
                 tick_hz: welcome.tick_rate.map_or(0, |rate| rate.get()),
                 max_inputs_per_tick: u32::try_from(welcome.max_inputs_per_tick).unwrap_or(u32::MAX),
             }),
+            resume_token: welcome
+                .resume_generation
+                .map(|generation| resume.sign(&welcome.session_id, &welcome.player.id, generation))
+                .unwrap_or_default(),
         }),
         Direct::Pong { client_time, server_time_unix_micros } => {
             Kind::Pong(pb::Pong { client_time: *client_time, server_time_unix_micros: *server_time_unix_micros })

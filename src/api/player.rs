@@ -16,11 +16,14 @@ use tracing::{Instrument, Span, info};
 
 use super::codec::{self, Outbound};
 use super::convert::{self, Limits};
-use crate::auth::{Auth, Call};
+use crate::auth::{Auth, Call, PlayerToken, ResumeClaim, ResumeKey};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::play_server::player_service_server::PlayerService;
-use crate::session::{Caller, Delivery, Directory, Inbound, InboundError, JoinTarget, OutboundRx};
+use crate::session::{
+    Caller, Delivery, Directory, Inbound, InboundError, InboundStream, JoinTarget, Joined, OutboundRx, ResumeRequest,
+    SeatProof,
+};
 use crate::telemetry::Throttle;
 
 /// The PlayerService implementation.
@@ -30,6 +33,8 @@ pub struct PlayerApi<D> {
     limits: Arc<Limits>,
     join_timeout: Duration,
     auth: Auth,
+    /// Signs the resume tokens of welcomes, and verifies resumes.
+    resume_key: Arc<ResumeKey>,
     /// Rate-limits the log line of a failed join, per reason: a client
     /// retrying a full session in a loop must not flood the log.
     failed_joins: Arc<Throttle<&'static str>>,
@@ -38,17 +43,28 @@ pub struct PlayerApi<D> {
 impl<D: Directory> PlayerApi<D> {
     /// Serves players of the sessions in `directory`, to the callers `auth`
     /// admits.
-    pub fn new(directory: D, limits: Limits, join_timeout: Duration, auth: Auth) -> Self {
-        PlayerApi { directory, limits: Arc::new(limits), join_timeout, auth, failed_joins: Arc::default() }
+    pub fn new(directory: D, limits: Limits, join_timeout: Duration, auth: Auth, resume_key: ResumeKey) -> Self {
+        let resume_key = Arc::new(resume_key);
+        PlayerApi { directory, limits: Arc::new(limits), join_timeout, auth, resume_key, failed_joins: Arc::default() }
     }
 }
 
 /// Why a Play stream failed before its player was seated: the `reason`
-/// label of [`crate::metrics::JOIN_FAILURES`], or `None` for a refused
+/// label of [`crate::metrics::JOIN_FAILURES`] (or of
+/// [`crate::metrics::RESUMES`] for a resume), or `None` for a refused
 /// credential, which auth counts and logs itself.
 struct JoinFailed {
     reason: Option<&'static str>,
     status: Status,
+    /// The stream asked to resume, not to join.
+    resume: bool,
+}
+
+impl JoinFailed {
+    fn resuming(mut self) -> Self {
+        self.resume = true;
+        self
+    }
 }
 
 impl From<Error> for JoinFailed {
@@ -59,6 +75,9 @@ impl From<Error> for JoinFailed {
             Error::SessionFull(_) => Some("session_full"),
             Error::SessionLocked(_) => Some("session_locked"),
             Error::PlayerAlreadyJoined { .. } => Some("already_joined"),
+            Error::ReplayGap { .. } => Some("gap"),
+            Error::NoSeat { .. } => Some("no_seat"),
+            Error::ResumeSuperseded => Some("superseded"),
             Error::InvalidArgument { .. }
             | Error::FailedPrecondition { .. }
             | Error::UnknownMode { .. }
@@ -77,7 +96,7 @@ impl From<Error> for JoinFailed {
             | Error::TakenOver
             | Error::Internal(_) => Some("other"),
         };
-        JoinFailed { reason, status: err.into() }
+        JoinFailed { reason, status: err.into(), resume: false }
     }
 }
 
@@ -91,11 +110,16 @@ impl<D: Directory> PlayerService for PlayerApi<D> {
             let peer = request.remote_addr();
             self.join(request).await.map_err(|failed| {
                 if let Some(reason) = failed.reason {
-                    crate::metrics::join_failed(reason);
+                    if failed.resume {
+                        crate::metrics::resumed(reason);
+                    } else {
+                        crate::metrics::join_failed(reason);
+                    }
                     if let Some(suppressed) = self.failed_joins.admit(reason) {
                         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
                         let status = failed.status.message();
-                        info!(reason, peer, suppressed, status, "join failed");
+                        let what = if failed.resume { "resume failed" } else { "join failed" };
+                        info!(reason, peer, suppressed, status, "{what}");
                     }
                 }
                 failed.status
@@ -119,34 +143,64 @@ impl<D: Directory> PlayerApi<D> {
                 // As in `inbound_error`: a transport error is a stream that
                 // broke, anything else the decoder's refusal.
                 let broke = std::error::Error::source(&status).is_some();
-                return Err(JoinFailed { reason: Some(if broke { "closed" } else { "invalid" }), status });
+                let reason = Some(if broke { "closed" } else { "invalid" });
+                return Err(JoinFailed { reason, status, resume: false });
             }
             Ok(Ok(None)) => {
                 let err = Error::precondition("join", "the stream closed before its join");
-                return Err(JoinFailed { reason: Some("closed"), status: err.into() });
+                return Err(JoinFailed { reason: Some("closed"), status: err.into(), resume: false });
             }
             Ok(Ok(Some(message))) => message,
         };
         let join = match first.kind {
             Some(pb::client_message::Kind::Join(join)) => join,
+            Some(pb::client_message::Kind::Resume(resume)) => {
+                let result = self.resume(resume, token.as_ref(), peer, inbound).await;
+                if result.is_ok() {
+                    crate::metrics::resumed("ok");
+                }
+                return result.map_err(JoinFailed::resuming);
+            }
             Some(_) | None => {
-                return Err(Error::precondition("join", "the first message on a Play stream must be a join").into());
+                let err = Error::precondition("join", "the first message on a Play stream must be a join or a resume");
+                return Err(err.into());
             }
         };
-        let target = match join.target.clone() {
-            Some(pb::join::Target::SessionId(id)) => {
+        // A resume token names the seat, and so the session.
+        let claim = match join.resume_token.as_str() {
+            "" => None,
+            token => {
+                Some(self.resume_key.verify(token).map_err(|err| JoinFailed { resume: false, ..invalid_token(err) })?)
+            }
+        };
+        let target = match (join.target.clone(), &claim) {
+            (Some(pb::join::Target::SessionId(id)), Some(claim)) if id != claim.session => {
+                let err = Error::invalid("join.session_id", "not the session of join.resume_token");
+                return Err(err.into());
+            }
+            (Some(pb::join::Target::Mode(_)), Some(_)) => {
+                return Err(Error::invalid("join.mode", "a join with a resume_token names its session").into());
+            }
+            (_, Some(claim)) => JoinTarget::Session(claim.session.clone()),
+            (Some(pb::join::Target::SessionId(id)), None) => {
                 convert::check_id("join.session_id", &id)?;
                 JoinTarget::Session(id)
             }
-            Some(pb::join::Target::Mode(mode)) if !mode.is_empty() => {
+            (Some(pb::join::Target::Mode(mode)), None) if !mode.is_empty() => {
                 convert::check_text("join.mode", &mode)?;
                 JoinTarget::Mode(mode)
             }
-            Some(pb::join::Target::Mode(_)) | None => {
+            (Some(pb::join::Target::Mode(_)) | None, None) => {
                 return Err(Error::invalid("join.target", "set session_id or mode").into());
             }
         };
         let mut player = convert::new_player(join, &self.limits)?;
+        if let Some(claim) = &claim {
+            if !player.id.is_empty() && player.id != claim.player {
+                return Err(Error::invalid("join.player_id", "not the player of join.resume_token").into());
+            }
+            player.id = claim.player.clone();
+        }
         let caller = match &token {
             Some(token) => Caller::Subject(token.sub.clone()),
             None => Caller::Connection(peer),
@@ -165,15 +219,68 @@ impl<D: Directory> PlayerApi<D> {
             // The token proves the caller is this player: a seat it holds
             // is its own to take over (a reconnect need not wait for
             // keepalive to free it).
-            player.may_take_over = true;
+            player.proof = SeatProof::Subject;
+        }
+        if let Some(claim) = &claim {
+            // Only the seat's current token takes it back.
+            player.proof = SeatProof::Generation(claim.generation);
         }
         let messages = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
         let joined = self.directory.join(target, player, caller, messages).await?;
+        Ok(self.play_stream(joined))
+    }
+
+    /// Verifies and performs a Play stream's resume.
+    async fn resume(
+        &self,
+        resume: pb::Resume,
+        token: Option<&PlayerToken>,
+        peer: Option<std::net::SocketAddr>,
+        inbound: Streaming<pb::ClientMessage>,
+    ) -> Result<Response<PlayStream>, JoinFailed> {
+        let claim: ResumeClaim = self.resume_key.verify(&resume.token).map_err(invalid_token)?;
+        let target = JoinTarget::Session(claim.session.clone());
+        if let Some(token) = token {
+            // With auth on, the bearer token must be the seat's player's
+            // (and allow its session): a resume token alone, leaked, does
+            // not take a seat.
+            let mode = match token.modes {
+                Some(_) => Some(self.directory.mode_of(&claim.session).await),
+                None => None,
+            };
+            let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
+            self.auth.admit(token, &claim.player, &target, mode_of, peer)?;
+        }
+        let inbound: InboundStream = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
+        let request = ResumeRequest {
+            player: claim.player.into(),
+            generation: claim.generation,
+            last_sequence: resume.last_sequence,
+            inbound,
+            caller: Span::current(),
+        };
+        let joined = self.directory.resume(&claim.session, request).await?;
+        Ok(self.play_stream(joined))
+    }
+
+    /// The response stream of a seated player.
+    fn play_stream(&self, joined: Joined) -> Response<PlayStream> {
         let span = Span::current();
         span.record("session.id", &*joined.session_id);
         span.record("player.id", &*joined.player_id);
-        Ok(Response::new(PlayStream { outbound: joined.outbound, limits: self.limits.clone(), done: false }))
+        Response::new(PlayStream {
+            outbound: joined.outbound,
+            limits: self.limits.clone(),
+            resume_key: self.resume_key.clone(),
+            done: false,
+        })
     }
+}
+
+/// A resume token this service did not sign (forged, cut or altered, or
+/// signed under another key).
+fn invalid_token(err: Error) -> JoinFailed {
+    JoinFailed { reason: Some("invalid_token"), status: err.into(), resume: true }
 }
 
 /// A joined player's inbound stream, decoded and validated, for the actor.
@@ -213,6 +320,8 @@ pub struct PlayStream {
     outbound: OutboundRx,
     /// Told in the welcome.
     limits: Arc<Limits>,
+    /// Signs the welcome's resume token.
+    resume_key: Arc<ResumeKey>,
     done: bool,
 }
 
@@ -231,7 +340,9 @@ impl Stream for PlayStream {
             Some(Delivery::Event(event)) => {
                 Some(Ok(Outbound(event.encoded(|event| codec::encode(&convert::event(event)).0))))
             }
-            Some(Delivery::Direct(message)) => Some(Ok(codec::encode(&convert::direct(&message, &self.limits)))),
+            Some(Delivery::Direct(message)) => {
+                Some(Ok(codec::encode(&convert::direct(&message, &self.limits, &self.resume_key))))
+            }
             Some(Delivery::End(error)) => {
                 self.done = true;
                 error.map(|err| Err(Status::from(*err)))

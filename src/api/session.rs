@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -386,12 +387,19 @@ impl<D: Directory> SessionApi<D> {
         };
         convert::check_text("mode", &request.mode)?;
         tracing::Span::current().record("session.mode", request.mode.as_str());
+        if let Some(millis) = request.seat_hold_millis
+            && Duration::from_millis(millis.into()) > crate::config::MAX_SEAT_HOLD
+        {
+            return Err(Error::invalid("seat_hold_millis", format!("{millis} ms; at most an hour")).into());
+        }
         let params = CreateParams {
             mode: request.mode,
             max_players: request.max_players,
             labels,
             config: request.config,
             open_to_join_or_create: request.open_to_join_or_create,
+            seat_hold: request.seat_hold_millis.map(|millis| Duration::from_millis(millis.into())),
+            replay: request.replay_buffer,
         };
         let created = self.directory.create(params, key).await?;
         tracing::Span::current().record("session.id", &*created.session.id);

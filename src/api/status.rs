@@ -12,7 +12,8 @@ pub fn code(err: &Error) -> Code {
         Error::InvalidArgument { .. } | Error::UnknownMode { .. } | Error::UnknownPlayer { .. } => {
             Code::InvalidArgument
         }
-        Error::SessionNotFound(_) => Code::NotFound,
+        Error::SessionNotFound(_) | Error::NoSeat { .. } => Code::NotFound,
+        Error::ReplayGap { .. } => Code::OutOfRange,
         Error::SessionFull(_)
         | Error::TooManySessions(_)
         | Error::TooManyWatchers(_)
@@ -31,7 +32,7 @@ pub fn code(err: &Error) -> Code {
         Error::JoinTimeout(_) => Code::DeadlineExceeded,
         Error::TakenOver => Code::Aborted,
         Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::PermissionDenied(_) | Error::Kicked(_) => Code::PermissionDenied,
+        Error::PermissionDenied(_) | Error::Kicked(_) | Error::ResumeSuperseded => Code::PermissionDenied,
         Error::Internal(_) => Code::Internal,
     }
 }

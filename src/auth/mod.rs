@@ -7,6 +7,7 @@
 //! caller's address and never the token or its claims.
 
 mod keys;
+mod resume;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tracing::warn;
 
 use keys::{KeyStore, Lookup};
 pub use keys::{MIN_SECRET_LEN, read_secret_file};
+pub use resume::{MIN_RESUME_KEY_LEN, ResumeClaim, ResumeKey};
 
 use crate::config::AuthConfig;
 use crate::error::BoxError;

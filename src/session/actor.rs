@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::field::Empty;
 use tracing::{debug, error, info_span, warn};
 
-use super::handle::{Command, EndRequest, JoinRejected, JoinRequest, Joined};
+use super::handle::{Command, EndRequest, JoinRejected, JoinRequest, Joined, ResumeRequest};
 use super::logic::SessionLogic;
 use super::room::{Due, Room};
 use super::tick::{Input, Inputs, Sent, Tick, TickRate, TickSettings};
@@ -332,6 +332,14 @@ impl Actor {
                 self.room.sweep();
                 None
             }
+            Wake::Due(Due::Holds) => {
+                self.room.expire_holds();
+                None
+            }
+            Wake::Due(Due::ReplayAge) => {
+                self.room.expire_replay();
+                None
+            }
             Wake::Due(Due::Idle) => {
                 let message = format!("empty for {:?}", self.room.idle_timeout());
                 Some(EndRequest::unasked(EndReason::Idle, message))
@@ -354,6 +362,7 @@ impl Actor {
     fn command(&mut self, command: Command) -> Option<EndRequest> {
         match command {
             Command::Join { request, reply } => return self.join(request, reply),
+            Command::Resume { request, reply } => return self.resume(*request, reply),
             Command::BackendMessage { payload, targets, reply } => {
                 let result = self
                     .hook("on_backend_message", None, |logic, room| logic.on_backend_message(room, payload, targets));
@@ -431,6 +440,33 @@ impl Actor {
         }
         let JoinRequest { player, inbound, caller } = *request;
         let seated = self.room.seat(player, &caller);
+        self.seated(seated, inbound, |joined| reply.send(Ok(joined)).is_ok())
+    }
+
+    fn resume(&mut self, request: ResumeRequest, reply: oneshot::Sender<Result<Joined, Error>>) -> Option<EndRequest> {
+        if self.room.is_draining() {
+            let _ = reply.send(Err(Error::Draining));
+            return None;
+        }
+        let ResumeRequest { player, generation, last_sequence, inbound, caller } = request;
+        match self.room.resume(&player, generation, last_sequence, &caller) {
+            Ok(seated) => self.seated(seated, inbound, |joined| reply.send(Ok(joined)).is_ok()),
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                None
+            }
+        }
+    }
+
+    /// A stream took a seat: its messages are polled from now on, and the
+    /// logic hears of it (`on_join`, or `on_reconnect` for a seat taken
+    /// back).
+    fn seated(
+        &mut self,
+        seated: super::room::Seated,
+        inbound: super::InboundStream,
+        answer: impl FnOnce(Joined) -> bool,
+    ) -> Option<EndRequest> {
         let id = seated.info.id.clone();
         self.inbound.push(PlayerInbound {
             id: id.clone(),
@@ -450,7 +486,7 @@ impl Actor {
                 self.hook("on_join", Some(&id), |logic, room| logic.on_join(room, &info))
             }
         };
-        if reply.send(Ok(seated.joined)).is_err() {
+        if !answer(seated.joined) {
             self.room.depart(id, Departure::Disconnected("the client went away while joining".into()));
         }
         joined.err()
@@ -507,21 +543,35 @@ impl Actor {
         None
     }
 
-    /// Frees the seats the last wake-up asked to free, and tells the logic,
-    /// in the `player.leave` span.
+    /// Holds or frees the seats the last wake-up asked to, and tells the
+    /// logic, in the `player.hold` or `player.leave` span: `on_disconnect`
+    /// when a stream dropped (its seat held, or freed if the session holds
+    /// no seats), then `on_leave` when the seat is freed.
     fn carry_out_departures(&mut self) -> Result<(), EndRequest> {
         while let Some((id, departure)) = self.room.next_departure() {
+            if departure.holds_seat() && self.room.holds_seats() {
+                // None: held already (a second report of the same drop).
+                if let Some((player, span)) = self.room.hold(&id, &departure) {
+                    let _span = span.enter();
+                    self.hook("on_disconnect", Some(&id), |logic, room| {
+                        logic.on_disconnect(room, &player, &departure)
+                    })?;
+                }
+                continue;
+            }
             let Some((player, span)) = self.room.free_seat(&id, &departure) else { continue };
             if let Some(ticker) = &mut self.ticker {
                 ticker.inputs.forget(&id);
             }
             let _span = span.enter();
-            match departure {
-                Departure::Left => self.hook("on_leave", Some(&id), |logic, room| logic.on_leave(room, &player))?,
-                _ => {
-                    self.hook("on_disconnect", Some(&id), |logic, room| logic.on_disconnect(room, &player, &departure))?
-                }
+            // A leave, a kick or a hold that ran out had no drop to report
+            // (an expired hold's was reported when it began).
+            let dropped =
+                !matches!(departure, Departure::Left | Departure::Expired | Departure::Removed(Error::Kicked(_)));
+            if dropped {
+                self.hook("on_disconnect", Some(&id), |logic, room| logic.on_disconnect(room, &player, &departure))?;
             }
+            self.hook("on_leave", Some(&id), |logic, room| logic.on_leave(room, &player))?;
         }
         Ok(())
     }
@@ -591,6 +641,9 @@ impl Actor {
             match command {
                 Command::Join { request, reply } => {
                     let _ = reply.send(Err((Error::SessionNotFound(session_id.to_string()), Some(request))));
+                }
+                Command::Resume { reply, .. } => {
+                    let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));
                 }
                 Command::BackendMessage { reply, .. } => {
                     let _ = reply.send(Err(Error::SessionNotFound(session_id.to_string())));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::handle::Joined;
+use super::handle::{Joined, ResumeRequest};
 use super::{EndReason, InboundStream, NewPlayer, PlayerId, SessionInfo};
 use crate::error::Error;
 
@@ -62,6 +62,11 @@ pub trait Directory: Clone + Send + Sync + 'static {
         inbound: InboundStream,
     ) -> impl Future<Output = Result<Joined, Error>> + Send;
 
+    /// Resumes a player's seat in session `id` on a new stream (see
+    /// [`ResumeRequest`]): its queue starts with the `resumed` answer and
+    /// the events it missed.
+    fn resume(&self, id: &str, request: ResumeRequest) -> impl Future<Output = Result<Joined, Error>> + Send;
+
     /// Hands a backend payload for `targets` (empty: every player) to the
     /// session's logic; returns the sequence number it got.
     fn send(&self, id: &str, payload: Bytes, targets: Vec<PlayerId>)
@@ -99,6 +104,10 @@ pub struct CreateParams {
     /// from it.
     pub config: Bytes,
     pub open_to_join_or_create: bool,
+    /// The seat hold; `None`: the server's.
+    pub seat_hold: Option<std::time::Duration>,
+    /// Whether to keep a replay buffer; `None`: the server's setting.
+    pub replay: Option<bool>,
 }
 
 /// CreateSession's result.

@@ -22,6 +22,17 @@ pub struct JoinRequest {
     pub caller: tracing::Span,
 }
 
+/// A resume on its way to the actor: a verified resume token's player and
+/// seat generation, and the last sequence its client received.
+pub struct ResumeRequest {
+    pub player: PlayerId,
+    pub generation: u64,
+    pub last_sequence: u64,
+    pub inbound: InboundStream,
+    /// The span of the call that asked (the Play RPC), for a span link.
+    pub caller: tracing::Span,
+}
+
 /// What a successful join returns: the player's queue, whose first item is
 /// the welcome.
 #[derive(Debug)]
@@ -39,6 +50,8 @@ pub type JoinRejected = (Error, Option<Box<JoinRequest>>);
 pub(super) enum Command {
     /// Seat a player.
     Join { request: Box<JoinRequest>, reply: oneshot::Sender<Result<Joined, JoinRejected>> },
+    /// Resume a seat.
+    Resume { request: Box<ResumeRequest>, reply: oneshot::Sender<Result<Joined, Error>> },
     /// A backend service's message for the session's logic.
     BackendMessage { payload: Bytes, targets: Vec<PlayerId>, reply: oneshot::Sender<Result<u64, Error>> },
     /// A backend's signal for the logic, answered with the logic's answer.
@@ -105,6 +118,14 @@ impl SessionHandle {
             // the joins it finds queued when it ends, so only a crash gets here).
             Err(_) => Err((self.gone(), None)),
         }
+    }
+
+    /// Resumes a seat. The reply's queue starts with the `resumed` answer
+    /// and the replayed events.
+    pub async fn resume(&self, request: ResumeRequest) -> Result<Joined, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Resume { request: Box::new(request), reply })?;
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// Pushes a backend payload to `targets` (empty: every player) and

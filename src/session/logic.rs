@@ -27,10 +27,13 @@ use crate::error::Error;
 ///
 /// `init` comes first, once, before anyone joins. The order of the hooks for
 /// one player is: `on_join_attempt`, then (if it let the player in)
-/// `on_join`, then any number of `on_message` (and its inputs in ticks) and
-/// `on_reconnect` (each time a new stream of the player takes its seat
-/// over), then `on_leave` or `on_disconnect`, unless the session ends first:
-/// the players still seated then get no hook of their own. `on_end` comes
+/// `on_join`, then any number of `on_message` (and its inputs in ticks),
+/// `on_disconnect` (its stream dropped: the seat is held for a resume) and
+/// `on_reconnect` (a new stream of the player took its seat back: a resume,
+/// or a takeover of a live seat), then `on_leave` when the seat is freed (a
+/// leave, a kick, or a hold that ran out; in a session that holds no seats,
+/// a drop is `on_disconnect` then `on_leave` at once), unless the session
+/// ends first: the players still seated then get no hook of their own. `on_end` comes
 /// last, once, before the players are told that the session ended; it is
 /// skipped when the session ends because a hook panicked. Seats that sends
 /// in `on_end` find gone are not freed one by one: every seat ends with the
@@ -66,22 +69,27 @@ pub trait SessionLogic: Send + 'static {
         let _ = (room, player);
     }
 
-    /// `player`'s seat moved to a new stream of the same player (a
-    /// takeover: with auth on, a join whose token's subject holds the seat).
-    /// The others have seen it reconnect; the new stream has its welcome,
-    /// and the old one has ended. `on_join_attempt` is not asked again.
+    /// `player`'s seat moved to a new stream of the same player: a resume, a
+    /// join with the seat's resume token, or (auth on) a join whose token's
+    /// subject holds the seat; held or live before. The others have seen it
+    /// reconnect; the new stream has its welcome (or its replay), and an old
+    /// one still open has ended. `on_join_attempt` is not asked again.
     fn on_reconnect(&mut self, room: &mut Room, player: &Arc<PlayerInfo>) {
         let _ = (room, player);
     }
 
-    /// `player` left on purpose (a leave message or a clean half-close); the
-    /// others have seen it leave.
+    /// `player`'s seat is freed: it left on purpose (a leave message or a
+    /// clean half-close), was kicked, or did not come back within its seat
+    /// hold; the others have been told. Its last hook.
     fn on_leave(&mut self, room: &mut Room, player: &Arc<PlayerInfo>) {
         let _ = (room, player);
     }
 
-    /// `player` lost its seat without leaving: its connection broke, or the
-    /// server removed it (`departure` says which); the others have been told.
+    /// `player`'s stream ended without a leave: its connection broke, or the
+    /// server shed it (`departure` says which); the others have been told.
+    /// Its seat is held for a resume (`on_reconnect` or `on_leave` follows),
+    /// unless the session holds no seats or the cause frees it (flooding, a
+    /// protocol error), when `on_leave` follows at once.
     fn on_disconnect(&mut self, room: &mut Room, player: &Arc<PlayerInfo>, departure: &Departure) {
         let _ = (room, player, departure);
     }

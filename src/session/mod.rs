@@ -18,6 +18,8 @@
 //!   half-close protocol.
 //! - `outbound.rs`: one player's outbound queue and the policy for a player
 //!   who falls behind.
+//! - `replay.rs`: the session's latest history with each event's audience,
+//!   for a resume without a gap.
 //! - `rate.rs`: what one player may send (a token bucket on messages and
 //!   one on bytes), the flood that removes it, and the coalescing of the
 //!   error replies it causes.
@@ -42,6 +44,7 @@ mod outbound;
 mod rate;
 mod registry;
 mod relay;
+mod replay;
 mod room;
 #[cfg(test)]
 mod tests;
@@ -61,13 +64,14 @@ pub use directory::{
     Caller, CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
     WatchEvents, WatchListing,
 };
-pub use handle::{JoinRequest, Joined};
+pub use handle::{JoinRequest, Joined, ResumeRequest};
 pub use logic::SessionLogic;
 pub use mode::{Mode, Modes, ModesBuilder};
-pub use outbound::{Delivery, Direct, OutboundRx, State, StateKind, Welcome};
+pub use outbound::{Delivery, Direct, OutboundRx, Resumed, State, StateKind, Welcome};
 pub use rate::RateLimits;
 pub use registry::{CreationLimits, Registry, RegistryConfig};
 pub use relay::Relay;
+pub use replay::{REPLAY_BYTES, REPLAY_EVENTS, ReplayLimits};
 pub use room::{Audience, Room};
 pub use tick::{Input, Recipients, Tick, TickPool, TickRate, TickSettings};
 
@@ -101,10 +105,24 @@ pub struct NewPlayer {
     pub display_name: String,
     /// Small key/value data given at join.
     pub metadata: BTreeMap<String, String>,
-    /// The caller proved it is this player (a verified token whose subject
-    /// is the id): a live seat of the id is taken over (its old stream ends
-    /// with ABORTED) instead of refused with ALREADY_EXISTS.
-    pub may_take_over: bool,
+    /// What the caller proved about the seat of this id, if it holds one.
+    pub proof: SeatProof,
+}
+
+/// What a join proves about the seat it names. A seat that the join proves
+/// its own, live or held, is taken over (its old stream, if any, ends with
+/// ABORTED) instead of refused with ALREADY_EXISTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeatProof {
+    /// Nothing: a seat of the id, live or held, refuses the join.
+    #[default]
+    None,
+    /// A verified token whose subject is the id: any seat of the id is the
+    /// caller's.
+    Subject,
+    /// A resume token for the seat of this generation: the seat is the
+    /// caller's if its generation is still this one.
+    Generation(u64),
 }
 
 /// One validated message from a joined player's stream.
@@ -214,8 +232,9 @@ impl EndReason {
     }
 }
 
-/// How a player's seat was freed. Kept apart in code, presence events and
-/// logs: a later issue holds the seat on disconnect for resume.
+/// Why a player's stream or seat ended. Kept apart in code, presence events
+/// and logs: a drop ([`Departure::holds_seat`]) holds the seat for a resume
+/// in a session that holds seats; the others free it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Departure {
     /// A leave message or a clean half-close.
@@ -224,9 +243,19 @@ pub enum Departure {
     Disconnected(String),
     /// The server removed the player; its stream ends with this error.
     Removed(Error),
+    /// Its seat was held after its stream dropped, and the hold ran out.
+    Expired,
 }
 
 impl Departure {
+    /// Whether the seat is held for a resume (in a session that holds
+    /// seats): a stream that dropped without a leave, or one removed for
+    /// falling behind, whose player may come back. A leave, a kick, a
+    /// flood, a protocol error or an expired hold frees the seat.
+    pub fn holds_seat(&self) -> bool {
+        matches!(self, Departure::Disconnected(_) | Departure::Removed(Error::SlowPlayer(_)))
+    }
+
     /// The few fixed words the other players are told in the presence
     /// event's `detail`. The departure's own text (a transport error, the
     /// decoder's words, how far behind a player fell) names internals and
@@ -241,6 +270,7 @@ impl Departure {
             Departure::Removed(Error::Protocol { .. }) => "protocol error",
             Departure::Removed(Error::Kicked(_)) => "removed by an operator",
             Departure::Removed(_) => "removed",
+            Departure::Expired => "did not come back",
         }
     }
 }
@@ -253,8 +283,10 @@ pub enum PresenceKind {
     Disconnected,
     Removed,
     /// The player's seat moved to a new stream of the same player (a
-    /// takeover).
+    /// takeover or a resume).
     Reconnected,
+    /// The player's stream dropped; its seat is held for a resume.
+    Held,
 }
 
 /// A message that belongs to the session's history: it carries a sequence
@@ -392,6 +424,9 @@ pub struct SeatStatus {
     pub queued_bytes: usize,
     /// Droppable messages dropped for it since it joined.
     pub dropped: u64,
+    /// For a held seat, when its hold runs out, in microseconds since the
+    /// Unix epoch.
+    pub held_until_unix_micros: Option<i64>,
 }
 
 /// Limits and timings every session runs with.
@@ -415,6 +450,11 @@ pub struct SessionConfig {
     pub rates: RateLimits,
     /// How ticks run (sessions whose logic has a tick).
     pub ticks: TickSettings,
+    /// How long a seat is held after its stream drops without a leave, for
+    /// a resume; zero: seats are not held.
+    pub seat_hold: Duration,
+    /// The replay buffer's bounds (see `replay.rs`).
+    pub replay: ReplayLimits,
 }
 
 /// The wall clock in microseconds since the Unix epoch.

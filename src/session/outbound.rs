@@ -77,6 +77,7 @@ impl Delivery {
                             player_weight(&welcome.player)
                                 + welcome.players.iter().map(|p| player_weight(p)).sum::<usize>()
                         }
+                        Direct::Resumed(resumed) => player_weight(&resumed.player),
                         // Error texts are short and bounded; not worth
                         // formatting to measure.
                         Direct::Error { .. } => 256,
@@ -95,6 +96,8 @@ impl Delivery {
 pub enum Direct {
     /// The answer to the join.
     Welcome(Welcome),
+    /// The answer to a resume; the replayed events follow it.
+    Resumed(Resumed),
     /// The answer to a ping.
     Pong { client_time: i64, server_time_unix_micros: i64 },
     /// A non-fatal error about one of the player's messages, and how many
@@ -169,6 +172,24 @@ pub struct Welcome {
     pub tick_rate: Option<super::TickRate>,
     /// Inputs a tick takes from one player (0 without a tick).
     pub max_inputs_per_tick: usize,
+    /// The seat's generation, for its resume token; `None` in a session
+    /// that holds no seats (no token).
+    pub resume_generation: Option<u64>,
+}
+
+/// The answer to a resume.
+#[derive(Debug)]
+pub struct Resumed {
+    pub session_id: Arc<str>,
+    pub player: Arc<PlayerInfo>,
+    /// The sequence the resume asked to start after.
+    pub last_sequence: u64,
+    /// Events replayed after this.
+    pub replayed: u64,
+    /// The resume's own sequence (the others' RECONNECTED).
+    pub sequence: u64,
+    /// The seat's new generation, for its next resume token.
+    pub resume_generation: u64,
 }
 
 /// What both ends share.
@@ -505,6 +526,16 @@ impl Outbox {
     pub(super) fn new(tx: OutboundTx) -> Self {
         OUTBOXES.fetch_add(1, Ordering::Relaxed);
         Outbox { tx, dropped: 0, dropped_total: 0, last_dropped: 0, behind_since: None }
+    }
+
+    /// The outbox of a held seat: no stream takes from it, and a push fails.
+    /// Its drop count carries over from the stream it replaces.
+    pub(super) fn detached(previous: &Outbox) -> Self {
+        let (tx, rx) = channel();
+        drop(rx);
+        let mut outbox = Outbox::new(tx);
+        outbox.dropped_total = previous.dropped_total;
+        outbox
     }
 
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for

@@ -26,7 +26,7 @@ use super::actor::Actor;
 use super::directory::{
     Caller, CreateParams, Created, Directory, JoinTarget, SessionFilter, Watch, WatchError, WatchEvent, WatchEventKind,
 };
-use super::handle::{JoinRequest, Joined, SessionHandle};
+use super::handle::{JoinRequest, Joined, ResumeRequest, SessionHandle};
 use super::rate::Bucket;
 use super::room::{Listing, Room};
 use super::{EndReason, Ending, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
@@ -282,7 +282,14 @@ impl Registry {
         };
         let (tx, inbox) = mpsc::channel(limits.session.inbox);
         let handle = SessionHandle::new(id.clone(), tx);
-        let mut room = Room::new(info.clone(), limits.session.clone(), sequence.clone(), Arc::new(self.clone()));
+        let mut config = limits.session.clone();
+        if let Some(hold) = params.seat_hold {
+            config.seat_hold = hold;
+        }
+        if params.replay == Some(false) {
+            config.replay.messages = 0;
+        }
+        let mut room = Room::new(info.clone(), config, sequence.clone(), Arc::new(self.clone()));
         let mut logic = logic;
         // The logic's start, on the caller's task: its labels are in the
         // answer. A panic refuses the session.
@@ -363,6 +370,8 @@ impl Registry {
                         labels: BTreeMap::new(),
                         config: Bytes::new(),
                         open_to_join_or_create: true,
+                        seat_hold: None,
+                        replay: None,
                     };
                     let handle = self.create_session(params, None, Some(&caller))?.1;
                     self.reserve(handle.id());
@@ -610,6 +619,13 @@ impl Directory for Registry {
         inbound: InboundStream,
     ) -> Result<Joined, Error> {
         self.join_session(target, JoinRequest { player, inbound, caller: tracing::Span::current() }, caller).await
+    }
+
+    async fn resume(&self, id: &str, request: ResumeRequest) -> Result<Joined, Error> {
+        if self.is_draining() {
+            return Err(Error::Draining);
+        }
+        self.handle(id)?.resume(request).await
     }
 
     async fn send(&self, id: &str, payload: Bytes, targets: Vec<PlayerId>) -> Result<u64, Error> {

@@ -1,6 +1,7 @@
 //! The room: the plumbing every session shares, whatever its rules. It owns
-//! the seats, each player's outbound queue, the session's sequence, the
-//! departures waiting to be carried out, and the half-close protocol.
+//! the seats (live, or held for a resume after a drop), each player's
+//! outbound queue, the session's sequence, the replay buffer, the departures
+//! waiting to be carried out, and the half-close protocol.
 //!
 //! A [`SessionLogic`](super::SessionLogic) sends through it
 //! ([`Room::relay`], [`Room::send`], [`Room::send_error`]); the session's
@@ -23,12 +24,15 @@ use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn};
 
 use super::handle::{JoinRejected, JoinRequest, Joined};
-use super::outbound::{self, Budget, Delivery, Direct, Outbox, Outcome, Policy, State, StateKind, Swept, Welcome};
+use super::outbound::{
+    self, Budget, Delivery, Direct, Outbox, Outcome, Policy, Resumed, State, StateKind, Swept, Welcome,
+};
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
+use super::replay::ReplayBuffer;
 use super::tick::{Recipients, TickRate};
 use super::{
-    Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SeatStatus, SessionConfig,
-    SessionId, SessionInfo, SharedEvent,
+    Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SeatProof, SeatStatus,
+    SessionConfig, SessionId, SessionInfo, SharedEvent,
 };
 use crate::error::Error;
 use crate::metrics::SessionMetrics;
@@ -71,9 +75,9 @@ struct Seat {
     generation: u64,
     /// The player's outbound queue and its standing under the policy.
     outbox: Outbox,
-    /// Dropped with the seat: ends the player's inbound stream (see the
-    /// actor's `PlayerInbound`).
-    _kick: oneshot::Sender<()>,
+    /// Dropped with the seat, or when it is held: ends the player's inbound
+    /// stream (see the actor's `PlayerInbound`).
+    _kick: Option<oneshot::Sender<()>>,
     /// The player's stream got its end (a half-close is being confirmed):
     /// nothing more is sent to it.
     ended: bool,
@@ -92,6 +96,12 @@ struct Seat {
     joined_unix_micros: i64,
     /// The round trip its client last reported; 0: none.
     rtt_micros: i64,
+    /// The sequence of the seat's welcome: a resume cannot start before it.
+    first_sequence: u64,
+    /// Its stream dropped and the seat is held until then (and then, in
+    /// microseconds since the Unix epoch): nothing is sent to it (`ended`
+    /// is set), and a resume or a proven join takes it back.
+    held_until: Option<(Instant, i64)>,
 }
 
 /// A new seat, for the actor: the player, and what it polls for the
@@ -108,6 +118,14 @@ pub(super) struct Seated {
     /// It took its own seat over: the logic hears `on_reconnect`, not
     /// `on_join`.
     pub took_over: bool,
+}
+
+/// How a new stream opens on a seat.
+enum Opening {
+    /// A join: a welcome.
+    Join,
+    /// A resume from `last`: the `resumed` answer, then `replay`.
+    Resume { last: u64, replay: Vec<Arc<SharedEvent>> },
 }
 
 /// Resolves to a half-closed player's seat and whether its response stream
@@ -142,6 +160,14 @@ pub struct Room {
     /// Fires when the earliest behind player's grace period runs out.
     sweep_timer: Pin<Box<Sleep>>,
     sweep_armed: bool,
+    /// The latest history, for resumes.
+    replay: ReplayBuffer,
+    /// Fires when the replay buffer's oldest event is due to go.
+    replay_timer: Pin<Box<Sleep>>,
+    replay_armed: bool,
+    /// Fires when the earliest held seat's hold runs out.
+    hold_timer: Pin<Box<Sleep>>,
+    hold_armed: bool,
     /// The server drains and the last player left: nobody can join any more,
     /// so the session is over.
     drained: bool,
@@ -157,6 +183,10 @@ pub(super) enum Due {
     HalfClose(PlayerId, u64, bool),
     /// Behind players are to be checked.
     Sweep,
+    /// Held seats are to be checked for holds that ran out.
+    Holds,
+    /// The replay buffer's oldest event is due to go.
+    ReplayAge,
     /// The session has been empty for the idle timeout.
     Idle,
 }
@@ -172,6 +202,11 @@ impl Room {
         let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
         let metrics = SessionMetrics::started(&info.mode);
         Room {
+            replay: ReplayBuffer::new(config.replay, config.queued_bytes_budget),
+            replay_timer: Box::pin(tokio::time::sleep(config.replay.age)),
+            replay_armed: false,
+            hold_timer: Box::pin(tokio::time::sleep(config.seat_hold)),
+            hold_armed: false,
             policy: Policy::new(&config),
             info,
             config,
@@ -232,6 +267,8 @@ impl Room {
             biased;
             Some((id, generation, took_end)) = self.half_closes.next() => Due::HalfClose(id, generation, took_end),
             () = &mut self.sweep_timer, if self.sweep_armed => Due::Sweep,
+            () = &mut self.hold_timer, if self.hold_armed => Due::Holds,
+            () = &mut self.replay_timer, if self.replay_armed => Due::ReplayAge,
             () = &mut self.idle_timer, if self.idle_armed => Due::Idle,
             else => std::future::pending().await,
         }
@@ -332,7 +369,9 @@ impl Room {
     /// Removes (kicks) `player`, telling it `reason`; the others see it
     /// removed "by an operator". It leaves with the next departures.
     pub(super) fn kick(&mut self, player: PlayerId, reason: String) -> Result<(), Error> {
-        if self.seats.get(&player).is_none_or(|seat| seat.ended) {
+        // A held seat can be kicked; one whose leave is being confirmed is
+        // as good as gone.
+        if self.seats.get(&player).is_none_or(|seat| seat.ended && seat.held_until.is_none()) {
             return Err(Error::UnknownPlayer { field: "player_id".into(), player: player.to_string() });
         }
         self.depart(player, Departure::Removed(Error::Kicked(reason)));
@@ -365,7 +404,7 @@ impl Room {
             Recipients::Only(ids) => ids.clone(),
         };
         let of_kind = |delivery: &Delivery, kinds: &[StateKind]| matches!(delivery, Delivery::Direct(d) if matches!(&**d, Direct::State(state) if kinds.contains(&state.kind)));
-        let budget = Budget::now(self.config.queued_bytes_budget);
+        let budget = self.budget();
         let mut tally = Tally::default();
         for id in recipients {
             let Some(seat) = self.seats.get_mut(&id).filter(|seat| !seat.ended) else { continue };
@@ -455,10 +494,17 @@ impl Room {
     /// Checks that `request` can take a seat, and names the player if it
     /// asked the server to. The request comes back with the error if not.
     pub(super) fn admit(&self, mut request: Box<JoinRequest>) -> Result<Box<JoinRequest>, JoinRejected> {
-        // A player taking its own live seat over needs no free seat, and a
-        // lock keeps out only new players.
-        if request.player.may_take_over && self.seats.get(request.player.id.as_str()).is_some_and(|seat| !seat.ended) {
-            return Ok(request);
+        // A player taking its own seat back (live or held) needs no free
+        // seat, and a lock keeps out only new players.
+        match (self.seats.get(request.player.id.as_str()), request.player.proof) {
+            (Some(_), SeatProof::Subject) => return Ok(request),
+            (Some(seat), SeatProof::Generation(generation)) if seat.generation == generation => return Ok(request),
+            (Some(_), SeatProof::Generation(_)) => return Err((Error::ResumeSuperseded, Some(request))),
+            (None, SeatProof::Generation(_)) => {
+                let err = Error::NoSeat { session: self.info.id.to_string(), player: request.player.id.clone() };
+                return Err((err, Some(request)));
+            }
+            (_, SeatProof::Subject | SeatProof::None) => {}
         }
         if self.info.locked {
             return Err((Error::SessionLocked(self.info.id.to_string()), Some(request)));
@@ -478,76 +524,162 @@ impl Room {
     }
 
     /// Seats an admitted player: the others see it join, and its queue starts
-    /// with the welcome. A player that holds a live seat already (admitted
-    /// to take it over) gets it on its new stream: the old stream ends with
-    /// ABORTED, and the others see it reconnect. `caller` is the span of the
-    /// call that asked, for a link.
+    /// with the welcome. A player that holds a seat already (admitted to
+    /// take it back) gets it on its new stream: an old stream still open
+    /// ends with ABORTED, and the others see it reconnect. `caller` is the
+    /// span of the call that asked, for a link.
     pub(super) fn seat(&mut self, player: NewPlayer, caller: &tracing::Span) -> Seated {
+        let info =
+            Arc::new(PlayerInfo { id: player.id.into(), display_name: player.display_name, metadata: player.metadata });
+        self.open(info, Opening::Join, caller)
+    }
+
+    /// Resumes `player`'s seat of `generation` on a new stream, replaying
+    /// what it was sent after `last`: as [`Room::seat`] does for a join
+    /// that takes its seat back, but the queue starts with the `resumed`
+    /// answer and the replay. Refused if the seat is gone
+    /// ([`Error::NoSeat`]), has a newer generation
+    /// ([`Error::ResumeSuperseded`]), or the replay would have a gap
+    /// ([`Error::ReplayGap`]; the seat stays as it was).
+    pub(super) fn resume(
+        &mut self,
+        player: &PlayerId,
+        generation: u64,
+        last: u64,
+        caller: &tracing::Span,
+    ) -> Result<Seated, Error> {
+        let Some(seat) = self.seats.get(player) else {
+            return Err(Error::NoSeat { session: self.info.id.to_string(), player: player.to_string() });
+        };
+        if seat.generation != generation {
+            return Err(Error::ResumeSuperseded);
+        }
+        if last > self.info.sequence || last < seat.first_sequence {
+            let (first, now) = (seat.first_sequence, self.info.sequence);
+            let reason = format!("{last} is outside this seat's messages ({first} to {now})");
+            return Err(Error::invalid("resume.last_sequence", reason));
+        }
+        let replay = self.replay.since(last, player).map_err(|gap| Error::ReplayGap { last, floor: gap.floor })?;
+        let info = seat.info.clone();
+        Ok(self.open(info, Opening::Resume { last, replay }, caller))
+    }
+
+    /// Opens a new stream on `info`'s seat, taking it over if it has one.
+    fn open(&mut self, info: Arc<PlayerInfo>, opening: Opening, caller: &tracing::Span) -> Seated {
         let session_id = self.info.id.clone();
-        let id: PlayerId = player.id.into();
+        let id = info.id.clone();
         // Its own short span, linked to the Play call that asked for it.
-        let span =
-            info_span!("player.join", session.id = %session_id, player.id = %id, trace_id = Empty, span_id = Empty);
+        let span = match opening {
+            Opening::Join => {
+                info_span!("player.join", session.id = %session_id, player.id = %id, trace_id = Empty, span_id = Empty)
+            }
+            Opening::Resume { .. } => {
+                info_span!("player.resume", session.id = %session_id, player.id = %id, trace_id = Empty, span_id = Empty)
+            }
+        };
         span.follows_from(caller);
         crate::telemetry::record_ids(&span);
         let joined = SpanLink::to(&span);
         let entered = span.enter();
-        let info =
-            Arc::new(PlayerInfo { id: id.clone(), display_name: player.display_name, metadata: player.metadata });
         let sequence = self.next_sequence();
         // The old stream of a seat taken over ends now, with what was queued
-        // for it; the new one starts from a fresh welcome.
-        let took_over = match self.seats.remove(&id) {
-            Some(old) => {
+        // for it; the new one starts afresh.
+        let old = self.seats.remove(&id);
+        if let Some(old) = &old {
+            if old.held_until.is_some() {
+                self.metrics.holding(false);
+            } else if !old.ended {
                 let _ = old.outbox.end_now(Error::TakenOver);
-                true
             }
-            None => false,
-        };
+        }
+        let took_over = old.is_some();
 
         // Tell everyone else first, so the joiner does not see its own join:
-        // the welcome's sequence stands for it.
+        // the welcome's sequence stands for it (and the replay keeps it from
+        // the player too).
         let kind = if took_over { PresenceKind::Reconnected } else { PresenceKind::Joined };
         let event = SharedEvent::new(Event::Presence { sequence, player: info.clone(), kind, detail: "" });
-        self.fan_out(&event, Audience::All, false, sequence);
+        self.fan_out(&event, Audience::AllBut(&id), false, sequence);
 
         let (tx, outbound) = outbound::channel();
         let outbox = Outbox::new(tx);
-        let welcome = Welcome {
-            session_id: session_id.clone(),
-            mode: self.info.mode.clone(),
-            player: info.clone(),
-            players: self.roster(),
-            sequence,
-            max_players: self.info.max_players,
-            rates: self.config.rates,
-            tick_rate: self.tick_rate,
-            max_inputs_per_tick: if self.tick_rate.is_some() { self.config.ticks.max_inputs_per_tick } else { 0 },
-        };
-        // A fresh queue cannot be closed yet; a failure shows at the next push.
-        let _ = outbox.push_last(Delivery::Direct(Box::new(Direct::Welcome(welcome))));
-        let (kick, kicked) = oneshot::channel();
         let generation = self.next_generation;
         self.next_generation += 1;
+        let resumed = matches!(opening, Opening::Resume { .. });
+        // A fresh queue cannot be closed yet; a failure shows at the next push.
+        let first_sequence = match opening {
+            Opening::Join => {
+                let welcome = Welcome {
+                    session_id: session_id.clone(),
+                    mode: self.info.mode.clone(),
+                    player: info.clone(),
+                    players: self.roster(),
+                    sequence,
+                    max_players: self.info.max_players,
+                    rates: self.config.rates,
+                    tick_rate: self.tick_rate,
+                    max_inputs_per_tick: if self.tick_rate.is_some() {
+                        self.config.ticks.max_inputs_per_tick
+                    } else {
+                        0
+                    },
+                    resume_generation: (!self.config.seat_hold.is_zero()).then_some(generation),
+                };
+                let _ = outbox.push_last(Delivery::Direct(Box::new(Direct::Welcome(welcome))));
+                sequence
+            }
+            Opening::Resume { last, replay } => {
+                let answer = Resumed {
+                    session_id: session_id.clone(),
+                    player: info.clone(),
+                    last_sequence: last,
+                    replayed: replay.len() as u64,
+                    sequence,
+                    resume_generation: generation,
+                };
+                let _ = outbox.push_last(Delivery::Direct(Box::new(Direct::Resumed(answer))));
+                self.metrics.replayed.increment(replay.len() as u64);
+                // Past the queue's policy: the events are the buffer's own,
+                // shared, and bounded by it (see `replay.rs`).
+                for event in replay {
+                    let _ = outbox.push_last(Delivery::Event(event));
+                }
+                old.as_ref().map_or(sequence, |old| old.first_sequence)
+            }
+        };
+        let (kick, kicked) = oneshot::channel();
         let now = Instant::now();
+        // A seat taken back keeps its standing: a player cannot reset its
+        // rate limits by reconnecting.
+        let (rate, errors, joined_unix_micros) = match old {
+            Some(old) => (old.rate, old.errors, old.joined_unix_micros),
+            None => (PlayerRate::new(&self.config.rates, now), ErrorReplies::new(now), super::unix_micros()),
+        };
         let seat = Seat {
             info: info.clone(),
             generation,
             outbox,
-            _kick: kick,
+            _kick: Some(kick),
             ended: false,
             joined,
-            rate: PlayerRate::new(&self.config.rates, now),
-            errors: ErrorReplies::new(now),
+            rate,
+            errors,
             needs_full: true,
             deltas_dropped: 0,
-            joined_unix_micros: super::unix_micros(),
+            joined_unix_micros,
             rtt_micros: 0,
+            first_sequence,
+            held_until: None,
         };
         self.seats.insert(id.clone(), seat);
         self.idle_armed = false;
         if took_over {
-            info!(session.sequence = sequence, "player reconnected: a new stream took its seat over");
+            self.metrics.took_over(if resumed { "resume" } else { "join" });
+            if resumed {
+                info!(session.sequence = sequence, "player resumed: its seat is back on a new stream");
+            } else {
+                info!(session.sequence = sequence, "player reconnected: a new stream took its seat over");
+            }
         } else {
             self.players_changed();
             self.metrics.joined();
@@ -555,6 +687,98 @@ impl Room {
         }
         drop(entered);
         Seated { info, generation, kicked, joined: Joined { session_id, player_id: id, outbound }, span, took_over }
+    }
+
+    /// Whether a stream that drops now holds its seat: the session holds
+    /// seats, and the server is not draining (nobody could come back).
+    pub(super) fn holds_seats(&self) -> bool {
+        !self.config.seat_hold.is_zero() && !self.listing.is_draining()
+    }
+
+    /// Holds `player`'s seat after its stream dropped for `departure`: the
+    /// stream's queue is freed (a removed player first gets its status),
+    /// the others see it HELD, and the seat waits for a resume until the
+    /// seat hold runs out. Returns the player and the `player.hold` span
+    /// (for the logic's hook to run in), or `None` if it held no seat or
+    /// its seat is held already.
+    pub(super) fn hold(
+        &mut self,
+        player: &PlayerId,
+        departure: &Departure,
+    ) -> Option<(Arc<PlayerInfo>, tracing::Span)> {
+        let hold = self.config.seat_hold;
+        let seat = self.seats.get_mut(player).filter(|seat| seat.held_until.is_none())?;
+        let span = info_span!("player.hold", session.id = %self.info.id, player.id = %player, trace_id = Empty, span_id = Empty);
+        seat.joined.add_to(&span);
+        crate::telemetry::record_ids(&span);
+        let entered = span.enter();
+        if let Departure::Removed(err) = departure
+            && !seat.ended
+        {
+            let _ = seat.outbox.end_now(err.clone());
+        }
+        seat.outbox = Outbox::detached(&seat.outbox);
+        seat._kick = None;
+        seat.ended = true;
+        seat.rtt_micros = 0;
+        let until = Instant::now() + hold;
+        seat.held_until = Some((until, super::unix_micros() + hold.as_micros() as i64));
+        let info = seat.info.clone();
+        self.metrics.holding(true);
+        let sequence = self.next_sequence();
+        info!(session.sequence = sequence, reason = ?departure, ?hold, "player's stream dropped: its seat is held");
+        let detail = departure.presence_detail();
+        let event =
+            SharedEvent::new(Event::Presence { sequence, player: info.clone(), kind: PresenceKind::Held, detail });
+        self.fan_out(&event, Audience::AllBut(player), false, sequence);
+        self.arm_holds(until);
+        drop(entered);
+        Some((info, span))
+    }
+
+    fn arm_holds(&mut self, until: Instant) {
+        if !self.hold_armed || until < self.hold_timer.deadline() {
+            self.hold_timer.as_mut().reset(until);
+            self.hold_armed = true;
+        }
+    }
+
+    /// Frees the held seats whose hold ran out (with the next departures),
+    /// and re-arms for the next.
+    pub(super) fn expire_holds(&mut self) {
+        self.hold_armed = false;
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (id, seat) in &self.seats {
+            match seat.held_until {
+                Some((until, _)) if until <= now => self.departures.push_back((id.clone(), Departure::Expired)),
+                Some((until, _)) => next = Some(next.map_or(until, |n| n.min(until))),
+                None => {}
+            }
+        }
+        if let Some(next) = next {
+            self.arm_holds(next);
+        }
+    }
+
+    /// Lets the replay buffer's aged events go, and re-arms for the next.
+    pub(super) fn expire_replay(&mut self) {
+        self.replay_armed = false;
+        if let Some(next) = self.replay.expire(Instant::now()) {
+            self.replay_timer.as_mut().reset(next);
+            self.replay_armed = true;
+        }
+    }
+
+    /// Where the server stands against its budget for queued bytes. Past
+    /// it, this session's replay buffer goes first, before any player is
+    /// shed.
+    fn budget(&mut self) -> Budget {
+        let budget = Budget::now(self.config.queued_bytes_budget);
+        if budget != Budget::Within && self.replay.shrink() {
+            return Budget::now(self.config.queued_bytes_budget);
+        }
+        budget
     }
 
     /// Frees `player`'s seat after the current message, for `departure`.
@@ -577,6 +801,9 @@ impl Room {
         departure: &Departure,
     ) -> Option<(Arc<PlayerInfo>, tracing::Span)> {
         let seat = self.seats.remove(player)?;
+        if seat.held_until.is_some() {
+            self.metrics.holding(false);
+        }
         let span = info_span!(
             "player.leave",
             session.id = %self.info.id,
@@ -590,7 +817,7 @@ impl Room {
         let kind = match departure {
             // Dropping the seat drops its queue's sender: the stream ends
             // with OK once it has sent what is queued.
-            Departure::Left => PresenceKind::Left,
+            Departure::Left | Departure::Expired => PresenceKind::Left,
             Departure::Disconnected(_) => PresenceKind::Disconnected,
             // A removed player gets its status at once, and what was queued
             // for it is freed now, whatever its connection does afterwards.
@@ -610,11 +837,13 @@ impl Room {
             Departure::Removed(Error::RateLimited(_)) => "flooding",
             Departure::Removed(Error::Kicked(_)) => "kicked",
             Departure::Removed(_) => "removed",
+            Departure::Expired => "hold_expired",
         };
         self.metrics.departed(reason, 1);
         let sequence = self.next_sequence();
         match departure {
             Departure::Left => info!(session.sequence = sequence, "player left"),
+            Departure::Expired => info!(session.sequence = sequence, "player left: its seat's hold ran out"),
             Departure::Disconnected(reason) => {
                 info!(session.sequence = sequence, reason = %reason, "player disconnected")
             }
@@ -678,7 +907,18 @@ impl Room {
     /// Delivers a shared event to its audience under the queue policy.
     fn fan_out(&mut self, event: &Arc<SharedEvent>, to: Audience<'_>, droppable: bool, sequence: u64) {
         let mut tally = Tally::default();
-        let budget = Budget::now(self.config.queued_bytes_budget);
+        let budget = self.budget();
+        if budget == Budget::Within {
+            let now = Instant::now();
+            self.replay.record(sequence, event, to, now);
+            if !self.replay_armed && self.replay.len() > 0 {
+                self.replay_timer.as_mut().reset(now + self.config.replay.age);
+                self.replay_armed = true;
+            }
+        } else {
+            // Past the budget, nothing new is kept for a replay.
+            self.replay.skip(sequence);
+        }
         match to {
             Audience::All | Audience::AllBut(_) => {
                 // By generation rather than id: one integer compare per seat.
@@ -719,7 +959,7 @@ impl Room {
 
     fn send_direct(&mut self, to: &PlayerId, message: Direct, droppable: bool) {
         let mut tally = Tally::default();
-        let budget = Budget::now(self.config.queued_bytes_budget);
+        let budget = self.budget();
         if let Some(seat) = self.seats.get_mut(to).filter(|seat| !seat.ended) {
             let outcome = seat.outbox.offer(Delivery::Direct(Box::new(message)), droppable, 0, &self.policy, budget);
             tally.record(to, outcome, &mut self.departures);
@@ -800,6 +1040,7 @@ impl Room {
                 queued_messages: seat.outbox.len(),
                 queued_bytes: seat.outbox.bytes(),
                 dropped: seat.outbox.dropped_total(),
+                held_until_unix_micros: seat.held_until.map(|(_, unix)| unix),
             })
             .collect();
         seats.sort_by(|a, b| a.player.cmp(&b.player));

@@ -32,6 +32,9 @@ fn registry_with(inbox: usize, rates: RateLimits, budget: usize) -> Registry {
     Registry::new(config(inbox, rates, budget), Modes::default())
 }
 
+/// The replay buffer of the sessions here.
+const REPLAY: ReplayLimits = ReplayLimits { messages: 6, bytes: 1 << 20, age: Duration::from_secs(30) };
+
 /// The config of [`registry_with`].
 fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
     RegistryConfig {
@@ -50,6 +53,8 @@ fn config(inbox: usize, rates: RateLimits, budget: usize) -> RegistryConfig {
             idle_timeout: IDLE,
             rates,
             ticks: TickSettings::inline(),
+            seat_hold: Duration::ZERO,
+            replay: REPLAY,
         },
     }
 }
@@ -66,6 +71,8 @@ fn create_of(registry: &Registry, mode: &str) -> SessionId {
         labels: BTreeMap::new(),
         config: Bytes::new(),
         open_to_join_or_create: false,
+        seat_hold: None,
+        replay: None,
     };
     // The registry creates without waiting.
     let created = registry.create(params, None).now_or_never().unwrap_or_else(|| panic!("create waited"));
@@ -522,12 +529,14 @@ fn room(registry: &Registry) -> Room {
         idle_timeout: IDLE,
         rates: RateLimits::OFF,
         ticks: TickSettings::inline(),
+        seat_hold: Duration::ZERO,
+        replay: REPLAY,
     };
     Room::new(info, config, Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(registry.clone()))
 }
 
 fn new_player(id: &str) -> NewPlayer {
-    NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new(), may_take_over: false }
+    NewPlayer { id: id.into(), display_name: String::new(), metadata: BTreeMap::new(), proof: SeatProof::None }
 }
 
 /// Seats `ids` in order; returns their queues with everything so far
@@ -1371,6 +1380,8 @@ async fn a_panicking_init_refuses_the_session_alone() {
         labels: BTreeMap::new(),
         config: Bytes::new(),
         open_to_join_or_create: false,
+        seat_hold: None,
+        replay: None,
     };
     let refused = registry.create(params, None).await.map(|c| c.session.id);
     assert_eq!(refused, Err(Error::Internal("the session's mode failed to start it".into())));
@@ -1459,7 +1470,7 @@ async fn a_takeover_moves_the_seat_and_tells_the_logic_of_a_reconnect() {
     drop(tx);
     assert!(matches!(refused, Err(Error::PlayerAlreadyJoined { .. })), "{refused:?}");
 
-    let proven = NewPlayer { may_take_over: true, ..new_player("a") };
+    let proven = NewPlayer { proof: SeatProof::Subject, ..new_player("a") };
     let (new_tx, _new_rx) = join_as(&registry, &session, proven).await;
     settle().await;
     assert_eq!(hooks.heard(), ["attempt a", "join a", "attempt b", "join b", "reconnect a"]);
@@ -1479,4 +1490,201 @@ async fn a_takeover_moves_the_seat_and_tells_the_logic_of_a_reconnect() {
         [Seen::Relay { droppable: false, .. }]
     ));
     assert_eq!(hooks.heard().len(), 5, "no leave or disconnect for the old stream");
+}
+
+/// The seat hold of [`holding_registry`].
+const HOLD: Duration = Duration::from_secs(10);
+
+/// A registry whose sessions hold seats for [`HOLD`], with the `hooks` mode.
+fn holding_registry(hooks: &Hooks) -> Registry {
+    let mut config = config(64, RateLimits::OFF, usize::MAX);
+    config.session.seat_hold = HOLD;
+    Registry::new(config, Modes::builder().register("hooks", hooks.clone()).build())
+}
+
+/// Joins `id` and returns its welcome's sequence and resume generation too.
+async fn join_resumable(registry: &Registry, session: &SessionId, id: &str) -> (PlayerTx, OutboundRx, u64, u64) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let inbound = Box::pin(UnboundedReceiverStream::new(rx));
+    let mut joined = registry
+        .join(JoinTarget::Session(session.to_string()), new_player(id), Caller::Connection(None), inbound)
+        .await
+        .unwrap_or_else(|e| panic!("join {id}: {e}"));
+    match joined.outbound.recv().await {
+        Some(Delivery::Direct(d)) => match *d {
+            Direct::Welcome(Welcome { sequence, resume_generation: Some(generation), .. }) => {
+                (tx, joined.outbound, sequence, generation)
+            }
+            other => panic!("expected a welcome with a resume generation, got {other:?}"),
+        },
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// Resumes `id`'s seat of `generation` after `last`.
+async fn resume(
+    registry: &Registry,
+    session: &SessionId,
+    id: &str,
+    generation: u64,
+    last: u64,
+) -> Result<(PlayerTx, OutboundRx), Error> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let request = ResumeRequest {
+        player: id.into(),
+        generation,
+        last_sequence: last,
+        inbound: Box::pin(UnboundedReceiverStream::new(rx)),
+        caller: tracing::Span::none(),
+    };
+    registry.resume(session, request).await.map(|joined| (tx, joined.outbound))
+}
+
+/// Cuts `tx`'s connection as a reset would.
+fn cut(tx: &PlayerTx) {
+    let _ = tx.send(Err(InboundError::Transport("connection reset".into())));
+}
+
+/// A resumed stream's answer and what follows it.
+fn resumed(items: &[Delivery]) -> (Resumed, Vec<Seen>) {
+    let Some((Delivery::Direct(first), rest)) = items.split_first() else { panic!("no answer: {items:?}") };
+    let Direct::Resumed(answer) = &**first else { panic!("expected `resumed`, got {first:?}") };
+    let answer = Resumed { player: answer.player.clone(), session_id: answer.session_id.clone(), ..*answer };
+    (answer, rest.iter().map(seen).collect())
+}
+
+/// Catches a dropped stream that frees its seat, a replay that misses what
+/// the player was sent while away, gives it what it was not sent (another
+/// player's targeted relay) or repeats what it had, hooks out of order,
+/// and a used token that still works: the seat is held, the others see it
+/// held and back, and the resume gets exactly its own messages.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_seat_is_held_and_a_resume_replays_exactly_what_it_missed() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    let (b_tx, mut b_rx) = join(&registry, &session, "b").await;
+    let (c_tx, mut c_rx) = join(&registry, &session, "c").await;
+    // Before the drop: a has these (it read them), so they are not replayed.
+    relay(&b_tx, false);
+    settle().await;
+    let last = welcome + 3; // b's join, c's join, b's relay
+    drain(&mut b_rx);
+    drain(&mut c_rx);
+
+    cut(&a_tx);
+    settle().await;
+    assert_eq!(drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>(), [Seen::Presence(PresenceKind::Held, "a".into())]);
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(summary.player_count, 3, "a held seat is taken");
+    assert!(summary.seats.iter().any(|s| &*s.player == "a" && s.held_until_unix_micros.is_some()));
+
+    // While a is away: a relay to all (a gets it), one to b alone (not a),
+    // one to a alone, and a backend message to all.
+    relay(&b_tx, false);
+    let send = |tx: &PlayerTx, message| tx.send(Ok(Inbound::Message(message))).unwrap_or_else(|_| panic!("send"));
+    send(&c_tx, relay_message(b"for b", &["b"]));
+    send(&c_tx, relay_message(b"for a", &["a"]));
+    settle().await;
+    registry.send(&session, Bytes::from_static(b"news"), Vec::new()).await.unwrap_or_else(|e| panic!("send: {e}"));
+    settle().await;
+    let held = last + 1;
+
+    let (_new_tx, mut new_rx) =
+        resume(&registry, &session, "a", generation, last).await.unwrap_or_else(|e| panic!("resume: {e}"));
+    settle().await;
+    let (answer, replay) = resumed(&drain(&mut new_rx));
+    assert_eq!(
+        replay,
+        [
+            Seen::Relay { seq: held + 1, droppable: false },
+            Seen::Relay { seq: held + 3, droppable: false },
+            Seen::Backend(held + 4),
+        ],
+        "b's relay to all, c's relay to a, the backend's; not c's relay to b, nor a's own held presence"
+    );
+    assert_eq!((answer.last_sequence, answer.replayed, answer.sequence), (last, 3, held + 5));
+    assert_ne!(answer.resume_generation, generation);
+    let b_saw = drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>();
+    assert_eq!(b_saw.last(), Some(&Seen::Presence(PresenceKind::Reconnected, "a".into())));
+    assert_eq!(hooks.heard()[6..], ["disconnect a", "reconnect a"]);
+
+    // The token the resume used is spent.
+    let again = resume(&registry, &session, "a", generation, last).await;
+    assert!(matches!(again, Err(Error::ResumeSuperseded)), "{:?}", again.map(|_| ()));
+    // Live messages follow the resume's sequence.
+    relay(&b_tx, false);
+    settle().await;
+    assert_eq!(
+        drain(&mut new_rx).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Relay { seq: held + 6, droppable: false }]
+    );
+}
+
+/// Catches a hold that never ends, a seat freed without telling the others
+/// or the logic, and a token that outlives its seat.
+#[tokio::test(start_paused = true)]
+async fn a_held_seat_whose_hold_runs_out_leaves() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    let (_b_tx, mut b_rx) = join(&registry, &session, "b").await;
+    cut(&a_tx);
+    settle().await;
+    tokio::time::advance(HOLD - Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>(), [Seen::Presence(PresenceKind::Held, "a".into())]);
+    tokio::time::advance(Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>(), [Seen::Presence(PresenceKind::Left, "a".into())]);
+    assert_eq!(hooks.heard()[4..], ["disconnect a", "leave a"]);
+    let refused = resume(&registry, &session, "a", generation, welcome + 1).await;
+    assert!(matches!(refused, Err(Error::NoSeat { .. })), "{:?}", refused.map(|_| ()));
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(summary.player_count, 1);
+}
+
+/// Catches a resume that papers over a gap, a failed resume that frees the
+/// seat, and a seat that its token cannot take back by a join afterwards;
+/// and a kick that leaves a held seat's token working.
+#[tokio::test(start_paused = true)]
+async fn a_gap_past_the_buffer_is_refused_and_the_token_joins_the_held_seat_again() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    let (b_tx, mut b_rx) = join(&registry, &session, "b").await;
+    cut(&a_tx);
+    settle().await;
+    // More than the buffer keeps, read by b as they come.
+    for _ in 0..REPLAY.messages + 1 {
+        relay(&b_tx, false);
+        settle().await;
+        drain(&mut b_rx);
+    }
+    let refused = resume(&registry, &session, "a", generation, welcome + 1).await;
+    assert!(matches!(refused, Err(Error::ReplayGap { .. })), "{:?}", refused.map(|_| ()));
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert!(summary.seats.iter().any(|s| &*s.player == "a" && s.held_until_unix_micros.is_some()), "still held");
+
+    let proven = NewPlayer { proof: SeatProof::Generation(generation), ..new_player("a") };
+    let (_a2_tx, _a2_rx) = join_as(&registry, &session, proven).await;
+    settle().await;
+    assert_eq!(
+        drain(&mut b_rx).iter().map(seen).collect::<Vec<_>>(),
+        [Seen::Presence(PresenceKind::Reconnected, "a".into())]
+    );
+    assert_eq!(hooks.heard()[4..], ["disconnect a", "reconnect a"]);
+
+    // A kick frees the seat, and its tokens with it.
+    let (b2_tx, _b2_rx, b_welcome, b_generation) = join_resumable(&registry, &session, "c").await;
+    cut(&b2_tx);
+    settle().await;
+    registry.remove_player(&session, "c".into(), "cheating".into()).await.unwrap_or_else(|e| panic!("kick: {e}"));
+    settle().await;
+    assert_eq!(hooks.heard()[6..], ["attempt c", "join c", "disconnect c", "leave c"]);
+    let refused = resume(&registry, &session, "c", b_generation, b_welcome).await;
+    assert!(matches!(refused, Err(Error::NoSeat { .. })), "{:?}", refused.map(|_| ()));
 }

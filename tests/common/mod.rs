@@ -8,7 +8,6 @@ pub mod certs;
 pub mod jwt;
 pub mod proxy;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -195,18 +194,13 @@ pub fn join_session(session_id: &str, player_id: &str) -> pb::Join {
         target: Some(pb::join::Target::SessionId(session_id.into())),
         player_id: player_id.into(),
         display_name: format!("{player_id} name"),
-        metadata: HashMap::new(),
+        ..pb::Join::default()
     }
 }
 
 /// A join-or-create by mode.
 pub fn join_mode(mode: &str, player_id: &str) -> pb::Join {
-    pb::Join {
-        target: Some(pb::join::Target::Mode(mode.into())),
-        player_id: player_id.into(),
-        display_name: String::new(),
-        metadata: HashMap::new(),
-    }
+    pb::Join { target: Some(pb::join::Target::Mode(mode.into())), player_id: player_id.into(), ..pb::Join::default() }
 }
 
 /// Opens a Play stream on its own connection and sends `first`.
@@ -266,6 +260,32 @@ impl Player {
         match first.and_then(|m| m.kind) {
             Some(server_message::Kind::Welcome(welcome)) => Ok(Player { welcome, tx: Some(tx), rx, fd }),
             other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// Resumes a seat with `resume` on a new connection, returning the
+    /// `resumed` answer, or the stream's status if refused. The player's
+    /// `welcome` is made from the answer (session, player, resume token).
+    pub async fn try_resume(
+        addr: SocketAddr,
+        resume: pb::Resume,
+        connect: Connect,
+    ) -> Result<(Player, pb::Resumed), Status> {
+        let first = pb::ClientMessage { kind: Some(client_message::Kind::Resume(resume)) };
+        let (tx, mut rx, fd) = open(addr, first, connect).await?;
+        let first = tokio::time::timeout(WAIT, rx.message()).await.expect("an answer in time")?;
+        match first.and_then(|m| m.kind) {
+            Some(server_message::Kind::Resumed(resumed)) => {
+                let welcome = pb::Welcome {
+                    session_id: resumed.session_id.clone(),
+                    player: resumed.player.clone(),
+                    sequence: resumed.sequence,
+                    resume_token: resumed.resume_token.clone(),
+                    ..pb::Welcome::default()
+                };
+                Ok((Player { welcome, tx: Some(tx), rx, fd }, resumed))
+            }
+            other => panic!("expected `resumed`, got {other:?}"),
         }
     }
 

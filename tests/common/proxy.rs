@@ -21,11 +21,14 @@ enum Cut {
 }
 
 /// Forwards every connection made to [`Proxy::addr`] to the server, until
-/// cut; stops (dropping every socket) when dropped.
+/// cut; stops (dropping every socket) when dropped. A cut applies to the
+/// connections open then: later ones (a client reconnecting) go through.
 pub struct Proxy {
     /// Where clients connect instead of the server.
     pub addr: SocketAddr,
-    cut: watch::Sender<Cut>,
+    /// The latest cut, numbered: a connection heeds the cuts numbered after
+    /// the one current when it was made.
+    cut: watch::Sender<(u64, Cut)>,
     accept: JoinHandle<()>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -35,13 +38,14 @@ impl Proxy {
     pub async fn start(server: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let (cut, cuts) = watch::channel(Cut::No);
+        let (cut, cuts) = watch::channel((0, Cut::No));
         let links = Arc::new(Mutex::new(Vec::new()));
         let accepted = links.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = TcpStream::connect(server).await else { continue };
-                let link = tokio::spawn(forward(client, upstream, cuts.clone()));
+                let born = cuts.borrow().0;
+                let link = tokio::spawn(forward(client, upstream, cuts.clone(), born));
                 accepted.lock().unwrap_or_else(|p| p.into_inner()).push(link);
             }
         });
@@ -51,12 +55,12 @@ impl Proxy {
     /// Stops every connection open now without a word: no more bytes
     /// either way, no FIN, no reset. The peers find out only by timing out.
     pub fn cut_silently(&self) {
-        self.cut.send_replace(Cut::Silently);
+        self.cut.send_modify(|(epoch, cut)| (*epoch, *cut) = (*epoch + 1, Cut::Silently));
     }
 
     /// Resets every connection open now, both ways.
     pub fn reset(&self) {
-        self.cut.send_replace(Cut::Reset);
+        self.cut.send_modify(|(epoch, cut)| (*epoch, *cut) = (*epoch + 1, Cut::Reset));
     }
 }
 
@@ -71,10 +75,10 @@ impl Drop for Proxy {
 
 /// Copies both ways until a cut (or either side closes), then does what the
 /// cut says with the two sockets.
-async fn forward(mut client: TcpStream, mut upstream: TcpStream, mut cuts: watch::Receiver<Cut>) {
+async fn forward(mut client: TcpStream, mut upstream: TcpStream, mut cuts: watch::Receiver<(u64, Cut)>, born: u64) {
     let cut = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
-        cut = cuts.wait_for(|cut| *cut != Cut::No) => cut.map_or(Cut::Reset, |cut| *cut),
+        cut = cuts.wait_for(|(epoch, _)| *epoch > born) => cut.map_or(Cut::Reset, |cut| cut.1),
     };
     match cut {
         Cut::Silently => {

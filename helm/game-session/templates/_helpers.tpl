@@ -297,6 +297,11 @@ successThreshold: {{ .probe.successThreshold }}
 {{- .Values.auth.existingSecret | default (include "game-session.suffixedName" (list . "auth")) }}
 {{- end }}
 
+{{/* The name of the Secret with the key that signs resume tokens. */}}
+{{- define "game-session.resumeSecretName" -}}
+{{- .Values.resume.existingSecret | default (include "game-session.suffixedName" (list . "resume")) }}
+{{- end }}
+
 {{/*
 The files the server reads from Secrets and ConfigMaps, as one map of the
 container's env vars, volumes and volume mounts, so the three always agree:
@@ -312,6 +317,13 @@ naming it.
 {{- $env := list }}
 {{- $volumes := list }}
 {{- $mounts := list }}
+{{- /* The resume key, whatever auth says: every replica signs with it. */}}
+{{- with .Values.resume }}
+{{- $items := list (dict "key" .secretKey "path" "resume-key") }}
+{{- $volumes = append $volumes (dict "name" "resume" "secret" (dict "secretName" (include "game-session.resumeSecretName" $) "items" $items)) }}
+{{- $mounts = append $mounts (dict "name" "resume" "mountPath" "/etc/game-session/resume" "readOnly" true) }}
+{{- $env = append $env (dict "name" "GAME_SESSION_RESUME_KEY_FILE" "value" "/etc/game-session/resume/resume-key") }}
+{{- end }}
 {{- $auth := .Values.auth }}
 {{- if $auth.enabled }}
 {{- $keys := $auth.secretKeys }}

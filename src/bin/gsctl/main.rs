@@ -16,22 +16,18 @@
 
 mod bench;
 mod explain;
+mod play;
 mod render;
 mod token;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use game_session::pb::player_service_client::PlayerServiceClient;
+use game_session::pb;
 use game_session::pb::session_service_client::SessionServiceClient;
-use game_session::pb::{self, client_message, server_message};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -117,6 +113,14 @@ enum Command {
         /// A file whose bytes are the session's opaque config.
         #[arg(long)]
         config_file: Option<PathBuf>,
+        /// How long a dropped player's seat is held for a resume (e.g. 30s;
+        /// 0s: not held). Default: the server's --seat-hold.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        seat_hold: Option<Duration>,
+        /// Keep no replay buffer: a resume then works only if the player
+        /// missed nothing.
+        #[arg(long)]
+        no_replay: bool,
     },
     /// Show one session and its players (SessionService.GetSession).
     Get {
@@ -180,6 +184,10 @@ enum Command {
     /// Lines starting with `/` are commands: `/ping`, `/leave`, and
     /// `/to ID[,ID...] TEXT` to relay to some players only. End of input
     /// leaves the session.
+    ///
+    /// When the connection drops (or the server sheds it for reading too
+    /// slowly), it says so on stderr and resumes its seat on a new
+    /// connection, missing no message; it retries for up to 30 s.
     ///
     /// It exits when the session ends (0), when the server ends the stream
     /// (0 if with OK), or on an error (1).
@@ -300,7 +308,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let out = render::Output { json: cli.json };
     let mut sessions = SessionServiceClient::with_interceptor(channel.clone(), remote.bearer.clone());
     match cli.command {
-        Command::Create { mode, max_players, labels, open, idempotency_key, config_file } => {
+        Command::Create { mode, max_players, labels, open, idempotency_key, config_file, seat_hold, no_replay } => {
             let config = match config_file {
                 Some(path) => std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
                 None => Vec::new(),
@@ -312,6 +320,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 config: config.into(),
                 open_to_join_or_create: open,
                 idempotency_key: idempotency_key.unwrap_or_default(),
+                seat_hold_millis: seat_hold.map(|hold| u32::try_from(hold.as_millis()).unwrap_or(u32::MAX)),
+                replay_buffer: no_replay.then_some(false),
             };
             let response = sessions.create_session(request).await?.into_inner();
             out.created(&response)?;
@@ -368,8 +378,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 // clap's group requires one of them.
                 (None, None) => return Err("give --session or --mode".into()),
             };
-            let join = pb::Join { target: Some(target), player_id, display_name: name, metadata: HashMap::new() };
-            return play(PlayerServiceClient::with_interceptor(channel, remote.bearer), join, out).await;
+            let join = pb::Join { target: Some(target), player_id, display_name: name, ..pb::Join::default() };
+            return play::play(remote.endpoint, remote.bearer, join, out).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -490,87 +500,4 @@ fn tls_config(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
         config = config.domain_name(name);
     }
     Ok(config)
-}
-
-/// Plays until the session or the stream ends: stdin lines go out, arrivals
-/// are printed. A session that ends, or a stream the server ends with OK,
-/// exits 0.
-async fn play(
-    mut client: PlayerServiceClient<Authed>,
-    join: pb::Join,
-    out: render::Output,
-) -> Result<ExitCode, Failure> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tx.send(pb::ClientMessage { kind: Some(client_message::Kind::Join(join)) }).await?;
-    // The stream is long-lived: no per-call timeout.
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.set_timeout(Duration::from_secs(365 * 24 * 3600));
-    let mut inbound = client.play(request).await?.into_inner();
-    // The round trip of the last ping, told to the server with the next one
-    // (operators see it in GetSession).
-    let rtt = Arc::new(AtomicI64::new(0));
-    read_stdin(tx, rtt.clone());
-    while let Some(message) = inbound.message().await? {
-        out.play(&message)?;
-        if let Some(server_message::Kind::Pong(pong)) = &message.kind {
-            rtt.store((render::unix_micros() - pong.client_time).max(1), Ordering::Relaxed);
-        }
-        if matches!(message.kind, Some(server_message::Kind::SessionEnded(_))) {
-            break;
-        }
-    }
-    // Returning ends the process, and with it the thread reading stdin.
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Sends each stdin line as a message, from a thread of its own; the end of
-/// input (or `/leave`) half-closes the stream, a leave.
-///
-/// Not tokio's stdin: it reads on a thread of tokio's blocking pool, which
-/// the runtime waits for on exit, so gsctl would outlive its session until
-/// the next line was typed, and swallow that line. A std thread dies with
-/// the process.
-fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::ClientMessage>, rtt: Arc<AtomicI64>) {
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            let kind = match parse_input(&line, rtt.load(Ordering::Relaxed)) {
-                Ok(Some(kind)) => kind,
-                Ok(None) => continue,
-                Err(err) => {
-                    eprintln!("{err}");
-                    continue;
-                }
-            };
-            let leave = matches!(kind, client_message::Kind::Leave(_));
-            if tx.blocking_send(pb::ClientMessage { kind: Some(kind) }).is_err() || leave {
-                return;
-            }
-        }
-    });
-}
-
-/// One stdin line as a client message; `None` for a blank line. A ping
-/// carries `rtt_micros`, the last ping's round trip.
-fn parse_input(line: &str, rtt_micros: i64) -> Result<Option<client_message::Kind>, String> {
-    let Some(command) = line.strip_prefix('/') else {
-        if line.is_empty() {
-            return Ok(None);
-        }
-        return Ok(Some(relay(line, Vec::new())));
-    };
-    let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
-    match name {
-        "ping" => Ok(Some(client_message::Kind::Ping(pb::Ping { client_time: render::unix_micros(), rtt_micros }))),
-        "leave" => Ok(Some(client_message::Kind::Leave(pb::Leave {}))),
-        "to" => {
-            let (targets, text) = rest.split_once(' ').ok_or("usage: /to ID[,ID...] TEXT")?;
-            Ok(Some(relay(text, targets.split(',').map(str::to_owned).collect())))
-        }
-        other => Err(format!("unknown command /{other}; use /ping, /leave or /to ID[,ID...] TEXT")),
-    }
-}
-
-fn relay(text: &str, targets: Vec<String>) -> client_message::Kind {
-    client_message::Kind::Relay(pb::Relay { payload: text.as_bytes().to_vec().into(), targets, droppable: false })
 }

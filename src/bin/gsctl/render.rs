@@ -163,6 +163,16 @@ impl Output {
                 let (session, mode) = (printable(&w.session_id), printable(&w.mode));
                 println!("#{} joined session {session} ({mode}) as {me}; present: {present}", w.sequence);
             }
+            Some(Kind::Resumed(r)) => {
+                let me = printable(r.player.as_ref().map(|p| p.player_id.as_str()).unwrap_or_default());
+                println!(
+                    "#{} resumed session {} as {me} after #{}: {} missed message(s) follow",
+                    r.sequence,
+                    printable(&r.session_id),
+                    r.last_sequence,
+                    r.replayed
+                );
+            }
             Some(Kind::Relayed(r)) => println!(
                 "#{} {}{} ({} ago): {}",
                 r.sequence,
