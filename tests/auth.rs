@@ -553,6 +553,27 @@ async fn a_players_new_stream_takes_its_seat_over() {
     server.shutdown().await;
 }
 
+/// Catches a resume token that takes a seat on its own with auth on: the
+/// resume also needs the seat's player's bearer token (none is
+/// UNAUTHENTICATED, bob's is PERMISSION_DENIED), and with alice's it
+/// resumes.
+#[tokio::test]
+async fn with_auth_on_a_resume_needs_the_players_own_token() {
+    let server = TestServer::start_with(auth_config(|_| {})).await;
+    let session = create(&server, &admin_token(), "relay").await;
+    let (alice, bob) = (hs256(&claims("alice")), hs256(&claims("bob")));
+    let player = try_join(&server, join_session(&session, ""), Some(&alice)).await.expect("alice");
+    let resume = pb::Resume { token: player.welcome.resume_token.clone(), last_sequence: player.welcome.sequence };
+    player.break_connection();
+    let without = Player::try_resume(server.addr, resume.clone(), Connect::default()).await;
+    assert_status(without.map(|_| ()), Code::Unauthenticated, "");
+    let as_bob = Player::try_resume(server.addr, resume.clone(), Connect::token(&bob)).await;
+    assert_status(as_bob.map(|_| ()), Code::PermissionDenied, "another player");
+    let (_, resumed) = Player::try_resume(server.addr, resume, Connect::token(&alice)).await.expect("resume");
+    assert_eq!(resumed.player.map(|p| p.player_id).as_deref(), Some("alice"));
+    server.shutdown().await;
+}
+
 /// Catches a reconnect that must wait for keepalive: alice's network goes
 /// silent (no FIN, no reset), and her client joins again over a new
 /// connection. With keepalive set to an hour, only the takeover lets her

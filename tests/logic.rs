@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Player, TestServer, assert_status, join_session};
@@ -370,4 +371,29 @@ async fn the_welcome_tells_the_seats_and_the_limits() {
     assert_eq!((player.welcome.max_players, player.welcome.limits), (3, Some(limits(0, 0))));
     let player = Player::join(server.addr, join_session(&ticking, "t")).await;
     assert_eq!((player.welcome.max_players, player.welcome.limits), (2, Some(limits(50, 5))));
+}
+
+/// Catches a resumed player in a ticking session that gets a delta on a
+/// state it may have missed: after the `resumed` answer, its first state is
+/// a full one, and deltas follow.
+#[tokio::test]
+async fn a_resumed_player_gets_a_full_state_before_any_delta() {
+    let modes = Modes::builder().register("sum", Sum).build();
+    let server = TestServer::start_with_modes(common::config(), modes).await;
+    let mut api = server.sessions().await;
+    let request = pb::CreateSessionRequest { mode: "sum".into(), config: Bytes::from("1000"), ..Default::default() };
+    let session = api.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
+    let mut a = Player::join(server.addr, join_session(&session, "a")).await;
+    assert!(next_state(&mut a).await.full);
+    assert!(!next_state(&mut a).await.full, "then deltas");
+    a.break_connection();
+    // A few ticks go by while a is away.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resume = pb::Resume { token: a.welcome.resume_token.clone(), last_sequence: a.welcome.sequence };
+    let (mut a, resumed) = Player::try_resume(server.addr, resume, Default::default()).await.expect("resume");
+    assert_eq!(resumed.replayed, 0);
+    let first = next_state(&mut a).await;
+    assert!(first.full, "a resumed player's first state is full: {first:?}");
+    assert!(!next_state(&mut a).await.full, "then deltas");
+    server.shutdown().await;
 }

@@ -168,16 +168,7 @@ async fn a_broken_connection_and_an_idle_end_are_counted_by_reason() {
         ("game_session_players_connected{mode=\"relay\"}", 0.0),
         ("game_session_sessions_active{mode=\"relay\"}", 0.0),
     ];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let samples = server.scrape().await;
-        let now: Vec<_> = wanted.iter().map(|(series, _)| samples.get(*series).copied()).collect();
-        if now.iter().zip(&wanted).all(|(got, (_, want))| *got == Some(*want)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{now:?} in {samples:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    settled(&server, &wanted).await;
     let _ = server.child.kill().await;
 }
 
@@ -753,4 +744,61 @@ async fn failed_joins_are_counted_by_reason() {
     assert_eq!(not_found.len(), 1, "{lines:#?}");
     assert!(not_found[0].contains("suppressed=0"), "{}", not_found[0]);
     let _ = server.child.kill().await;
+}
+
+/// Catches resume metrics that do not count: a resume that replays, one
+/// refused as superseded and one with a forged token, the seat held
+/// meanwhile, the takeover, the messages replayed, and the replay buffer's
+/// size.
+#[tokio::test]
+async fn resumes_are_counted_by_result() {
+    let mut server = Binary::start(&[]).await;
+    let session_id = server.create_session().await;
+    let alice = Player::join_as(server.addr, &session_id, "alice").await;
+    let bob = Player::join_as(server.addr, &session_id, "bob").await;
+    let (token, last) = (alice.welcome.resume_token.clone(), alice.welcome.sequence + 1);
+    alice.break_connection();
+    let held = ("game_session_seats_held{mode=\"relay\"}", 1.0);
+    settled(&server, &[held]).await;
+    bob.relay(b"while away", &[]).await;
+    let resume = pb::Resume { token: token.clone(), last_sequence: last };
+    let (mut alice, resumed) =
+        Player::try_resume(server.addr, resume.clone(), Default::default()).await.expect("resume");
+    assert_eq!(resumed.replayed, 1);
+    assert_eq!(alice.next_relayed().await.payload.as_ref(), b"while away");
+    let refused = Player::try_resume(server.addr, resume, Default::default()).await;
+    assert_eq!(refused.map(|_| ()).expect_err("superseded").code(), tonic::Code::PermissionDenied);
+    let forged = pb::Resume { token: format!("x{token}"), last_sequence: last };
+    let refused = Player::try_resume(server.addr, forged, Default::default()).await;
+    assert_eq!(refused.map(|_| ()).expect_err("forged").code(), tonic::Code::Unauthenticated);
+    settled(
+        &server,
+        &[
+            ("game_session_resumes_total{result=\"ok\"}", 1.0),
+            ("game_session_resumes_total{result=\"superseded\"}", 1.0),
+            ("game_session_resumes_total{result=\"invalid_token\"}", 1.0),
+            ("game_session_seats_held{mode=\"relay\"}", 0.0),
+            ("game_session_seat_takeovers_total{mode=\"relay\",via=\"resume\"}", 1.0),
+            ("game_session_messages_replayed_total{mode=\"relay\"}", 1.0),
+            // alice's and bob's joins, alice's hold, bob's relay, her return.
+            ("game_session_replay_buffer_messages", 5.0),
+        ],
+    )
+    .await;
+    let _ = server.child.kill().await;
+}
+
+/// Polls the server's metrics until every `(series, value)` holds, within
+/// [`WAIT`].
+async fn settled(server: &Binary, want: &[(&str, f64)]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = server.scrape().await;
+        let now: Vec<_> = want.iter().map(|(series, _)| samples.get(*series).copied()).collect();
+        if now.iter().zip(want).all(|(got, (_, want))| *got == Some(*want)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?} in {samples:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
