@@ -1688,3 +1688,84 @@ async fn a_gap_past_the_buffer_is_refused_and_the_token_joins_the_held_seat_agai
     let refused = resume(&registry, &session, "c", b_generation, b_welcome).await;
     assert!(matches!(refused, Err(Error::NoSeat { .. })), "{:?}", refused.map(|_| ()));
 }
+
+/// Catches a session whose seats are all held that ends as idle (the
+/// players may still come back), and a freed seat that never lets it idle.
+#[tokio::test(start_paused = true)]
+async fn a_session_whose_seats_are_all_held_is_not_idle() {
+    let hooks = Hooks::default();
+    let mut config = config(64, RateLimits::OFF, usize::MAX);
+    config.session.seat_hold = IDLE * 2;
+    let registry = Registry::new(config, Modes::builder().register("hooks", hooks.clone()).build());
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    cut(&a_tx);
+    settle().await;
+    tokio::time::advance(IDLE + Duration::from_secs(1)).await;
+    settle().await;
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert!(summary.end.is_none(), "ended while its seat was held: {:?}", summary.end);
+    // Its own hold's presence (welcome + 1) has aged out of the buffer;
+    // nothing after it is missing.
+    let (b_tx, _b_rx) =
+        resume(&registry, &session, "a", generation, welcome + 1).await.unwrap_or_else(|e| panic!("{e}"));
+    // Held again, and this time not back: the hold runs out, then the idle
+    // timeout ends the empty session.
+    cut(&b_tx);
+    settle().await;
+    tokio::time::advance(IDLE * 2).await;
+    settle().await;
+    tokio::time::advance(IDLE + Duration::from_secs(1)).await;
+    settle().await;
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(summary.end.map(|end| end.reason), Some(EndReason::Idle));
+}
+
+/// Catches a replay that leaves out what the queue policy dropped for the
+/// player before its drop: droppable relays dropped while it was behind
+/// are in the buffer, and so in the replay.
+#[tokio::test(start_paused = true)]
+async fn a_replay_holds_the_droppable_messages_dropped_for_the_player() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    let (b_tx, _b_rx) = join(&registry, &session, "b").await;
+    // a reads nothing: from half its queue on, droppables are dropped for it.
+    for _ in 0..4 {
+        relay(&b_tx, true);
+    }
+    settle().await;
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    let dropped = summary.seats.iter().find(|s| &*s.player == "a").map(|s| s.dropped);
+    assert_eq!(dropped, Some(1), "one droppable dropped for a");
+    cut(&a_tx);
+    settle().await;
+    let (_tx, mut rx) = resume(&registry, &session, "a", generation, welcome).await.unwrap_or_else(|e| panic!("{e}"));
+    settle().await;
+    let (answer, replay) = resumed(&drain(&mut rx));
+    let relays = (1..=4).map(|n| Seen::Relay { seq: welcome + 1 + n, droppable: true });
+    let want: Vec<Seen> = std::iter::once(Seen::Presence(PresenceKind::Joined, "b".into())).chain(relays).collect();
+    assert_eq!(replay, want, "b's join and all four relays, the dropped one too");
+    assert_eq!(answer.replayed, 5);
+}
+
+/// Catches a replay buffer that holds memory while the server is past its
+/// budget for queued bytes: it keeps nothing then, so a resume that
+/// missed something is refused (the seat stays held).
+#[tokio::test(start_paused = true)]
+async fn past_the_budget_the_replay_buffer_keeps_nothing() {
+    let hooks = Hooks::default();
+    let mut config = config(64, RateLimits::OFF, 0);
+    config.session.seat_hold = HOLD;
+    let registry = Registry::new(config, Modes::builder().register("hooks", hooks.clone()).build());
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, generation) = join_resumable(&registry, &session, "a").await;
+    let (_b_tx, _b_rx) = join(&registry, &session, "b").await;
+    cut(&a_tx);
+    settle().await;
+    let refused = resume(&registry, &session, "a", generation, welcome).await;
+    assert!(matches!(refused, Err(Error::ReplayGap { .. })), "{:?}", refused.map(|_| ()));
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(summary.player_count, 2, "the seat is still held");
+}
