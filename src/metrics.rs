@@ -50,6 +50,7 @@ pub const SEAT_TAKEOVERS: &str = "game_session_seat_takeovers_total";
 /// Resume attempts, by `result`: `ok`, `invalid_token`, `session_not_found`,
 /// `no_seat` (left, kicked or its hold ran out), `superseded` (an older
 /// token), `gap` (the missed messages are no longer all buffered),
+/// `rate_limited` (reconnecting faster than the player's message rate),
 /// `invalid`, `draining`, `busy` or `other`.
 pub const RESUMES: &str = "game_session_resumes_total";
 /// Messages replayed to resumed players, by `mode`.
@@ -102,7 +103,8 @@ pub const AUTH_REJECTIONS: &str = "game_session_auth_rejections_total";
 /// malformed join or first message), `timeout` (no join in time), `closed`
 /// (the stream ended or broke before its join), `draining`, `busy` (the
 /// session's inbox was full), `server_full` (join-or-create at the session
-/// limit) or `other`. Refused credentials count in [`AUTH_REJECTIONS`] only.
+/// limit), `no_seat`, `superseded`, `gap` and `rate_limited` (a join with a
+/// resume token, or one taking its own seat over) or `other`. Refused credentials count in [`AUTH_REJECTIONS`] only.
 pub const JOIN_FAILURES: &str = "game_session_join_failures_total";
 /// JWKS reads on the refresh interval that failed (the last good keys stay).
 pub const JWKS_REFRESH_FAILURES: &str = "game_session_auth_jwks_refresh_failures_total";

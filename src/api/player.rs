@@ -76,6 +76,7 @@ impl From<Error> for JoinFailed {
             Error::SessionLocked(_) => Some("session_locked"),
             Error::PlayerAlreadyJoined { .. } => Some("already_joined"),
             Error::ReplayGap { .. } => Some("gap"),
+            Error::RateLimited(_) => Some("rate_limited"),
             Error::NoSeat { .. } => Some("no_seat"),
             Error::ResumeSuperseded => Some("superseded"),
             Error::InvalidArgument { .. }
@@ -90,7 +91,6 @@ impl From<Error> for JoinFailed {
             Error::UnknownPlayer { .. }
             | Error::IdempotencyConflict(_)
             | Error::SlowPlayer(_)
-            | Error::RateLimited(_)
             | Error::TooManyWatchers(_)
             | Error::Kicked(_)
             | Error::TakenOver

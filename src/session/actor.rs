@@ -423,7 +423,7 @@ impl Actor {
         let player = &request.player;
         // A player taking its own seat over was admitted by the logic before.
         let attempt = if self.room.is_seated(&player.id) {
-            Ok(Ok(()))
+            Ok(self.room.charge_takeover(&player.id))
         } else {
             self.hook("on_join_attempt", None, |logic, room| logic.on_join_attempt(room, player))
         };

@@ -561,7 +561,26 @@ impl Room {
         }
         let replay = self.replay.since(last, player).map_err(|gap| Error::ReplayGap { last, floor: gap.floor })?;
         let info = seat.info.clone();
+        self.charge_takeover(player)?;
         Ok(self.open(info, Opening::Resume { last, replay }, caller))
+    }
+
+    /// Charges a takeover of `player`'s seat (a resume, or a join that
+    /// proves the seat its own) to the player's message rate, as one
+    /// message: a client reconnecting in a loop is refused
+    /// (RESOURCE_EXHAUSTED) past it, so that its presence events cost the
+    /// others no more than its relays could.
+    pub(super) fn charge_takeover(&mut self, player: &str) -> Result<(), Error> {
+        let Some(seat) = self.seats.get_mut(player) else { return Ok(()) };
+        match seat.rate.charge(&self.config.rates, Instant::now(), 0) {
+            Verdict::Pass => Ok(()),
+            Verdict::Drop { .. } | Verdict::Flood(_) => {
+                self.metrics.rate_limited.increment(1);
+                Err(Error::RateLimited(
+                    "reconnecting faster than the player's message rate allows; retry shortly".into(),
+                ))
+            }
+        }
     }
 
     /// Opens a new stream on `info`'s seat, taking it over if it has one.

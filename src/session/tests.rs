@@ -1769,3 +1769,31 @@ async fn past_the_budget_the_replay_buffer_keeps_nothing() {
     let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
     assert_eq!(summary.player_count, 2, "the seat is still held");
 }
+
+/// Catches a player that can reconnect in a loop without bound (each
+/// takeover tells every other player): takeovers count against its
+/// message rate, so past the burst a resume is refused with RateLimited,
+/// and the seat stays its own.
+#[tokio::test(start_paused = true)]
+async fn reconnecting_in_a_loop_is_bound_by_the_players_message_rate() {
+    let hooks = Hooks::default();
+    let mut config = config(64, RATES, usize::MAX);
+    config.session.seat_hold = HOLD;
+    let registry = Registry::new(config, Modes::builder().register("hooks", hooks.clone()).build());
+    let session = create_of(&registry, "hooks");
+    let (_a_tx, _a_rx, welcome, mut generation) = join_resumable(&registry, &session, "a").await;
+    let mut streams = Vec::new();
+    let mut last = welcome;
+    for n in 0..RATES.message_burst {
+        let (tx, mut rx) =
+            resume(&registry, &session, "a", generation, last).await.unwrap_or_else(|e| panic!("resume {n}: {e}"));
+        let (answer, _) = resumed(&drain(&mut rx));
+        (generation, last) = (answer.resume_generation, answer.sequence);
+        streams.push((tx, rx));
+    }
+    let refused = resume(&registry, &session, "a", generation, last).await;
+    assert!(matches!(refused, Err(Error::RateLimited(_))), "{:?}", refused.map(|_| ()));
+    // A second later the bucket has room again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    resume(&registry, &session, "a", generation, last).await.unwrap_or_else(|e| panic!("after a second: {e}"));
+}
