@@ -470,6 +470,40 @@ async fn grpcurl_plays_a_bidi_session() {
     server.shutdown().await;
 }
 
+/// Catches a resume that only tonic clients can drive: the resume token is
+/// a plain string, so grpcurl resumes a Rust player's dropped seat from
+/// JSON, gets `resumed` and exactly the two messages the player missed
+/// (bob's join and his relay), and its leave frees the seat.
+#[tokio::test]
+async fn grpcurl_resumes_a_dropped_seat() {
+    ensure_tools();
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let alice = Player::join_as(server.addr, &session, "alice").await;
+    let mut bob = Player::join_as(server.addr, &session, "bob").await;
+    alice.break_connection();
+    assert_eq!(bob.next_presence().await.kind, PresenceKind::Held as i32);
+    bob.relay(b"while away", &[]).await;
+
+    let (token, last) = (&alice.welcome.resume_token, alice.welcome.sequence);
+    let stdin = format!(
+        "{}\n{}\n",
+        format_args!(r#"{{"resume":{{"token":"{token}","lastSequence":"{last}"}}}}"#),
+        r#"{"leave":{}}"#
+    );
+    let stdout =
+        grpcurl_ok(server.addr, &["-d", "@"], &["gamesession.v1.PlayerService/Play"], Some(stdin.as_str())).await;
+    assert!(stdout.contains(r#""resumed": {"#), "{stdout}");
+    assert_eq!(json_string(&stdout, "replayed"), Some("2"), "{stdout}");
+    // "while away", base64 as proto3 JSON writes bytes.
+    assert!(stdout.contains(r#""payload": "d2hpbGUgYXdheQ==""#), "{stdout}");
+    let back = bob.next_presence().await;
+    assert_eq!(back.kind, PresenceKind::Reconnected as i32, "{back:?}");
+    let left = bob.next_presence().await;
+    assert_eq!((left.kind, left.player.map(|p| p.player_id)), (PresenceKind::Left as i32, Some("alice".into())));
+    server.shutdown().await;
+}
+
 /// Catches a server that a third-party client cannot reach with auth and
 /// TLS on: grpcurl, trusting the test CA, lists the services through
 /// reflection (open), creates a session with an admin token, and without a
