@@ -391,6 +391,7 @@ impl Actor {
             Command::Remove { player, reason, reply } => {
                 let _ = reply.send(self.room.kick(player, reason));
             }
+            Command::Drain => self.room.release_holds(),
             Command::Lock { locked, reply } => {
                 self.room.set_locked(locked);
                 let _ = reply.send(self.room.summary());
@@ -657,7 +658,7 @@ impl Actor {
                 Command::End(EndRequest { reply: Some(reply), .. }) => {
                     let _ = reply.send(sequence);
                 }
-                Command::End(_) | Command::Info { .. } | Command::Lock { .. } => {}
+                Command::End(_) | Command::Info { .. } | Command::Lock { .. } | Command::Drain => {}
             }
         }
         if let Some(reply) = reply {

@@ -61,6 +61,9 @@ pub(super) enum Command {
     /// Lock the session to new joins, or unlock it; answered with the
     /// summary after the change.
     Lock { locked: bool, reply: oneshot::Sender<SessionInfo> },
+    /// The server drains: free the held seats (nobody can resume here any
+    /// more), so that a session whose seats are all held ends now.
+    Drain,
     /// End the session.
     End(EndRequest),
     /// The session's summary with its players.
@@ -171,6 +174,12 @@ impl SessionHandle {
     /// end. Returns false if the session had already ended.
     pub(super) async fn end_now(&self, reason: EndReason, message: String) -> bool {
         self.tx.send(Command::End(EndRequest::unasked(reason, message))).await.is_ok()
+    }
+
+    /// Tells the session that the server drains, waiting for room in its
+    /// inbox (every session must hear it).
+    pub(super) async fn drain_now(&self) {
+        let _ = self.tx.send(Command::Drain).await;
     }
 
     /// The session's id.

@@ -424,17 +424,21 @@ impl Registry {
         }
     }
 
-    /// Stops taking new sessions and joins.
+    /// Stops taking new sessions, joins and resumes.
     /// Sessions that are empty now end at once (nobody can join them any
-    /// more); the others end when their last player leaves.
+    /// more); the others free their held seats (nobody can resume here any
+    /// more), and end when their last player leaves.
     pub fn start_drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
-        let empty: Vec<SessionHandle> =
-            self.state().sessions.values().filter(|e| e.summary.player_count == 0).map(|e| e.handle.clone()).collect();
-        for handle in empty {
+        let (empty, seated): (Vec<_>, Vec<_>) =
+            self.state().sessions.values().map(|e| (e.summary.player_count == 0, e.handle.clone())).partition(|e| e.0);
+        for (_, handle) in empty {
             tokio::spawn(
                 async move { handle.end_now(EndReason::ServerShutdown, super::SHUTDOWN_MESSAGE.to_owned()).await },
             );
+        }
+        for (_, handle) in seated {
+            tokio::spawn(async move { handle.drain_now().await });
         }
     }
 

@@ -780,6 +780,16 @@ impl Room {
         }
     }
 
+    /// Frees every held seat with the next departures, as if its hold ran
+    /// out: the server drains, and nobody can resume here any more.
+    pub(super) fn release_holds(&mut self) {
+        for (id, seat) in &self.seats {
+            if seat.held_until.is_some() {
+                self.departures.push_back((id.clone(), Departure::Expired));
+            }
+        }
+    }
+
     /// Lets the replay buffer's aged events go, and re-arms for the next.
     pub(super) fn expire_replay(&mut self) {
         self.replay_armed = false;

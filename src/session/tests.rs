@@ -1797,3 +1797,22 @@ async fn reconnecting_in_a_loop_is_bound_by_the_players_message_rate() {
     tokio::time::advance(Duration::from_secs(1)).await;
     resume(&registry, &session, "a", generation, last).await.unwrap_or_else(|e| panic!("after a second: {e}"));
 }
+
+/// Catches a drain held up by seats nobody can resume any more (a draining
+/// server refuses resumes): draining frees the held seats at once, and a
+/// session whose seats were all held ends then, not when the holds or the
+/// drain period run out.
+#[tokio::test(start_paused = true)]
+async fn draining_frees_the_held_seats() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, _, _) = join_resumable(&registry, &session, "a").await;
+    cut(&a_tx);
+    settle().await;
+    registry.start_drain();
+    settle().await;
+    let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(summary.end.map(|end| end.reason), Some(EndReason::ServerShutdown));
+    assert_eq!(hooks.heard()[2..], ["disconnect a", "leave a"]);
+}
