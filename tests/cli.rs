@@ -295,6 +295,28 @@ async fn play_relays_stdin_and_prints_arrivals() {
     server.shutdown().await;
 }
 
+/// Catches a `gsctl get` that shows a held seat as live, or without how
+/// long it is held: the seat of a player whose connection broke reads
+/// "held (N left)", and the JSON has its state and hold's end.
+#[tokio::test]
+async fn get_shows_a_held_seat_and_how_long_it_is_held() {
+    let server = TestServer::start().await;
+    let session = server.create_session(2).await;
+    let alice = Player::join_as(server.addr, &session, "alice").await;
+    let mut bob = Player::join_as(server.addr, &session, "bob").await;
+    alice.break_connection();
+    assert_eq!(bob.next_presence().await.kind, PresenceKind::Held as i32);
+    let table = ok(&server, &["get", &session]).await;
+    let row = table.lines().find(|line| line.starts_with("alice")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("held (") && row.contains("s left)"), "{table}");
+    assert!(table.lines().any(|line| line.starts_with("bob") && line.contains(" live ")), "{table}");
+    let got = json(&ok(&server, &["get", "--json", &session]).await);
+    let seat = &got["seats"][0];
+    assert_eq!((seat["playerId"].as_str(), seat["state"].as_str()), (Some("alice"), Some("SEAT_STATE_HELD")));
+    assert!(seat["heldUntilUnixMicros"].as_str().is_some_and(|at| !at.is_empty()), "{got}");
+    server.shutdown().await;
+}
+
 /// Catches a `gsctl play` that gives up (or loses messages) when its
 /// connection drops: its TCP connection is reset mid-session while rust
 /// keeps relaying; it says it is resuming, resumes, and prints every relay

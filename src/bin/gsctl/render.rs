@@ -50,7 +50,14 @@ impl Output {
                     vec![
                         printable(&p.player_id).into_owned(),
                         printable(&p.display_name).into_owned(),
-                        state.map_or("-".into(), |s| s.as_str_name().trim_start_matches("SEAT_STATE_").to_lowercase()),
+                        match (state, seat) {
+                            (Some(pb::SeatState::Held), Some(seat)) => {
+                                let left = (seat.held_until_unix_micros - unix_micros()).max(0) as u64;
+                                format!("held ({} left)", fmt(Duration::from_micros(left)))
+                            }
+                            (Some(state), _) => state.as_str_name().trim_start_matches("SEAT_STATE_").to_lowercase(),
+                            (None, _) => "-".into(),
+                        },
                         seat.map_or("-".into(), |s| age(s.joined_unix_micros)),
                         seat.filter(|s| s.rtt_micros > 0)
                             .map_or("-".into(), |s| fmt(Duration::from_micros(s.rtt_micros as u64))),
