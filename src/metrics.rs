@@ -39,7 +39,8 @@ pub const PLAYER_JOINS: &str = "game_session_player_joins_total";
 /// `slow_player` (the outbound queue policy removed it), `flooding` (it
 /// stayed over its rate limits for the flood grace), `removed` (it broke
 /// the protocol), `kicked`, `hold_expired` (its stream dropped and it did
-/// not resume within the seat hold), `session_ended`.
+/// not resume within the seat hold), `drained` (its seat was held when the
+/// server began to drain), `session_ended`.
 pub const PLAYER_DEPARTURES: &str = "game_session_player_departures_total";
 /// Seats held now for a resume (their player's stream dropped), by `mode`.
 pub const SEATS_HELD: &str = "game_session_seats_held";
@@ -103,8 +104,9 @@ pub const AUTH_REJECTIONS: &str = "game_session_auth_rejections_total";
 /// malformed join or first message), `timeout` (no join in time), `closed`
 /// (the stream ended or broke before its join), `draining`, `busy` (the
 /// session's inbox was full), `server_full` (join-or-create at the session
-/// limit), `no_seat`, `superseded`, `gap` and `rate_limited` (a join with a
-/// resume token, or one taking its own seat over) or `other`. Refused credentials count in [`AUTH_REJECTIONS`] only.
+/// limit), `invalid_token`, `no_seat`, `superseded`, `gap` and
+/// `rate_limited` (a join with a resume token, or one taking its own seat
+/// over) or `other`. Refused credentials count in [`AUTH_REJECTIONS`] only.
 pub const JOIN_FAILURES: &str = "game_session_join_failures_total";
 /// JWKS reads on the refresh interval that failed (the last good keys stay).
 pub const JWKS_REFRESH_FAILURES: &str = "game_session_auth_jwks_refresh_failures_total";

@@ -246,13 +246,14 @@ async fn a_session_without_a_replay_buffer_resumes_only_a_player_that_missed_not
     let seat = info.seats.iter().find(|s| s.player_id == "alice").expect("alice's seat");
     assert_eq!(seat.state, pb::SeatState::Held as i32);
     assert!(seat.held_until_unix_micros > 0);
-    // alice missed bob's join and her own hold's presence is not hers: from
-    // bob's join on there is a gap.
+    // Had she missed bob's join, it could not be replayed.
     let refused = Player::try_resume(server.addr, resume_of(&token, alice.welcome.sequence), Connect::default()).await;
     assert_status(refused.map(|_| ()), Code::OutOfRange, "no longer all buffered");
-    // Had she seen everything up to the hold, nothing would be missing.
+    // She had it (and her own hold's presence is not hers): nothing is
+    // missing, and the resume needs no buffer.
+    let last = alice.welcome.sequence + 1;
     let (mut alice, resumed) =
-        Player::try_resume(server.addr, resume_of(&token, held.sequence), Connect::default()).await.expect("resume");
+        Player::try_resume(server.addr, resume_of(&token, last), Connect::default()).await.expect("resume");
     assert_eq!(resumed.replayed, 0);
     bob.relay(b"hi", &[]).await;
     assert_eq!(alice.next_relayed().await.sequence, resumed.sequence + 1);

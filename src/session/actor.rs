@@ -567,8 +567,10 @@ impl Actor {
             let _span = span.enter();
             // A leave, a kick or a hold that ran out had no drop to report
             // (an expired hold's was reported when it began).
-            let dropped =
-                !matches!(departure, Departure::Left | Departure::Expired | Departure::Removed(Error::Kicked(_)));
+            let dropped = !matches!(
+                departure,
+                Departure::Left | Departure::Expired | Departure::Drained | Departure::Removed(Error::Kicked(_))
+            );
             if dropped {
                 self.hook("on_disconnect", Some(&id), |logic, room| logic.on_disconnect(room, &player, &departure))?;
             }

@@ -245,6 +245,9 @@ pub enum Departure {
     Removed(Error),
     /// Its seat was held after its stream dropped, and the hold ran out.
     Expired,
+    /// Its seat was held, and the server began to drain (nobody can resume
+    /// on it any more).
+    Drained,
 }
 
 impl Departure {
@@ -271,6 +274,7 @@ impl Departure {
             Departure::Removed(Error::Kicked(_)) => "removed by an operator",
             Departure::Removed(_) => "removed",
             Departure::Expired => "did not come back",
+            Departure::Drained => "server shutting down",
         }
     }
 }

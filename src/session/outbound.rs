@@ -534,8 +534,13 @@ impl Outbox {
         let (tx, rx) = channel();
         drop(rx);
         let mut outbox = Outbox::new(tx);
-        outbox.dropped_total = previous.dropped_total;
+        outbox.inherit(previous);
         outbox
+    }
+
+    /// Carries the seat's drop count over from the outbox this one replaces.
+    pub(super) fn inherit(&mut self, previous: &Outbox) {
+        self.dropped_total = previous.dropped_total;
     }
 
     /// Queues `delivery` as the policy says. `sequence` is the event's (0 for

@@ -28,6 +28,7 @@ use super::directory::{
 };
 use super::handle::{JoinRequest, Joined, ResumeRequest, SessionHandle};
 use super::rate::Bucket;
+use super::replay::ShrinkEpoch;
 use super::room::{Listing, Room};
 use super::{EndReason, Ending, InboundStream, Modes, NewPlayer, PlayerId, SessionConfig, SessionId, SessionInfo};
 use crate::error::Error;
@@ -84,6 +85,8 @@ struct Inner {
     events: broadcast::Sender<Arc<WatchEvent>>,
     /// Set once the server starts draining: no new sessions or joins.
     draining: AtomicBool,
+    /// Shared by the sessions' replay buffers (see `replay.rs`).
+    replay_shrink: ShrinkEpoch,
     /// The session actors, so that shutdown can wait for them.
     tasks: TaskTracker,
     /// Fired when the server stops; ends the watch streams.
@@ -203,6 +206,7 @@ impl Registry {
                 state: Mutex::new(State::default()),
                 events,
                 draining: AtomicBool::new(false),
+                replay_shrink: ShrinkEpoch::default(),
                 tasks: TaskTracker::new(),
                 closing: CancellationToken::new(),
                 count: watch::Sender::new(0),
@@ -502,6 +506,10 @@ impl Registry {
 impl Listing for Registry {
     fn is_draining(&self) -> bool {
         Registry::is_draining(self)
+    }
+
+    fn replay_shrink(&self) -> ShrinkEpoch {
+        self.inner.replay_shrink.clone()
     }
 
     fn player_count_changed(&self, id: &SessionId, player_count: u32) {

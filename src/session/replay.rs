@@ -4,8 +4,8 @@
 //! one it received (see [`Room::resume`](super::Room)).
 //!
 //! Bounds, each a written policy:
-//! - in events and in bytes (the events' weight, [`SharedEvent::weight`]):
-//!   the oldest go first;
+//! - in events and in bytes (the events' weight, [`SharedEvent::weight`],
+//!   and their audiences' ids): the oldest go first;
 //! - in age: an event older than the bound goes, whether or not anything is
 //!   recorded after it (the room's replay timer sees to idle sessions);
 //! - process-wide: all buffers together hold at most half the server's
@@ -13,7 +13,8 @@
 //!   it drops its own oldest events, so that players' queues always keep
 //!   the other half. And while the server is past its budget, a session
 //!   empties its buffer before any of its players is shed (see
-//!   [`Room`](super::Room)'s fan-out): replay is the first to shrink.
+//!   [`Room`](super::Room)'s fan-out), and tells every other buffer to empty
+//!   itself at its next record or timer: replay is the first to shrink.
 //!
 //! The events are the very ones queued for the players (shared, not
 //! copied), and count in the server's byte accounting for as long as the
@@ -25,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,6 +39,10 @@ use super::{PlayerId, SharedEvent};
 pub static REPLAY_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Events held by every replay buffer in the process.
 pub static REPLAY_EVENTS: AtomicUsize = AtomicUsize::new(0);
+/// Moved on by a session that finds the server past its budget for queued
+/// bytes: every buffer sharing it (a registry's) empties itself at its next
+/// record or timer, not only the one whose session found it.
+pub(super) type ShrinkEpoch = Arc<AtomicU64>;
 
 /// A replay buffer's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,17 @@ impl Recipients {
         }
     }
 
+    /// What the audience itself holds, in bytes: the ids a targeted event
+    /// names are the client's own copies, not the seats'.
+    fn weight(&self) -> usize {
+        let id = |id: &PlayerId| std::mem::size_of::<PlayerId>() + id.len();
+        match self {
+            Recipients::All => 0,
+            Recipients::AllBut(player) => id(player),
+            Recipients::Only(ids) => ids.iter().map(id).sum(),
+        }
+    }
+
     fn includes(&self, player: &str) -> bool {
         match self {
             Recipients::All => true,
@@ -82,6 +98,8 @@ struct Entry {
     event: Arc<SharedEvent>,
     to: Recipients,
     at: Instant,
+    /// The event's weight and its audience's, as the bounds count it.
+    weight: usize,
 }
 
 /// The messages after a resume's sequence are no longer all buffered.
@@ -100,13 +118,28 @@ pub(super) struct ReplayBuffer {
     limits: ReplayLimits,
     /// All buffers' share of the server's budget for queued bytes.
     process_cap: usize,
+    /// Shared with the other buffers of the registry.
+    shrink: ShrinkEpoch,
+    /// The value of `shrink` this buffer last acted on.
+    epoch: u64,
 }
 
 impl ReplayBuffer {
     /// An empty buffer with `limits`, in a server whose budget for queued
     /// bytes is `budget`.
-    pub(super) fn new(limits: ReplayLimits, budget: usize) -> Self {
-        ReplayBuffer { entries: VecDeque::new(), bytes: 0, floor: 0, limits, process_cap: budget / 2 }
+    pub(super) fn new(limits: ReplayLimits, budget: usize, shrink: ShrinkEpoch) -> Self {
+        let epoch = shrink.load(Ordering::Relaxed);
+        ReplayBuffer { entries: VecDeque::new(), bytes: 0, floor: 0, limits, process_cap: budget / 2, shrink, epoch }
+    }
+
+    /// The server is past its budget for queued bytes: empties this buffer,
+    /// and tells every other buffer sharing its epoch to empty itself.
+    /// Returns whether this one held anything.
+    pub(super) fn shrink_all(&mut self) -> bool {
+        if REPLAY_EVENTS.load(Ordering::Relaxed) > 0 {
+            self.epoch = self.shrink.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        self.shrink()
     }
 
     /// Events kept, and their bytes.
@@ -121,8 +154,10 @@ impl ReplayBuffer {
             self.floor = sequence;
             return;
         }
-        let weight = event.weight();
+        let to = Recipients::of(to);
+        let weight = event.weight() + to.weight();
         self.expire(now);
+        self.heed_shrink();
         while !self.entries.is_empty()
             && (self.entries.len() >= self.limits.messages
                 || self.bytes + weight > self.limits.bytes
@@ -138,12 +173,13 @@ impl ReplayBuffer {
         self.bytes += weight;
         REPLAY_BYTES.fetch_add(weight, Ordering::Relaxed);
         REPLAY_EVENTS.fetch_add(1, Ordering::Relaxed);
-        self.entries.push_back(Entry { sequence, event: event.clone(), to: Recipients::of(to), at: now });
+        self.entries.push_back(Entry { sequence, event: event.clone(), to, at: now, weight });
     }
 
     /// Lets go of the events older than the age bound; returns when the
     /// oldest left will be, if any.
     pub(super) fn expire(&mut self, now: Instant) -> Option<Instant> {
+        self.heed_shrink();
         while let Some(front) = self.entries.front() {
             let until = front.at + self.limits.age;
             if until > now {
@@ -152,6 +188,16 @@ impl ReplayBuffer {
             self.pop();
         }
         None
+    }
+
+    /// Empties the buffer if another session found the server past its
+    /// budget since this one last looked.
+    fn heed_shrink(&mut self) {
+        let epoch = self.shrink.load(Ordering::Relaxed);
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.shrink();
+        }
     }
 
     /// Lets go of every event (the server is past its memory budget).
@@ -182,7 +228,7 @@ impl ReplayBuffer {
     fn pop(&mut self) -> bool {
         let Some(entry) = self.entries.pop_front() else { return false };
         self.floor = entry.sequence;
-        let weight = entry.event.weight();
+        let weight = entry.weight;
         self.bytes -= weight;
         REPLAY_BYTES.fetch_sub(weight, Ordering::Relaxed);
         REPLAY_EVENTS.fetch_sub(1, Ordering::Relaxed);
@@ -228,7 +274,7 @@ mod tests {
     /// sequence after the one asked for.
     #[tokio::test(start_paused = true)]
     async fn a_replay_holds_exactly_what_the_player_was_sent_after_its_last() {
-        let mut buffer = ReplayBuffer::new(LIMITS, 1 << 30);
+        let mut buffer = ReplayBuffer::new(LIMITS, 1 << 30, ShrinkEpoch::default());
         let (a, b): (PlayerId, PlayerId) = ("a".into(), "b".into());
         let now = Instant::now();
         buffer.record(1, &event(1, 1), Audience::All, now);
@@ -245,7 +291,7 @@ mod tests {
     /// from before it is a gap.
     #[tokio::test(start_paused = true)]
     async fn past_its_bounds_the_oldest_go_and_a_resume_before_them_is_a_gap() {
-        let mut buffer = ReplayBuffer::new(LIMITS, 1 << 30);
+        let mut buffer = ReplayBuffer::new(LIMITS, 1 << 30, ShrinkEpoch::default());
         for sequence in 1..=6 {
             buffer.record(sequence, &event(sequence, 1), Audience::All, Instant::now());
         }
@@ -254,7 +300,7 @@ mod tests {
         assert_eq!(sequences(&buffer.since(2, "a").unwrap()), [3, 4, 5, 6]);
 
         let limits = ReplayLimits { bytes: 3 * (crate::session::ITEM_OVERHEAD + 100), ..LIMITS };
-        let mut buffer = ReplayBuffer::new(limits, 1 << 30);
+        let mut buffer = ReplayBuffer::new(limits, 1 << 30, ShrinkEpoch::default());
         for sequence in 1..=5 {
             buffer.record(sequence, &event(sequence, 100), Audience::All, Instant::now());
         }
@@ -272,7 +318,7 @@ mod tests {
     /// refuses a resume with nothing to replay.
     #[tokio::test(start_paused = true)]
     async fn a_buffer_turned_off_covers_only_the_present() {
-        let mut buffer = ReplayBuffer::new(ReplayLimits { messages: 0, ..LIMITS }, 1 << 30);
+        let mut buffer = ReplayBuffer::new(ReplayLimits { messages: 0, ..LIMITS }, 1 << 30, ShrinkEpoch::default());
         buffer.record(1, &event(1, 1), Audience::All, Instant::now());
         assert_eq!(buffer.len(), 0);
         assert_eq!(buffer.since(0, "a").map(|e| sequences(&e)), Err(Gap { floor: 1 }));

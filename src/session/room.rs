@@ -28,7 +28,7 @@ use super::outbound::{
     self, Budget, Delivery, Direct, Outbox, Outcome, Policy, Resumed, State, StateKind, Swept, Welcome,
 };
 use super::rate::{ErrorReplies, PlayerRate, Verdict};
-use super::replay::ReplayBuffer;
+use super::replay::{ReplayBuffer, ShrinkEpoch};
 use super::tick::{Recipients, TickRate};
 use super::{
     Departure, EndReason, Ending, Event, NewPlayer, PlayerId, PlayerInfo, PresenceKind, SeatProof, SeatStatus,
@@ -50,6 +50,9 @@ pub(super) trait Listing: Send + Sync + 'static {
     fn labels_changed(&self, id: &SessionId, labels: Arc<BTreeMap<String, String>>);
     /// The session was locked to new joins, or unlocked.
     fn locked_changed(&self, id: &SessionId, locked: bool);
+    /// The epoch the listed sessions' replay buffers share, to empty them
+    /// all when the server is past its budget for queued bytes.
+    fn replay_shrink(&self) -> ShrinkEpoch;
     /// The session ended: list it as ended for the retention period (again
     /// is harmless).
     fn remove(&self, id: &SessionId, ending: Ending);
@@ -98,10 +101,32 @@ struct Seat {
     rtt_micros: i64,
     /// The sequence of the seat's welcome: a resume cannot start before it.
     first_sequence: u64,
+    /// The last history event sent (or, held, that would have been sent) to
+    /// it: a resume from there on has missed nothing, whatever the replay
+    /// buffer still holds.
+    last_addressed: u64,
+    /// The generation this seat's stream took over, if any: its token still
+    /// takes the seat back while the seat is held and its stream never sent
+    /// a message (its answer, with the new token, may have been lost with
+    /// the connection).
+    previous_generation: Option<u64>,
+    /// The stream sent a message: it had its answer, and the previous
+    /// generation's token is spent.
+    confirmed: bool,
     /// Its stream dropped and the seat is held until then (and then, in
     /// microseconds since the Unix epoch): nothing is sent to it (`ended`
     /// is set), and a resume or a proven join takes it back.
     held_until: Option<(Instant, i64)>,
+}
+
+impl Seat {
+    /// Whether a resume token of `generation` takes this seat back: the
+    /// current one, or the one its stream took over while the seat is held
+    /// and that stream never spoke (its new token may never have arrived).
+    fn takes_token(&self, generation: u64) -> bool {
+        generation == self.generation
+            || (self.held_until.is_some() && !self.confirmed && self.previous_generation == Some(generation))
+    }
 }
 
 /// A new seat, for the actor: the player, and what it polls for the
@@ -202,7 +227,7 @@ impl Room {
         let sweep_timer = Box::pin(tokio::time::sleep(config.slow_player_grace));
         let metrics = SessionMetrics::started(&info.mode);
         Room {
-            replay: ReplayBuffer::new(config.replay, config.queued_bytes_budget),
+            replay: ReplayBuffer::new(config.replay, config.queued_bytes_budget, listing.replay_shrink()),
             replay_timer: Box::pin(tokio::time::sleep(config.replay.age)),
             replay_armed: false,
             hold_timer: Box::pin(tokio::time::sleep(config.seat_hold)),
@@ -457,6 +482,7 @@ impl Room {
         let Some(seat) = self.seats.get_mut(player).filter(|seat| seat.generation == generation) else {
             return false;
         };
+        seat.confirmed = true;
         match seat.rate.charge(&self.config.rates, Instant::now(), bytes as u64) {
             Verdict::Pass => return true,
             Verdict::Drop { notice } => {
@@ -498,7 +524,7 @@ impl Room {
         // seat, and a lock keeps out only new players.
         match (self.seats.get(request.player.id.as_str()), request.player.proof) {
             (Some(_), SeatProof::Subject) => return Ok(request),
-            (Some(seat), SeatProof::Generation(generation)) if seat.generation == generation => return Ok(request),
+            (Some(seat), SeatProof::Generation(generation)) if seat.takes_token(generation) => return Ok(request),
             (Some(_), SeatProof::Generation(_)) => return Err((Error::ResumeSuperseded, Some(request))),
             (None, SeatProof::Generation(_)) => {
                 let err = Error::NoSeat { session: self.info.id.to_string(), player: request.player.id.clone() };
@@ -551,7 +577,7 @@ impl Room {
         let Some(seat) = self.seats.get(player) else {
             return Err(Error::NoSeat { session: self.info.id.to_string(), player: player.to_string() });
         };
-        if seat.generation != generation {
+        if !seat.takes_token(generation) {
             return Err(Error::ResumeSuperseded);
         }
         if last > self.info.sequence || last < seat.first_sequence {
@@ -559,7 +585,13 @@ impl Room {
             let reason = format!("{last} is outside this seat's messages ({first} to {now})");
             return Err(Error::invalid("resume.last_sequence", reason));
         }
-        let replay = self.replay.since(last, player).map_err(|gap| Error::ReplayGap { last, floor: gap.floor })?;
+        // Nothing was sent to it since: nothing to replay, whatever the
+        // buffer has let go (or if it keeps nothing).
+        let replay = if last >= seat.last_addressed {
+            Vec::new()
+        } else {
+            self.replay.since(last, player).map_err(|gap| Error::ReplayGap { last, floor: gap.floor })?
+        };
         let info = seat.info.clone();
         self.charge_takeover(player)?;
         Ok(self.open(info, Opening::Resume { last, replay }, caller))
@@ -621,7 +653,10 @@ impl Room {
         self.fan_out(&event, Audience::AllBut(&id), false, sequence);
 
         let (tx, outbound) = outbound::channel();
-        let outbox = Outbox::new(tx);
+        let mut outbox = Outbox::new(tx);
+        if let Some(old) = &old {
+            outbox.inherit(&old.outbox);
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let resumed = matches!(opening, Opening::Resume { .. });
@@ -670,9 +705,9 @@ impl Room {
         let now = Instant::now();
         // A seat taken back keeps its standing: a player cannot reset its
         // rate limits by reconnecting.
-        let (rate, errors, joined_unix_micros) = match old {
-            Some(old) => (old.rate, old.errors, old.joined_unix_micros),
-            None => (PlayerRate::new(&self.config.rates, now), ErrorReplies::new(now), super::unix_micros()),
+        let (rate, errors, joined_unix_micros, last_addressed, previous_generation) = match old {
+            Some(old) => (old.rate, old.errors, old.joined_unix_micros, old.last_addressed, Some(old.generation)),
+            None => (PlayerRate::new(&self.config.rates, now), ErrorReplies::new(now), super::unix_micros(), 0, None),
         };
         let seat = Seat {
             info: info.clone(),
@@ -688,6 +723,9 @@ impl Room {
             joined_unix_micros,
             rtt_micros: 0,
             first_sequence,
+            last_addressed,
+            previous_generation,
+            confirmed: false,
             held_until: None,
         };
         self.seats.insert(id.clone(), seat);
@@ -785,7 +823,7 @@ impl Room {
     pub(super) fn release_holds(&mut self) {
         for (id, seat) in &self.seats {
             if seat.held_until.is_some() {
-                self.departures.push_back((id.clone(), Departure::Expired));
+                self.departures.push_back((id.clone(), Departure::Drained));
             }
         }
     }
@@ -801,10 +839,13 @@ impl Room {
 
     /// Where the server stands against its budget for queued bytes. Past
     /// it, this session's replay buffer goes first, before any player is
-    /// shed.
+    /// shed, and every other session's goes at its next fan-out or timer.
     fn budget(&mut self) -> Budget {
         let budget = Budget::now(self.config.queued_bytes_budget);
-        if budget != Budget::Within && self.replay.shrink() {
+        if budget == Budget::Within {
+            return budget;
+        }
+        if self.replay.shrink_all() {
             return Budget::now(self.config.queued_bytes_budget);
         }
         budget
@@ -846,7 +887,7 @@ impl Room {
         let kind = match departure {
             // Dropping the seat drops its queue's sender: the stream ends
             // with OK once it has sent what is queued.
-            Departure::Left | Departure::Expired => PresenceKind::Left,
+            Departure::Left | Departure::Expired | Departure::Drained => PresenceKind::Left,
             Departure::Disconnected(_) => PresenceKind::Disconnected,
             // A removed player gets its status at once, and what was queued
             // for it is freed now, whatever its connection does afterwards.
@@ -867,12 +908,14 @@ impl Room {
             Departure::Removed(Error::Kicked(_)) => "kicked",
             Departure::Removed(_) => "removed",
             Departure::Expired => "hold_expired",
+            Departure::Drained => "drained",
         };
         self.metrics.departed(reason, 1);
         let sequence = self.next_sequence();
         match departure {
             Departure::Left => info!(session.sequence = sequence, "player left"),
             Departure::Expired => info!(session.sequence = sequence, "player left: its seat's hold ran out"),
+            Departure::Drained => info!(session.sequence = sequence, "player left: the server drains, its hold ended"),
             Departure::Disconnected(reason) => {
                 info!(session.sequence = sequence, reason = %reason, "player disconnected")
             }
@@ -956,7 +999,11 @@ impl Room {
                     _ => None,
                 };
                 for (id, seat) in &mut self.seats {
-                    if Some(seat.generation) == except || seat.ended {
+                    if Some(seat.generation) == except {
+                        continue;
+                    }
+                    seat.last_addressed = sequence;
+                    if seat.ended {
                         continue;
                     }
                     let delivery = Delivery::Event(event.clone());
@@ -966,7 +1013,11 @@ impl Room {
             }
             Audience::Only(targets) => {
                 for target in targets {
-                    let Some(seat) = self.seats.get_mut(target).filter(|seat| !seat.ended) else { continue };
+                    let Some(seat) = self.seats.get_mut(target) else { continue };
+                    seat.last_addressed = sequence;
+                    if seat.ended {
+                        continue;
+                    }
                     let delivery = Delivery::Event(event.clone());
                     let outcome = seat.outbox.offer(delivery, droppable, sequence, &self.policy, budget);
                     tally.record(target, outcome, &mut self.departures);

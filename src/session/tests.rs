@@ -1815,4 +1815,42 @@ async fn draining_frees_the_held_seats() {
     let summary = registry.get(&session).await.unwrap_or_else(|e| panic!("get: {e}"));
     assert_eq!(summary.end.map(|end| end.reason), Some(EndReason::ServerShutdown));
     assert_eq!(hooks.heard()[2..], ["disconnect a", "leave a"]);
+    assert!(matches!(summary.players.as_slice(), []), "{:?}", summary.players);
+}
+
+/// Catches a seat lost for good when the answer to a resume (with the new
+/// token) is lost with the connection: while the seat is held and the
+/// stream that got the new token never spoke, the token before it still
+/// takes the seat back; once that stream spoke, or while it is live, the
+/// older token is spent.
+#[tokio::test(start_paused = true)]
+async fn a_token_whose_successor_was_lost_still_takes_the_held_seat_back() {
+    let hooks = Hooks::default();
+    let registry = holding_registry(&hooks);
+    let session = create_of(&registry, "hooks");
+    let (a_tx, _a_rx, welcome, first) = join_resumable(&registry, &session, "a").await;
+    cut(&a_tx);
+    settle().await;
+    // Resumed, but the answer never arrives: the new stream drops at once.
+    let (lost_tx, _lost_rx) = resume(&registry, &session, "a", first, welcome).await.unwrap_or_else(|e| panic!("{e}"));
+    cut(&lost_tx);
+    settle().await;
+    let (live_tx, mut live_rx) =
+        resume(&registry, &session, "a", first, welcome).await.unwrap_or_else(|e| panic!("the older token: {e}"));
+    settle().await;
+    let (answer, _) = resumed(&drain(&mut live_rx));
+    // Live: the older token does not take the seat from this stream.
+    let refused = resume(&registry, &session, "a", first, welcome).await;
+    assert!(matches!(refused, Err(Error::ResumeSuperseded)), "{:?}", refused.map(|_| ()));
+    // This stream speaks (it had its answer), then drops: its own token
+    // works, the one before it no longer does.
+    live_tx.send(Ok(Inbound::Ping { client_time: 1, rtt_micros: 0 })).unwrap_or_else(|_| panic!("ping"));
+    settle().await;
+    cut(&live_tx);
+    settle().await;
+    let refused = resume(&registry, &session, "a", first, welcome).await;
+    assert!(matches!(refused, Err(Error::ResumeSuperseded)), "{:?}", refused.map(|_| ()));
+    resume(&registry, &session, "a", answer.resume_generation, answer.sequence)
+        .await
+        .unwrap_or_else(|e| panic!("the newest token: {e}"));
 }

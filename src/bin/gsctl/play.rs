@@ -115,7 +115,7 @@ pub async fn play(
     let rtt = Arc::new(AtomicI64::new(0));
     read_stdin(tx, rtt.clone());
     let mut seat = Seat::default();
-    let mut first = client_message::Kind::Join(join);
+    let mut first = client_message::Kind::Join(join.clone());
     let mut retrying_since: Option<tokio::time::Instant> = None;
     let mut pause = RETRY_MIN;
     loop {
@@ -136,11 +136,13 @@ pub async fn play(
             // back with a fresh welcome.
             Code::OutOfRange if can_resume => {
                 eprintln!("({}; joining the held seat again)", failed.message());
+                // The player's name and metadata as it first joined.
                 let target = pb::join::Target::SessionId(seat.session.clone());
                 client_message::Kind::Join(pb::Join {
                     target: Some(target),
+                    player_id: seat.player.clone(),
                     resume_token: seat.token.clone(),
-                    ..pb::Join::default()
+                    ..join.clone()
                 })
             }
             _ if can_resume && resumable(&failed) => {
