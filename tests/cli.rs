@@ -302,10 +302,7 @@ async fn play_relays_stdin_and_prints_arrivals() {
 async fn get_shows_a_held_seat_and_how_long_it_is_held() {
     let server = TestServer::start().await;
     let session = server.create_session(2).await;
-    let alice = Player::join_as(server.addr, &session, "alice").await;
-    let mut bob = Player::join_as(server.addr, &session, "bob").await;
-    alice.break_connection();
-    assert_eq!(bob.next_presence().await.kind, PresenceKind::Held as i32);
+    let _held = common::alice_held(server.addr, &session).await;
     let table = ok(&server, &["get", &session]).await;
     let row = table.lines().find(|line| line.starts_with("alice")).unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("held (") && row.contains("s left)"), "{table}");

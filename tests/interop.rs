@@ -479,10 +479,7 @@ async fn grpcurl_resumes_a_dropped_seat() {
     ensure_tools();
     let server = TestServer::start().await;
     let session = server.create_session(2).await;
-    let alice = Player::join_as(server.addr, &session, "alice").await;
-    let mut bob = Player::join_as(server.addr, &session, "bob").await;
-    alice.break_connection();
-    assert_eq!(bob.next_presence().await.kind, PresenceKind::Held as i32);
+    let (alice, mut bob) = common::alice_held(server.addr, &session).await;
     bob.relay(b"while away", &[]).await;
 
     let (token, last) = (&alice.welcome.resume_token, alice.welcome.sequence);

@@ -192,11 +192,8 @@ async fn a_gap_older_than_the_buffer_is_refused_and_the_held_seat_joined_again()
     config.replay_buffer_messages = 4;
     let server = TestServer::start_with(config).await;
     let session = server.create_session(3).await;
-    let alice = Player::join_as(server.addr, &session, "alice").await;
-    let mut bob = Player::join_as(server.addr, &session, "bob").await;
+    let (alice, mut bob) = common::alice_held(server.addr, &session).await;
     let (token, last) = (alice.welcome.resume_token.clone(), alice.welcome.sequence + 1);
-    alice.break_connection();
-    assert_eq!(bob.next_presence().await.kind, PresenceKind::Held as i32);
     let named = Player::try_join(server.addr, join_session(&session, "alice"), Connect::default()).await;
     assert_status(named.map(|_| ()), Code::AlreadyExists, "already holds a seat");
     for n in 0..6u8 {
@@ -236,12 +233,8 @@ async fn a_session_without_a_replay_buffer_resumes_only_a_player_that_missed_not
         ..Default::default()
     };
     let session = sessions.create_session(request).await.expect("create").into_inner().session.expect("s").session_id;
-    let alice = Player::join_as(server.addr, &session, "alice").await;
-    let mut bob = Player::join_as(server.addr, &session, "bob").await;
+    let (alice, bob) = common::alice_held(server.addr, &session).await;
     let token = alice.welcome.resume_token.clone();
-    alice.break_connection();
-    let held = bob.next_presence().await;
-    assert_eq!(held.kind, PresenceKind::Held as i32);
     let info = server.session_info(&session).await;
     let seat = info.seats.iter().find(|s| s.player_id == "alice").expect("alice's seat");
     assert_eq!(seat.state, pb::SeatState::Held as i32);

@@ -206,16 +206,7 @@ impl<D: Directory> PlayerApi<D> {
             None => Caller::Connection(peer),
         };
         if let Some(token) = &token {
-            // Looked up first (the directory may be remote), and used
-            // only if the token limits its modes.
-            let mode = match &target {
-                JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
-                _ => None,
-            };
-            // Not looked up means not wanted; were it wanted, the session
-            // is as good as not found.
-            let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
-            player.id = self.auth.admit(token, &player.id, &target, mode_of, peer)?;
+            player.id = self.admit(token, &player.id, &target, peer).await?;
             // The token proves the caller is this player: a seat it holds
             // is its own to take over (a reconnect need not wait for
             // keepalive to free it).
@@ -244,12 +235,7 @@ impl<D: Directory> PlayerApi<D> {
             // With auth on, the bearer token must be the seat's player's
             // (and allow its session): a resume token alone, leaked, does
             // not take a seat.
-            let mode = match token.modes {
-                Some(_) => Some(self.directory.mode_of(&claim.session).await),
-                None => None,
-            };
-            let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
-            self.auth.admit(token, &claim.player, &target, mode_of, peer)?;
+            self.admit(token, &claim.player, &target, peer).await?;
         }
         let inbound: InboundStream = Box::pin(PlayerMessages { inner: inbound, limits: self.limits.clone() });
         let request = ResumeRequest {
@@ -261,6 +247,27 @@ impl<D: Directory> PlayerApi<D> {
         };
         let joined = self.directory.resume(&claim.session, request).await?;
         Ok(self.play_stream(joined))
+    }
+
+    /// The player id `token` may play as `requested` in `target` (see
+    /// [`Auth::admit`]).
+    async fn admit(
+        &self,
+        token: &PlayerToken,
+        requested: &str,
+        target: &JoinTarget,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<String, Error> {
+        // Looked up first (the directory may be remote), and used only if
+        // the token limits its modes.
+        let mode = match target {
+            JoinTarget::Session(id) if token.modes.is_some() => Some(self.directory.mode_of(id).await),
+            _ => None,
+        };
+        // Not looked up means not wanted; were it wanted, the session is as
+        // good as not found.
+        let mode_of = |id: &str| mode.unwrap_or_else(|| Err(Error::SessionNotFound(id.to_owned())));
+        self.auth.admit(token, requested, target, mode_of, peer)
     }
 
     /// The response stream of a seated player.

@@ -401,6 +401,18 @@ impl Player {
     }
 }
 
+/// Seats "alice", then "bob", in `session_id`, and breaks alice's
+/// connection; returns both (alice's welcome still holds her resume token)
+/// once bob has seen her seat held.
+pub async fn alice_held(addr: SocketAddr, session_id: &str) -> (Player, Player) {
+    let alice = Player::join_as(addr, session_id, "alice").await;
+    let mut bob = Player::join_as(addr, session_id, "bob").await;
+    alice.break_connection();
+    let held = bob.next_presence().await;
+    assert_eq!(held.kind, pb::PresenceKind::Held as i32, "{held:?}");
+    (alice, bob)
+}
+
 /// Asserts that `result` failed with `code` and a message containing `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {

@@ -130,7 +130,7 @@ pub async fn play(
                 status
             }
         };
-        let can_resume = !seat.token.is_empty() && out_of_time(retrying_since).is_ok();
+        let can_resume = !seat.token.is_empty() && retrying_since.is_none_or(|since| since.elapsed() <= RESUME_FOR);
         first = match failed.code() {
             // The missed messages are gone, but the seat is held: take it
             // back with a fresh welcome.
@@ -162,14 +162,6 @@ pub async fn play(
             }
             _ => return Err(failed.into()),
         };
-    }
-}
-
-/// Whether retries may go on.
-fn out_of_time(since: Option<tokio::time::Instant>) -> Result<(), ()> {
-    match since {
-        Some(since) if since.elapsed() > RESUME_FOR => Err(()),
-        _ => Ok(()),
     }
 }
 
